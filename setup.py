@@ -1,0 +1,43 @@
+"""Packaging for t5lite: the library, the task package and the gin files.
+
+`t5lite_tasks` lives in the folder `tasks/`; the gin files under `gin/` are
+installed as the package `t5lite_gin` so that `--gin_file=models/t5_1_1/tiny.gin`
+resolves after installation without a checkout.
+"""
+import setuptools
+
+setuptools.setup(
+    name="t5lite",
+    version="0.1.0",
+    description="T5X-style training of encoder-decoder and decoder-only models in JAX/Flax.",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["t5lite", "t5lite.*"])
+    + ["t5lite_tasks", "t5lite_gin"],
+    package_dir={"t5lite_tasks": "tasks", "t5lite_gin": "gin"},
+    package_data={"t5lite_gin": ["**/*.gin", "*.gin"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.10,<0.12",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "gin-config>=0.5,<0.6",
+        "sentencepiece>=0.2,<0.3",
+        "numpy>=2.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # The data path (seqio tasks, TFDS builders) needs TensorFlow; the model,
+        # optimizer and trainer modules import it lazily so a GPU box without TF
+        # can still run benchmarks.
+        "data": [
+            "seqio==0.0.20",
+            "tensorflow>=2.21,<2.22",
+            "tensorflow-text>=2.21,<2.22",
+            "tensorflow-datasets>=4.9.10,<4.10",
+            "tensorboard>=2.21,<2.22",
+        ],
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["t5lite=t5lite.cli:main"]},
+)

@@ -1,0 +1,141 @@
+"""Registering the standard family of pretraining tasks over any text source.
+
+`register_pretraining_tasks('pydocs', source, vocabulary)` gives
+`pydocs_span_corruption`, `pydocs_prefix_lm`, `pydocs_lm`, one task per UL2
+denoiser (`pydocs_ul2_r_3_15`, ...) and the mixture `pydocs_ul2`. The task
+packages under `tasks/` call it for each corpus; users call it for their own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Mapping, Optional, Sequence
+
+import seqio
+
+from t5lite.data import objectives
+
+
+def _features(vocabulary, with_inputs: bool = True) -> dict:
+  feats = {"targets": seqio.Feature(vocabulary=vocabulary, add_eos=True)}
+  if with_inputs:
+    feats = {"inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True), **feats}
+  return feats
+
+
+def _rekey_text(dataset, text_key: str = "text"):
+  return dataset.map(lambda x: {"targets": x[text_key]})
+
+
+def _register(name: str, **kwargs) -> seqio.Task:
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  return seqio.TaskRegistry.add(name, **kwargs)
+
+
+def register_pretraining_tasks(
+    prefix: str,
+    source: seqio.DataSource,
+    vocabulary: seqio.Vocabulary,
+    *,
+    text_key: str = "text",
+    ul2_rates: Optional[Mapping[str, float]] = None,
+) -> list[str]:
+  """Registers the pretraining tasks and the UL2 mixture; returns their names."""
+  rekey = functools.partial(_rekey_text, text_key=text_key)
+  tokenize = functools.partial(seqio.preprocessors.tokenize, with_eos=False)
+  names = []
+
+  def add(name, objective, with_inputs=True, tokenizer=tokenize):
+    pre = [rekey, tokenizer, objective]
+    if with_inputs:
+      pre.append(seqio.preprocessors.append_eos_after_trim)
+    _register(
+        name,
+        source=source,
+        preprocessors=pre,
+        output_features=_features(vocabulary, with_inputs),
+        metric_fns=[],
+    )
+    names.append(name)
+
+  add(f"{prefix}_span_corruption", objectives.span_corruption)
+  add(f"{prefix}_prefix_lm", objectives.prefix_lm)
+  add(
+      f"{prefix}_lm",
+      objectives.causal_lm,
+      with_inputs=False,
+      tokenizer=seqio.preprocessors.tokenize_and_append_eos,
+  )
+  for d in objectives.UL2_DENOISERS:
+    add(f"{prefix}_ul2_{d.name}", d.preprocessor())
+  names.append(register_ul2_mixture(prefix, ul2_rates))
+  return names
+
+
+def register_ul2_mixture(prefix: str, rates: Optional[Mapping[str, float]] = None) -> str:
+  """The UL2 mixture over `{prefix}_ul2_<denoiser>` tasks.
+
+  `rates` maps denoiser names ('r_3_15', ..., 's') to mixing rates; missing
+  names get rate 0 and the default is one rate per denoiser (uniform), since
+  the paper treats the mix as a hyper-parameter.
+  """
+  valid = [d.name for d in objectives.UL2_DENOISERS]
+  rates = dict(rates) if rates is not None else {n: 1.0 for n in valid}
+  unknown = sorted(set(rates) - set(valid))
+  if unknown:
+    raise ValueError(f"Unknown UL2 denoiser(s) {unknown} in rates; valid names: {valid}.")
+  if not any(r > 0 for r in rates.values()) or any(r < 0 for r in rates.values()):
+    raise ValueError(f"UL2 rates {rates} must be non-negative with at least one positive.")
+  name = f"{prefix}_ul2"
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(
+      name, [(f"{prefix}_ul2_{n}", r) for n, r in rates.items() if r > 0]
+  )
+  return name
+
+
+def register_text_to_text_task(
+    name: str,
+    source: seqio.DataSource,
+    vocabulary: seqio.Vocabulary,
+    *,
+    inputs_key: str = "inputs",
+    targets_key: str = "targets",
+    preprocessors: Sequence = (),
+    metric_fns: Sequence = (),
+) -> seqio.Task:
+  """A supervised task over examples with input and target strings (fine-tuning)."""
+  pre = [
+      *preprocessors,
+      functools.partial(
+          seqio.preprocessors.rekey, key_map={"inputs": inputs_key, "targets": targets_key}
+      ),
+      seqio.preprocessors.tokenize,
+      seqio.preprocessors.append_eos_after_trim,
+  ]
+  return _register(
+      name,
+      source=source,
+      preprocessors=pre,
+      output_features=_features(vocabulary),
+      metric_fns=list(metric_fns),
+  )
+
+
+def get_task_or_mixture(name: str):
+  """Looks up a task or mixture; an unknown name lists close matches."""
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    pass
+  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+  hint = f" Did you mean: {', '.join(close)}?" if close else ""
+  ours = [k for k in known if k.startswith(("pydocs", "c4", "text"))]
+  raise ValueError(
+      f"Unknown task or mixture {name!r}.{hint} Registered t5lite tasks: {ours}. "
+      "Did you `import t5lite_tasks` (or your own task module)?"
+  )

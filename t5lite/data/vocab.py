@@ -1,0 +1,258 @@
+"""SentencePiece vocabularies: training, loading, validation, and the default one.
+
+SentencePiece does the training and the tokenizing and seqio wraps it
+(`seqio.SentencePieceVocabulary`, with 100 extra ids used as sentinels that count
+down from the end of the vocabulary). What is ours: the T5 id layout enforced at
+training time (pad=0, eos=1, unk=2, no bos), the UL2 mode tokens as user-defined
+pieces, early validation with clear errors, and the default `pydocs` vocabulary
+that is trained once, on first use, from the embedded corpus and then reused.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tempfile
+from typing import Iterable, Iterator, Optional, Sequence
+
+import sentencepiece as spm
+
+# UL2 mode tokens (arXiv 2205.05131): prepended to the inputs of the R, X and S
+# denoisers. Each is one user-defined vocabulary piece.
+UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+DEFAULT_EXTRA_IDS = 100
+MODEL_TYPES = ("unigram", "bpe")
+
+# The default vocabulary trained on the `pydocs` train split.
+DEFAULT_VOCAB_SIZE = 8000
+DEFAULT_MODEL_TYPE = "unigram"
+# Environment variable naming a SentencePiece model to use instead of the
+# default pydocs one (for example T5's public cc_all.32000 model copied locally).
+VOCAB_ENV = "T5LITE_SPM_MODEL"
+
+
+def _sentences(texts: Iterable[str], max_chars: int = 4000) -> Iterator[str]:
+  """Splits documents into lines short enough for SentencePiece's trainer."""
+  for text in texts:
+    for line in text.splitlines():
+      line = line.strip()
+      while len(line) > max_chars:
+        cut = line.rfind(" ", 0, max_chars)
+        cut = cut if cut > 0 else max_chars
+        yield line[:cut]
+        line = line[cut:].strip()
+      if line:
+        yield line
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    model_path: str,
+    *,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    model_type: str = DEFAULT_MODEL_TYPE,
+    character_coverage: float = 0.9995,
+    user_defined_symbols: Sequence[str] = UL2_MODE_TOKENS,
+    max_sentences: int = 2_000_000,
+    num_threads: int = 1,
+) -> str:
+  """Trains a SentencePiece model with T5's special ids and writes it atomically.
+
+  Args:
+    texts: documents (strings); each is split into lines.
+    model_path: where the `.model` file goes (a `.vocab` file is written beside).
+    vocab_size: number of SentencePiece pieces (the seqio vocabulary adds the
+      extra ids on top).
+    model_type: 'unigram' or 'bpe'.
+    character_coverage: fraction of characters covered by the model.
+    user_defined_symbols: pieces kept whole (UL2 mode tokens by default).
+    max_sentences: cap on the number of lines fed to the trainer.
+    num_threads: trainer threads; 1 keeps the result deterministic.
+
+  Returns:
+    model_path.
+  """
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f"model_type={model_type!r} is not valid; use one of {MODEL_TYPES}.")
+  if vocab_size < 8 + len(user_defined_symbols):
+    raise ValueError(f"vocab_size={vocab_size} is too small; use at least {8 + len(user_defined_symbols)}.")
+  if not 0.9 <= character_coverage <= 1.0:
+    raise ValueError(f"character_coverage={character_coverage} must be in [0.9, 1.0].")
+  sentences = list(_sentences(texts))[:max_sentences]
+  if not sentences:
+    raise ValueError("No text to train a vocabulary on: the source gave no non-empty lines.")
+  out_dir = os.path.dirname(os.path.abspath(model_path))
+  os.makedirs(out_dir, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    prefix = os.path.join(tmp, "spm")
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(sentences),
+          model_prefix=prefix,
+          vocab_size=vocab_size,
+          model_type=model_type,
+          character_coverage=character_coverage,
+          pad_id=PAD_ID,
+          eos_id=EOS_ID,
+          unk_id=UNK_ID,
+          bos_id=-1,
+          user_defined_symbols=list(user_defined_symbols),
+          num_threads=num_threads,
+          shuffle_input_sentence=False,
+          input_sentence_size=0,
+          minloglevel=2,
+      )
+    except RuntimeError as e:
+      raise ValueError(
+          f"SentencePiece could not train a {model_type} vocabulary of size "
+          f"{vocab_size} on {len(sentences)} lines: {e}. A smaller vocab_size "
+          "usually fixes this on a small corpus."
+      ) from e
+    base = os.path.splitext(model_path)[0]
+    os.replace(prefix + ".vocab", base + ".vocab")
+    os.replace(prefix + ".model", model_path)
+  return model_path
+
+
+def texts_from_files(pattern: str, text_key: str = "text") -> Iterator[str]:
+  """Yields documents from `.txt` files (one per file) or `.jsonl` (one per line)."""
+  paths = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+  if not paths:
+    raise ValueError(f"No files match {pattern!r}: give a glob of .txt or .jsonl files.")
+  for path in paths:
+    with open(path, encoding="utf-8") as f:
+      if path.endswith(".jsonl"):
+        for line in f:
+          if line.strip():
+            yield json.loads(line)[text_key]
+      else:
+        yield f.read()
+
+
+def texts_from_source(source, split: str = "train", text_key: str = "text") -> Iterator[str]:
+  """Yields documents from any seqio DataSource (for example the pydocs source)."""
+  ds = source.get_dataset(split=split, shuffle=False)
+  for ex in ds.as_numpy_iterator():
+    yield ex[text_key].decode("utf-8")
+
+
+def check_model_file(path: str) -> None:
+  """Raises a clear error when a SentencePiece model is missing or not T5-shaped."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"SentencePiece model {path!r} does not exist. Train one with "
+        "`t5lite vocab train --files 'corpus/*.txt' --output PATH`, or leave "
+        f"{VOCAB_ENV} unset to use the default pydocs vocabulary."
+    )
+  proc = spm.SentencePieceProcessor()
+  try:
+    proc.Load(path)
+  except (OSError, RuntimeError) as e:
+    raise ValueError(f"{path!r} is not a SentencePiece model: {e}") from e
+  ids = (proc.pad_id(), proc.eos_id(), proc.unk_id())
+  if ids != (PAD_ID, EOS_ID, UNK_ID):
+    raise ValueError(
+        f"SentencePiece model {path!r} has pad/eos/unk ids {ids}; T5 models need "
+        f"{(PAD_ID, EOS_ID, UNK_ID)}. Retrain it with `t5lite vocab train`."
+    )
+
+
+def _seqio():
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  return seqio
+
+
+def sentencepiece_vocabulary(path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
+  """Loads a SentencePiece model as a seqio vocabulary, validating it first."""
+  check_model_file(path)
+  if extra_ids <= 0:
+    raise ValueError(
+        f"extra_ids={extra_ids}: span corruption and UL2 need sentinel ids; "
+        f"use extra_ids={DEFAULT_EXTRA_IDS} as T5 does."
+    )
+  return _seqio().SentencePieceVocabulary(path, extra_ids=extra_ids)
+
+
+def byte_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS):
+  """A ByteT5-style vocabulary (no training needed) with sentinels."""
+  return _seqio().ByteVocabulary(extra_ids=extra_ids)
+
+
+def default_vocab_path(data_dir: Optional[str] = None) -> str:
+  """Where the default pydocs vocabulary lives (or `$T5LITE_SPM_MODEL`)."""
+  if os.environ.get(VOCAB_ENV):
+    return os.environ[VOCAB_ENV]
+  from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+
+  data_dir = data_dir or sources.resolve_data_dir()
+  name = f"pydocs_{DEFAULT_MODEL_TYPE}_{DEFAULT_VOCAB_SIZE}.model"
+  return os.path.join(data_dir, "t5lite_vocab", sources.pydocs_config_name(), name)
+
+
+def ensure_default_vocab(data_dir: Optional[str] = None) -> str:
+  """Trains the default vocabulary on the pydocs train split once; returns its path."""
+  path = default_vocab_path(data_dir)
+  if os.path.exists(path) or os.environ.get(VOCAB_ENV):
+    return path
+  from t5lite.data import locking, sources  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with locking.file_lock(path + ".lock"):
+    if not os.path.exists(path):
+      source = sources.PydocsSource(data_dir=data_dir)
+      train_sentencepiece(texts_from_source(source, "train"), path)
+  return path
+
+
+def _make_lazy_class():
+  seqio = _seqio()
+
+  class DefaultVocabulary(seqio.SentencePieceVocabulary):
+    """The default vocabulary: trained from pydocs on first use, then reused.
+
+    Tasks are registered at import time; building the corpus and the model
+    then would make `import t5lite_tasks` slow, so the file is made the first
+    time a token is encoded or decoded.
+    """
+
+    def __init__(self, extra_ids: int = DEFAULT_EXTRA_IDS):
+      super().__init__(default_vocab_path(), extra_ids=extra_ids)
+
+    def _model_context(self):
+      if self._model is None:
+        ensure_default_vocab()
+        check_model_file(self._sentencepiece_model_file)
+      return super()._model_context()
+
+  return DefaultVocabulary
+
+
+_LAZY_CLASS = None
+
+
+def default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS):
+  """The vocabulary the registered tasks use (built lazily, see module doc)."""
+  global _LAZY_CLASS
+  if _LAZY_CLASS is None:
+    _LAZY_CLASS = _make_lazy_class()
+  return _LAZY_CLASS(extra_ids=extra_ids)
+
+
+def mode_token_id(vocabulary, token: str) -> int:
+  """The id of a UL2 mode token, which must be a single vocabulary piece."""
+  tokenizer = getattr(vocabulary, "tokenizer", None)
+  if tokenizer is None:
+    raise ValueError(
+        f"UL2 mode token {token!r} needs a SentencePiece vocabulary with it as a "
+        f"user-defined piece; {type(vocabulary).__name__} has none."
+    )
+  piece_id = tokenizer.piece_to_id(token)
+  if piece_id == tokenizer.unk_id():
+    raise ValueError(
+        f"UL2 mode token {token!r} is not a piece of {vocabulary}; train the "
+        f"vocabulary with user_defined_symbols={list(UL2_MODE_TOKENS)} (the default)."
+    )
+  return piece_id

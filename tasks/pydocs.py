@@ -1,0 +1,28 @@
+"""Tasks over the embedded `pydocs` corpus (built locally on first use, no network).
+
+Registered: pydocs_span_corruption, pydocs_prefix_lm, pydocs_lm, the UL2
+denoiser tasks pydocs_ul2_<denoiser> with the mixture pydocs_ul2, and the
+supervised pydocs_doc_to_name (fine-tuning: name the module or topic a piece
+of documentation comes from).
+"""
+import tensorflow as tf
+
+from t5lite.data import registration, sources, vocab
+
+SOURCE = sources.PydocsSource()
+VOCABULARY = vocab.default_vocabulary()
+
+registration.register_pretraining_tasks("pydocs", SOURCE, VOCABULARY)
+
+
+def _doc_to_name(dataset, max_chars: int = 600):
+  def fn(x):
+    text = tf.strings.substr(x["text"], 0, max_chars, unit="UTF8_CHAR")
+    return {"inputs": tf.strings.join(["which module or topic: ", text]), "targets": x["name"]}
+
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+registration.register_text_to_text_task(
+    "pydocs_doc_to_name", SOURCE, VOCABULARY, preprocessors=[_doc_to_name]
+)
