@@ -200,10 +200,15 @@ def ensure_default_vocab(data_dir: Optional[str] = None) -> str:
   from t5lite.data import locking, sources  # pylint: disable=g-import-not-at-top
 
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   with locking.file_lock(path + ".lock"):
     if not os.path.exists(path):
-      source = sources.PydocsSource(data_dir=data_dir)
-      train_sentencepiece(texts_from_source(source, "train"), path)
+      # The first use is often inside seqio's graph tracing (tokenize);
+      # reading the corpus needs eager mode, which init_scope restores.
+      with tf.init_scope():
+        source = sources.PydocsSource(data_dir=data_dir)
+        train_sentencepiece(texts_from_source(source, "train"), path)
   return path
 
 

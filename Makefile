@@ -1,0 +1,34 @@
+# The two commands: `make train` and `make test`. Each builds .venv when it is
+# missing (or when setup.py / requirements.lock changed) and reuses it after.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONDONTWRITEBYTECODE ?= 1
+
+.PHONY: train test bench .venv clean
+
+$(STAMP): setup.py requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+.venv: $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/t5lite data prepare
+	$(BIN)/t5lite data preview --examples 2
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python -m t5lite.bench.data --task pydocs_span_corruption --examples 2000
+	$(BIN)/python -m t5lite.bench.data --task pydocs_lm --examples 2000
+
+clean:
+	rm -rf $(VENV) *.egg-info

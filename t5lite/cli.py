@@ -1,0 +1,136 @@
+"""The `t5lite` command.
+
+    t5lite vocab train --files 'corpus/*.txt' --output my.model [--model_type bpe]
+    t5lite vocab train --source pydocs --vocab_size 8000 --output my.model
+    t5lite data preview [--tasks pydocs_span_corruption ...] [--examples 2]
+    t5lite data prepare [--data_dir DIR]
+
+Heavy imports (TensorFlow, seqio) happen inside the subcommands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+PREVIEW_TASKS = (
+    ("pydocs_span_corruption", {"inputs": 512, "targets": 114}),
+    ("pydocs_prefix_lm", {"inputs": 256, "targets": 256}),
+    ("pydocs_lm", {"targets": 256}),
+    ("pydocs_ul2", {"inputs": 512, "targets": 512}),
+    ("pydocs_doc_to_name", {"inputs": 256, "targets": 32}),
+)
+
+
+def _quiet_tf() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _vocab_train(args) -> int:
+  from t5lite.data import vocab  # pylint: disable=g-import-not-at-top
+
+  if bool(args.files) == bool(args.source):
+    raise SystemExit("t5lite vocab train: give exactly one of --files GLOB or --source NAME.")
+  if args.files:
+    texts = vocab.texts_from_files(args.files, text_key=args.text_key)
+  else:
+    import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
+    from t5lite.data import registration  # pylint: disable=g-import-not-at-top
+
+    if args.source == "pydocs":
+      from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+
+      source = sources.PydocsSource(args.data_dir)
+    else:
+      source = registration.get_task_or_mixture(args.source).source
+    texts = vocab.texts_from_source(source, args.split, text_key=args.text_key)
+  path = vocab.train_sentencepiece(
+      texts,
+      args.output,
+      vocab_size=args.vocab_size,
+      model_type=args.model_type,
+      character_coverage=args.character_coverage,
+  )
+  vocabulary = vocab.sentencepiece_vocabulary(path)
+  print(f"wrote {path}: {args.vocab_size} pieces + {vocabulary.extra_ids} sentinels "
+        f"= vocab_size {vocabulary.vocab_size}")
+  return 0
+
+
+def _data_prepare(args) -> int:
+  from t5lite.data import sources, vocab  # pylint: disable=g-import-not-at-top
+
+  source = sources.PydocsSource(args.data_dir)
+  data_dir = source.prepare()
+  counts = {s: source.num_input_examples(s) for s in source.splits}
+  print(f"pydocs ({sources.pydocs_tfds_name()}) in {data_dir}: {counts}")
+  path = vocab.ensure_default_vocab(args.data_dir)
+  print(f"default vocabulary: {path}")
+  return 0
+
+
+def _data_preview(args) -> int:
+  if args.data_dir:
+    from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+
+    sources.set_data_dir(args.data_dir)
+  import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
+  from t5lite.data import preview, registration  # pylint: disable=g-import-not-at-top
+
+  wanted = dict(PREVIEW_TASKS)
+  names = args.tasks or list(wanted)
+  for name in names:
+    task = registration.get_task_or_mixture(name)
+    lengths = wanted.get(name) or {k: 256 for k in task.output_features}
+    ds = task.get_dataset(lengths, split=args.split, shuffle=False, seed=0)
+    print(f"== {name}  lengths={lengths}")
+    for i, ex in enumerate(ds.take(args.examples).as_numpy_iterator()):
+      print(f"- example {i}")
+      print(preview.format_example(ex, task.output_features))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="t5lite", description=__doc__.split("\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  vocab_p = sub.add_parser("vocab", help="vocabulary tools").add_subparsers(dest="sub", required=True)
+  train = vocab_p.add_parser("train", help="train a SentencePiece model (pad=0, eos=1, unk=2)")
+  train.add_argument("--files", help="glob of .txt (one document each) or .jsonl files")
+  train.add_argument("--source", help="'pydocs' or a registered task name whose source to read")
+  train.add_argument("--split", default="train")
+  train.add_argument("--text_key", default="text")
+  train.add_argument("--output", required=True, help="path of the .model file to write")
+  train.add_argument("--vocab_size", type=int, default=8000)
+  train.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
+  train.add_argument("--character_coverage", type=float, default=0.9995)
+  train.add_argument("--data_dir", default=None)
+  train.set_defaults(fn=_vocab_train)
+
+  data_p = sub.add_parser("data", help="dataset tools").add_subparsers(dest="sub", required=True)
+  prep = data_p.add_parser("prepare", help="build the pydocs corpus and the default vocabulary")
+  prep.add_argument("--data_dir", default=None)
+  prep.set_defaults(fn=_data_prepare)
+  prev = data_p.add_parser("preview", help="print decoded examples of tasks")
+  prev.add_argument("--tasks", nargs="*", default=None)
+  prev.add_argument("--examples", type=int, default=2)
+  prev.add_argument("--split", default="validation")
+  prev.add_argument("--data_dir", default=None)
+  prev.set_defaults(fn=_data_preview)
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  _quiet_tf()
+  args = build_parser().parse_args(argv)
+  try:
+    return args.fn(args)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"t5lite: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,63 @@
+"""AdamW for t5lite: a thin wrapper over `optax.adamw`.
+
+It exists so AdamW is configured like `adafactor` (keyword arguments, float or
+schedule learning rate) and can optionally clip the global gradient norm first.
+The math is optax's; the only code here is argument checking and chaining.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import optax
+
+from t5lite.optim.adafactor import adafactor_state_logical_axes
+
+PyTree = Any
+ScalarOrSchedule = Union[float, optax.Schedule]
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    global_norm_clip: Optional[float] = None,
+    weight_decay_mask: Optional[Any] = None,
+) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay, as optax defines it: decay is scaled by lr).
+
+    Args:
+      learning_rate: a float or a schedule (step -> lr).
+      b1, b2, eps: Adam's moment decays and denominator epsilon.
+      weight_decay: decoupled weight decay coefficient (float or schedule).
+      global_norm_clip: if set, gradients are first rescaled so their global L2
+        norm is at most this value.
+      weight_decay_mask: optional optax mask (tree of bools or callable) selecting
+        the params that are decayed.
+    """
+    if learning_rate is None:
+        raise ValueError("learning_rate is required (a float or a schedule).")
+    for name, value in (("b1", b1), ("b2", b2)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}.")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}.")
+    if global_norm_clip is not None and not global_norm_clip > 0:
+        raise ValueError(f"global_norm_clip must be > 0 or None, got {global_norm_clip}.")
+
+    core = optax.adamw(
+        learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask
+    )
+    if global_norm_clip is None:
+        return core
+    return optax.chain(optax.clip_by_global_norm(global_norm_clip), core)
+
+
+def adamw_state_logical_axes(opt_state: PyTree, params: PyTree, param_logical_axes: Optional[PyTree]) -> PyTree:
+    """Axis names for every leaf of an `adamw` state: mu/nu take their parameter's
+    axes, counters get (). Same output convention as `adafactor_state_logical_axes`
+    (whose generic rule for params-shaped subtrees this reuses)."""
+    return adafactor_state_logical_axes(opt_state, params, param_logical_axes)
