@@ -1,21 +1,31 @@
 """Packaging for t5lite: the library, the task package and the gin files.
 
-`t5lite_tasks` lives in the folder `tasks/`; the gin files under `gin/` are
-installed as the package `t5lite_gin` so that `--gin_file=models/t5_1_1/tiny.gin`
-resolves after installation without a checkout.
+`t5lite_tasks` lives in the folder `tasks/`. The gin files under `gin/` are
+installed as data under `<prefix>/share/t5lite/gin` (a package named `gin`
+would shadow gin-config), and `t5lite.gin_paths` finds them there or in a
+checkout, so that `--gin_file=models/t5_1_1/tiny.gin` resolves either way.
 """
+import os
+
 import setuptools
+
+
+def _gin_data_files():
+  out = []
+  for root, _, files in os.walk("gin"):
+    gins = sorted(os.path.join(root, f) for f in files if f.endswith(".gin"))
+    if gins:
+      out.append((os.path.join("share", "t5lite", root), gins))
+  return out
 
 setuptools.setup(
     name="t5lite",
     version="0.1.0",
     description="T5X-style training of encoder-decoder and decoder-only models in JAX/Flax.",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["t5lite", "t5lite.*"])
-    + ["t5lite_tasks", "t5lite_gin"],
-    package_dir={"t5lite_tasks": "tasks", "t5lite_gin": "gin"},
-    package_data={"t5lite_gin": ["**/*.gin", "*.gin"]},
-    include_package_data=True,
+    packages=setuptools.find_packages(include=["t5lite", "t5lite.*"]) + ["t5lite_tasks"],
+    package_dir={"t5lite_tasks": "tasks"},
+    data_files=_gin_data_files(),
     install_requires=[
         "jax>=0.10,<0.12",
         "flax>=0.12,<0.13",

@@ -172,6 +172,35 @@ def _per_sequence_token_factor(weights: Array, segment_ids: Optional[Array]) -> 
 # ---------------------------------------------------------------------------
 
 
+def loss_scale_and_denominator(
+    weights: Array,
+    loss_normalizing_factor: LossNormalizingFactorLike = None,
+    segment_ids: Optional[Array] = None,
+) -> tuple[Array, Array]:
+    """Per-token loss scale and the denominator that a normalizing factor implies.
+
+    The loss is sum(token_loss * scale) / denominator. Gradient accumulation
+    computes both once over the whole batch and sums microbatch losses with the
+    matching slices of `scale`, so the result equals the unsplit batch's.
+    """
+    normalizer = _as_normalizer(loss_normalizing_factor)
+    weights = jnp.asarray(weights, jnp.float32)
+    if normalizer is LossNormalizingFactor.AVERAGE_PER_SEQUENCE:
+        if segment_ids is not None and jnp.shape(segment_ids) != weights.shape:
+            raise ValueError(f"segment_ids shape {jnp.shape(segment_ids)} must equal targets shape {weights.shape}.")
+        factor, num_seqs = _per_sequence_token_factor(weights, segment_ids)
+        return weights * factor, jnp.maximum(num_seqs, 1.0)
+    if normalizer is None:
+        denom = jnp.float32(1.0)
+    elif isinstance(normalizer, float):
+        denom = jnp.float32(normalizer)
+    elif normalizer is LossNormalizingFactor.NUM_REAL_TARGET_TOKENS:
+        denom = jnp.maximum(jnp.sum(weights > 0).astype(jnp.float32), 1.0)
+    else:  # NUM_TOTAL_TARGET_TOKENS
+        denom = jnp.float32(max(int(np.prod(weights.shape)), 1))
+    return weights, denom
+
+
 def compute_weighted_cross_entropy(
     logits: Array,
     targets: Array,
@@ -233,23 +262,7 @@ def compute_weighted_cross_entropy(
         if weights.shape != targets.shape:
             raise ValueError(f"weights shape {weights.shape} must equal targets shape {targets.shape}.")
     weight_sum = jnp.sum(weights)
-
-    if normalizer is LossNormalizingFactor.AVERAGE_PER_SEQUENCE:
-        if segment_ids is not None and jnp.shape(segment_ids) != targets.shape:
-            raise ValueError(f"segment_ids shape {jnp.shape(segment_ids)} must equal targets shape {targets.shape}.")
-        factor, num_seqs = _per_sequence_token_factor(weights, segment_ids)
-        scale = weights * factor
-        denom = jnp.maximum(num_seqs, 1.0)
-    else:
-        scale = weights
-        if normalizer is None:
-            denom = jnp.float32(1.0)
-        elif isinstance(normalizer, float):
-            denom = jnp.float32(normalizer)
-        elif normalizer is LossNormalizingFactor.NUM_REAL_TARGET_TOKENS:
-            denom = jnp.maximum(jnp.sum(weights > 0).astype(jnp.float32), 1.0)
-        else:  # NUM_TOTAL_TARGET_TOKENS
-            denom = jnp.float32(max(int(np.prod(targets.shape)), 1))
+    scale, denom = loss_scale_and_denominator(weights, normalizer, segment_ids)
 
     total_loss = jnp.sum(loss * scale) / denom
     total_z_loss = jnp.sum(z * scale) / denom

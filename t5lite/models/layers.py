@@ -1,0 +1,646 @@
+"""Building blocks shared by the t5lite encoder-decoder and decoder-only models.
+
+Everything here follows the T5 v1.1 recipe: pre-norm residual blocks with
+RMSNorm, gated-GELU feed-forward layers, bias-free multi-head attention whose
+1/sqrt(d_kv) factor lives in the query initialiser instead of the dot product,
+and bucketed relative position biases computed once per layer stack.
+
+Parameters are always float32 and carry *logical* axis names (see
+`LOGICAL_AXES`) through `nn.with_logical_partitioning`; activations get
+`nn.with_logical_constraint` hints. The modules know nothing about meshes: a
+trainer maps the logical names to mesh axes with its own rules. Nothing in
+this file imports gin, TensorFlow or seqio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
+
+Array = jax.Array
+DType = Any
+PyTree = Any
+
+# Logical axis vocabulary used by parameters ('layers' only appears when a
+# stack is scanned) and by activation constraints.
+LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "relpos_buckets", "layers")
+ACTIVATION_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab")
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal")
+_DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------
+# Config helpers
+# --------------------------------------------------------------------------
+
+
+def dtype_name(dtype: Any) -> str:
+    """Canonical string name ('float32', 'bfloat16', 'float16') of a dtype.
+
+    Accepts those strings or anything `jnp.dtype` understands (jnp.bfloat16,
+    np.float32, ...). Raises ValueError for anything else.
+    """
+    try:
+        name = jnp.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in _DTYPE_NAMES:
+        raise ValueError(
+            f"unsupported activation dtype {dtype!r}; valid options are {_DTYPE_NAMES} "
+            "(as strings or jnp dtypes)"
+        )
+    return name
+
+
+def remat_policy(name: str) -> Optional[Callable[..., bool]]:
+    """Maps a remat policy name to a `jax.checkpoint_policies` function.
+
+    'none' -> no rematerialisation (returns None; callers skip nn.remat),
+    'full' -> save nothing, recompute the whole layer in the backward pass,
+    'dots_saveable' -> keep every matmul output (jax dots_saveable),
+    'minimal' -> keep matmul outputs without batch dims, i.e. the weight
+    projections but not the attention score/value products (T5X 'minimal').
+    """
+    if name == "none":
+        return None
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    if name == "dots_saveable":
+        return jax.checkpoint_policies.dots_saveable
+    if name == "minimal":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    raise ValueError(f"unknown remat_policy {name!r}; valid options are {REMAT_POLICIES}")
+
+
+def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
+    """Shared __post_init__ checks for the model config dataclasses.
+
+    Normalises `dtype` to its string name and `remat_policy=None` to 'none'
+    (the configs are frozen, hence object.__setattr__).
+    """
+    cls = type(cfg).__name__
+    positive = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", *layer_fields)
+    for field in positive:
+        value = getattr(cfg, field)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{cls}.{field} must be a positive integer, got {value!r}")
+    if not 0.0 <= float(cfg.dropout_rate) < 1.0:
+        raise ValueError(f"{cls}.dropout_rate must be in [0, 1), got {cfg.dropout_rate!r}")
+    nb, md = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+    if not isinstance(nb, (int, np.integer)) or nb < 4:
+        raise ValueError(f"{cls}.relative_attention_num_buckets must be an integer >= 4, got {nb!r}")
+    if not isinstance(md, (int, np.integer)) or md <= nb // 2:
+        raise ValueError(
+            f"{cls}.relative_attention_max_distance must be an integer > "
+            f"relative_attention_num_buckets // 2 = {nb // 2}, got {md!r}"
+        )
+    if cfg.attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{cls}.attention: unknown attention implementation {cfg.attention!r}; "
+            f"valid options are {ATTENTION_IMPLEMENTATIONS}"
+        )
+    policy = "none" if cfg.remat_policy is None else cfg.remat_policy
+    if policy not in REMAT_POLICIES:
+        raise ValueError(
+            f"{cls}.remat_policy: unknown remat policy {cfg.remat_policy!r}; "
+            f"valid options are {REMAT_POLICIES}"
+        )
+    object.__setattr__(cfg, "remat_policy", policy)
+    try:
+        object.__setattr__(cfg, "dtype", dtype_name(cfg.dtype))
+    except ValueError as e:
+        raise ValueError(f"{cls}.dtype: {e}") from None
+    if cfg.layer_norm_epsilon <= 0:
+        raise ValueError(f"{cls}.layer_norm_epsilon must be > 0, got {cfg.layer_norm_epsilon!r}")
+
+
+# --------------------------------------------------------------------------
+# Parameter helpers
+# --------------------------------------------------------------------------
+
+# Dense kernels: variance scaling on fan-in with a truncated normal, as in T5X.
+def kernel_init(in_axis: int | Sequence[int] = -2, out_axis: int | Sequence[int] = -1) -> Callable:
+    """Initializer for a kernel whose input dims are `in_axis` (fan-in)."""
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis, out_axis)
+
+
+# T5 keeps the full N(0, 1) embedding init; RMSNorm makes the scale harmless.
+embedding_init = nn.initializers.normal(stddev=1.0)
+relpos_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+def _scaled(init: Callable, factor: float) -> Callable:
+    def scaled_init(key, shape, dtype=jnp.float32):
+        return init(key, shape, dtype) * jnp.asarray(factor, dtype)
+
+    return scaled_init
+
+
+def _param(module: nn.Module, name: str, init: Callable, shape: Sequence[int], axes: Sequence[str]):
+    """Float32 parameter annotated with logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), jnp.float32)
+
+
+def count_params(tree: PyTree) -> int:
+    """Number of scalars in a (boxed or unboxed, concrete or abstract) pytree."""
+    leaves = jax.tree.leaves(meta.unbox(tree))
+    return int(sum(math.prod(x.shape) for x in leaves))
+
+
+def logical_axes_tree(abstract_variables: PyTree) -> PyTree:
+    """Logical axis names of each parameter, as a tree of tuples of strings.
+
+    `abstract_variables` is the boxed output of `module.init` (or of
+    `jax.eval_shape(module.init, ...)`). The result has the structure of
+    `flax.core.meta.unbox(abstract_variables)`, with each array replaced by a
+    tuple of names (one per dimension; None for unannotated variables).
+    Because tuples are pytree nodes, combine it with the params by passing
+    the params first: `jax.tree.map(lambda p, names: ..., params, axes)` hands
+    each whole tuple to the function. `nn.get_partition_spec(variables)` gives
+    the same information as PartitionSpecs.
+    """
+
+    def names(x):
+        if isinstance(x, meta.Partitioned):
+            return tuple(x.names)
+        return (None,) * len(getattr(x, "shape", ()))
+
+    return jax.tree.map(names, abstract_variables, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+
+
+# --------------------------------------------------------------------------
+# Basic modules
+# --------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no bias and no mean subtraction."""
+
+    epsilon: float = 1e-6
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return (y * scale).astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding table with axes ('vocab', 'embed')."""
+
+    num_embeddings: int
+    features: int
+    dtype: DType = jnp.float32
+
+    def setup(self):
+        self.embedding = _param(
+            self, "embedding", embedding_init, (self.num_embeddings, self.features), ("vocab", "embed")
+        )
+
+    def __call__(self, ids: Array) -> Array:
+        # Ids outside [0, vocab) are clamped (like array indexing in JAX).
+        return jnp.take(self.embedding, ids, axis=0, mode="clip").astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        """Tied output projection: float32 logits x @ embedding.T."""
+        table = self.embedding.astype(self.dtype)
+        return jnp.einsum("...d,vd->...v", x, table, preferred_element_type=jnp.float32)
+
+
+class OutputDense(nn.Module):
+    """Untied output projection 'logits_dense', kernel axes ('embed', 'vocab')."""
+
+    features: int
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = _param(self, "kernel", kernel_init(), (x.shape[-1], self.features), ("embed", "vocab"))
+        return jnp.dot(x, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+
+
+class GatedMlp(nn.Module):
+    """T5 v1.1 feed-forward: wo(gelu_tanh(x @ wi_0) * (x @ wi_1))."""
+
+    d_ff: int
+    dropout_rate: float = 0.0
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        d_model = x.shape[-1]
+        wi_0 = _param(self, "wi_0", kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
+        wi_1 = _param(self, "wi_1", kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
+        wo = _param(self, "wo", kernel_init(), (self.d_ff, d_model), ("mlp", "embed"))
+        x = x.astype(self.dtype)
+        gate = jnp.dot(x, wi_0.astype(self.dtype))
+        linear = jnp.dot(x, wi_1.astype(self.dtype))
+        h = nn.gelu(gate, approximate=True) * linear
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+        out = jnp.dot(h, wo.astype(self.dtype))
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+# --------------------------------------------------------------------------
+# Relative position bias
+# --------------------------------------------------------------------------
+
+
+def relative_position_bucket(
+    relative_position: Any,
+    bidirectional: bool = True,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+) -> Any:
+    """T5 bucket index of `relative_position = key_position - query_position`.
+
+    Small distances get one bucket each; larger ones share logarithmically
+    wider buckets up to `max_distance`, beyond which everything lands in the
+    last bucket. Bidirectional: half the buckets for keys before the query
+    (including itself), half for keys after it. Unidirectional (causal): keys
+    after the query all map to bucket 0. Works on numpy arrays (returned as
+    numpy, for static tables) and on jax arrays.
+    """
+    xp = np if isinstance(relative_position, (np.ndarray, np.generic, int)) else jnp
+    n = -xp.asarray(relative_position).astype(np.int32)  # distance looking back
+    ret = xp.zeros_like(n)
+    if bidirectional:
+        num_buckets //= 2
+        ret = ret + (n < 0).astype(np.int32) * num_buckets
+        n = xp.abs(n)
+    else:
+        n = xp.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    # The eps keeps exact powers (e.g. n = 2 * max_exact) from rounding down.
+    scaled = xp.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps) / math.log(
+        max_distance / max_exact
+    )
+    large = max_exact + (scaled * (num_buckets - max_exact)).astype(np.int32)
+    large = xp.minimum(large, num_buckets - 1)
+    return ret + xp.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Per-head learned bias indexed by relative-position bucket.
+
+    One instance per layer stack; its output is computed once and handed to
+    every layer. Parameter 'rel_embedding' has axes ('heads', 'relpos_buckets').
+    """
+
+    num_heads: int
+    num_buckets: int = 32
+    max_distance: int = 128
+    bidirectional: bool = True
+
+    @nn.compact
+    def __call__(
+        self, q_len: int, k_len: int, q_positions: Optional[Array] = None, k_positions: Optional[Array] = None
+    ) -> Array:
+        """Float32 bias of shape [1, heads, q_len, k_len] (static positions) or
+        [batch, heads, q_len, k_len] when per-example positions are given."""
+        table = _param(
+            self, "rel_embedding", relpos_init, (self.num_heads, self.num_buckets), ("heads", "relpos_buckets")
+        )
+        bucket = lambda rel: relative_position_bucket(  # noqa: E731
+            rel, self.bidirectional, self.num_buckets, self.max_distance
+        )
+        if q_positions is None and k_positions is None:
+            rel = np.arange(k_len, dtype=np.int32)[None, :] - np.arange(q_len, dtype=np.int32)[:, None]
+            buckets = bucket(rel)  # static numpy [q, k]
+            return jnp.take(table, buckets, axis=1)[None]
+        if q_positions is None:
+            q_positions = jnp.arange(q_len, dtype=jnp.int32)[None]
+        if k_positions is None:
+            k_positions = jnp.arange(k_len, dtype=jnp.int32)[None]
+        rel = k_positions[:, None, :].astype(jnp.int32) - q_positions[:, :, None].astype(jnp.int32)
+        buckets = bucket(rel)  # [b, q, k]
+        return jnp.transpose(jnp.take(table, buckets, axis=1), (1, 0, 2, 3))
+
+
+# --------------------------------------------------------------------------
+# Attention masks (boolean, True = may attend; shape [batch, 1, q, k])
+# --------------------------------------------------------------------------
+
+
+def _effective_segments(tokens: Array, segment_ids: Optional[Array]) -> Array:
+    """Segment id per token with padding (token id 0) forced to segment 0."""
+    valid = tokens > 0
+    if segment_ids is None:
+        return valid.astype(jnp.int32)
+    return jnp.where(valid, segment_ids.astype(jnp.int32), 0)
+
+
+def encoder_self_attention_mask(tokens: Array, segment_ids: Optional[Array] = None) -> Array:
+    """Bidirectional mask within a segment; padding never seen by real tokens.
+
+    Padding queries attend to the padding keys (which include themselves), so
+    no row is entirely masked; real queries only see real keys of their own
+    segment.
+    """
+    seg = _effective_segments(tokens, segment_ids)
+    return seg[:, None, :, None] == seg[:, None, None, :]
+
+
+def decoder_self_attention_mask(
+    segment_ids: Optional[Array] = None, causal_attention: Optional[Array] = None, length: Optional[int] = None
+) -> tuple[Optional[Array], bool]:
+    """Returns (mask, is_causal) for decoder self-attention.
+
+    Plain decoders return is_causal=True and only the same-segment mask (None
+    when unpacked), leaving the triangle to the attention kernel. With
+    `causal_attention` (1 on the prefix, seqio PrefixLM) tokens of the prefix
+    also see each other bidirectionally; then the full mask is returned and
+    is_causal=False.
+    """
+    same_segment = None
+    if segment_ids is not None:
+        seg = segment_ids.astype(jnp.int32)
+        same_segment = seg[:, None, :, None] == seg[:, None, None, :]
+    if causal_attention is None:
+        return same_segment, True
+    length = causal_attention.shape[-1] if length is None else length
+    prefix = causal_attention.astype(bool)
+    tril = np.tril(np.ones((length, length), dtype=bool))[None, None]
+    mask = jnp.logical_or(tril, prefix[:, None, :, None] & prefix[:, None, None, :])
+    if same_segment is not None:
+        mask = mask & same_segment
+    return mask, False
+
+
+def encoder_decoder_attention_mask(
+    encoder_tokens: Array,
+    encoder_segment_ids: Optional[Array] = None,
+    decoder_segment_ids: Optional[Array] = None,
+) -> Array:
+    """Decoder queries see the non-padding encoder tokens of their own segment.
+
+    Decoder padding (segment 0) may look at everything, which keeps rows from
+    being fully masked; the loss ignores those positions anyway.
+    """
+    enc_seg = _effective_segments(encoder_tokens, encoder_segment_ids)
+    if decoder_segment_ids is None:
+        return (enc_seg > 0)[:, None, None, :]
+    dec_seg = decoder_segment_ids.astype(jnp.int32)
+    same = dec_seg[:, None, :, None] == enc_seg[:, None, None, :]
+    return same | (dec_seg == 0)[:, None, :, None]
+
+
+# --------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------
+
+
+def _large_negative(dtype: DType) -> Array:
+    # Same constant as jax.nn.dot_product_attention so both paths agree even
+    # on fully masked rows (uniform weights).
+    return jnp.asarray(-0.7 * float(jnp.finfo(dtype).max), dtype)
+
+
+def einsum_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Optional[Array] = None,
+    mask: Optional[Array] = None,
+    *,
+    is_causal: bool = False,
+    float32_logits: bool = True,
+    dropout: Optional[Callable[[Array], Array]] = None,
+) -> Array:
+    """Unscaled softmax(q k^T + bias) v with einsums; [b, l, heads, kv] layout.
+
+    Logits are accumulated in float32 when `float32_logits`; the softmax is
+    always float32. `dropout`, if given, is applied to the attention weights.
+    """
+    logits_dtype = jnp.float32 if float32_logits else query.dtype
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=logits_dtype)
+    if bias is not None:
+        logits = logits + bias.astype(logits_dtype)
+    if is_causal:
+        q_len, k_len = logits.shape[-2:]
+        tril = np.tril(np.ones((q_len, k_len), dtype=bool))[None, None]
+        mask = tril if mask is None else jnp.logical_and(mask, tril)
+    if mask is not None:
+        logits = jnp.where(mask, logits, _large_negative(logits_dtype))
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+
+
+_warned_cudnn_fallback = False
+
+
+def fused_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Optional[Array] = None,
+    mask: Optional[Array] = None,
+    *,
+    is_causal: bool = False,
+) -> Array:
+    """`jax.nn.dot_product_attention` with T5's unit scale.
+
+    On GPU with bfloat16/float16 activations this asks for the cuDNN kernel
+    (bias and mask are then broadcast to full [b or 1, h, q, k] shapes and
+    cast to the activation dtype, as cuDNN wants); if cuDNN rejects the
+    shapes it falls back to XLA. Everywhere else it is the XLA
+    implementation, numerically equal to `einsum_attention`.
+    """
+    global _warned_cudnn_fallback
+    if jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):
+        q_len, k_len = query.shape[1], key.shape[1]
+        c_bias = None if bias is None else jnp.broadcast_to(
+            bias, bias.shape[:2] + (q_len, k_len)).astype(query.dtype)
+        c_mask = None if mask is None else jnp.broadcast_to(mask, mask.shape[:2] + (q_len, k_len))
+        try:
+            return jax.nn.dot_product_attention(
+                query, key, value, bias=c_bias, mask=c_mask, scale=1.0, is_causal=is_causal,
+                implementation="cudnn",
+            )
+        except (NotImplementedError, ValueError, RuntimeError) as e:  # unsupported shape/dtype
+            if not _warned_cudnn_fallback:
+                logger.warning("cuDNN attention unavailable (%s); using the XLA implementation", e)
+                _warned_cudnn_fallback = True
+    return jax.nn.dot_product_attention(
+        query, key, value, bias=bias, mask=mask, scale=1.0, is_causal=is_causal, implementation="xla"
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Bias-free T5 attention. Kernels: query/key/value ('embed','heads','kv'),
+    out ('heads','kv','embed'). The query init is scaled by 1/sqrt(d_kv) and the
+    dot product is left unscaled, as in T5."""
+
+    num_heads: int
+    head_dim: int
+    dtype: DType = jnp.float32
+    dropout_rate: float = 0.0
+    implementation: str = "xla"
+    float32_logits: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: Array,
+        inputs_kv: Array,
+        bias: Optional[Array] = None,
+        mask: Optional[Array] = None,
+        *,
+        is_causal: bool = False,
+        deterministic: bool = True,
+    ) -> Array:
+        if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown attention implementation {self.implementation!r}; valid options are "
+                f"{ATTENTION_IMPLEMENTATIONS}"
+            )
+        d_model = inputs_q.shape[-1]
+        h, k = self.num_heads, self.head_dim
+        qkv_init = kernel_init(in_axis=0, out_axis=(1, 2))
+        wq = _param(self, "query", _scaled(qkv_init, k**-0.5), (d_model, h, k), ("embed", "heads", "kv"))
+        wk = _param(self, "key", qkv_init, (inputs_kv.shape[-1], h, k), ("embed", "heads", "kv"))
+        wv = _param(self, "value", qkv_init, (inputs_kv.shape[-1], h, k), ("embed", "heads", "kv"))
+        wo = _param(self, "out", kernel_init(in_axis=(0, 1), out_axis=2), (h, k, d_model), ("heads", "kv", "embed"))
+
+        dt = self.dtype
+        xq = inputs_q.astype(dt)
+        xkv = xq if inputs_kv is inputs_q else inputs_kv.astype(dt)
+        axes = ("batch", "length", "heads", "kv")
+        q = nn.with_logical_constraint(jnp.einsum("bld,dhk->blhk", xq, wq.astype(dt)), axes)
+        key = nn.with_logical_constraint(jnp.einsum("bld,dhk->blhk", xkv, wk.astype(dt)), axes)
+        value = nn.with_logical_constraint(jnp.einsum("bld,dhk->blhk", xkv, wv.astype(dt)), axes)
+
+        use_dropout = self.dropout_rate > 0.0 and not deterministic
+        if self.implementation == "dot_product" and not use_dropout:
+            out = fused_attention(q, key, value, bias, mask, is_causal=is_causal)
+        else:  # 'xla', or 'dot_product' with attention dropout (not supported there)
+            drop = None
+            if use_dropout:
+                drop = lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)  # noqa: E731
+            out = einsum_attention(
+                q, key, value, bias, mask, is_causal=is_causal, float32_logits=self.float32_logits, dropout=drop
+            )
+        out = nn.with_logical_constraint(out.astype(dt), axes)
+        y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
+        return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+
+
+# --------------------------------------------------------------------------
+# Transformer layer and stack
+# --------------------------------------------------------------------------
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm residual layer: self-attention, optional cross-attention, MLP.
+
+    `config` is a T5Config or DecoderOnlyConfig (duck-typed: num_heads, d_kv,
+    d_ff, dropout_rate, dtype, attention, float32_attention_logits,
+    layer_norm_epsilon). Static choices (causality, dropout on/off) are
+    attributes so the layer can be scanned and rematerialised without static
+    call arguments. Returns (x, None) so it can be the body of nn.scan.
+    """
+
+    config: Any
+    cross_attention: bool = False
+    causal: bool = False
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        self_bias: Optional[Array],
+        self_mask: Optional[Array],
+        encoded: Optional[Array] = None,
+        cross_mask: Optional[Array] = None,
+    ) -> tuple[Array, None]:
+        cfg = self.config
+        dt = jnp.dtype(cfg.dtype)
+        det = self.deterministic
+
+        def norm(name):
+            return RMSNorm(cfg.layer_norm_epsilon, dt, name=name)
+
+        def attention(name):
+            return MultiHeadAttention(
+                cfg.num_heads, cfg.d_kv, dt, cfg.dropout_rate, cfg.attention, cfg.float32_attention_logits,
+                name=name,
+            )
+
+        def residual_dropout(y):
+            return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=det)
+
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        h = norm("pre_self_attention_layer_norm")(x)
+        h = attention("self_attention")(h, h, self_bias, self_mask, is_causal=self.causal, deterministic=det)
+        x = x + residual_dropout(h)
+
+        if self.cross_attention:
+            h = norm("pre_cross_attention_layer_norm")(x)
+            h = attention("encoder_decoder_attention")(h, encoded, None, cross_mask, deterministic=det)
+            x = x + residual_dropout(h)
+
+        h = norm("pre_mlp_layer_norm")(x)
+        h = GatedMlp(cfg.d_ff, cfg.dropout_rate, dt, name="mlp")(h, deterministic=det)
+        x = x + residual_dropout(h)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+
+
+def apply_layer_stack(
+    config: Any,
+    num_layers: int,
+    x: Array,
+    self_bias: Optional[Array],
+    self_mask: Optional[Array],
+    encoded: Optional[Array] = None,
+    cross_mask: Optional[Array] = None,
+    *,
+    cross_attention: bool = False,
+    causal: bool = False,
+    deterministic: bool = True,
+) -> Array:
+    """Runs `num_layers` TransformerLayers inside the calling compact module.
+
+    Unscanned: submodules 'layers_0' ... 'layers_{n-1}'. Scanned
+    (`config.scan_layers`): one submodule 'layers' whose params have a leading
+    axis of size n named 'layers'. Either way each layer is wrapped in
+    nn.remat when `config.remat_policy` is not 'none'. The bias and masks are
+    shared by all layers (broadcast through the scan).
+    """
+    layer_cls = TransformerLayer
+    if config.remat_policy != "none":
+        layer_cls = nn.remat(
+            layer_cls, policy=remat_policy(config.remat_policy), prevent_cse=not config.scan_layers
+        )
+    kwargs = dict(config=config, cross_attention=cross_attention, causal=causal, deterministic=deterministic)
+    if config.scan_layers:
+        scanned = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * 4,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = scanned(**kwargs, name="layers")(x, self_bias, self_mask, encoded, cross_mask)
+        return x
+    for i in range(num_layers):
+        x, _ = layer_cls(**kwargs, name=f"layers_{i}")(x, self_bias, self_mask, encoded, cross_mask)
+    return x

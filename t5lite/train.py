@@ -1,0 +1,227 @@
+"""Training entry point: `python -m t5lite.train --gin_file=... --gin.MODEL_DIR=\\"...\\"`.
+
+`train()` is what the run gin files configure (gin/runs/pretrain.gin,
+finetune.gin); `main()` parses T5X-style flags, writes MODEL_DIR/config.gin
+for a new run and calls it. Running the same command again resumes from the
+latest checkpoint in MODEL_DIR, including the position in the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import optax
+
+from t5lite import trainer as trainer_lib
+from t5lite.models.model import BaseModel
+from t5lite.optim import adafactor, schedules
+
+
+def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pack, seed, data_dir):
+  """Host-local batch iterators for training (with skip) and evaluation."""
+  from t5lite.data import pipeline, registration, sources  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
+
+  if data_dir:
+    sources.set_data_dir(data_dir)
+  task = registration.get_task_or_mixture(mixture_or_task_name)
+  nproc = jax.process_count()
+  if batch_size % nproc:
+    raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {nproc} processes.")
+  shard = seqio.ShardInfo(jax.process_index(), nproc) if nproc > 1 else None
+  local = batch_size // nproc
+
+  def train_batches(skip: int):
+    ds = pipeline.get_dataset(
+        mixture_or_task_name, task_feature_lengths, split="train", batch_size=local,
+        converter=converter, pack=pack, shuffle=True, seed=seed, shard_info=shard, num_epochs=None,
+    )
+    return ds.skip(skip).as_numpy_iterator()
+
+  def eval_batches_factory(split: str, steps: int):
+    if split not in task.splits:
+      return None
+
+    def eval_batches():
+      ds = pipeline.get_dataset(
+          mixture_or_task_name, task_feature_lengths, split=split, batch_size=local,
+          converter=converter, pack=pack, shuffle=False, seed=seed, shard_info=shard, num_epochs=1,
+      )
+      return ds.take(steps).as_numpy_iterator()
+
+    return eval_batches
+
+  vocab_size = max(t.output_features["targets"].vocabulary.vocab_size for t in getattr(task, "tasks", [task]))
+  return train_batches, eval_batches_factory, vocab_size
+
+
+def train(
+    *,
+    model: BaseModel,
+    model_dir: str,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    train_steps: int,
+    batch_size: int,
+    optimizer: Callable[..., optax.GradientTransformation] = adafactor.adafactor,
+    learning_rate: Optional[optax.Schedule] = None,
+    eval_every: int = 0,
+    eval_steps: int = 10,
+    eval_split: str = "validation",
+    checkpoint_every: int = 1000,
+    keep_checkpoints: Optional[int] = 3,
+    summary_every: int = 50,
+    num_microbatches: int = 1,
+    seed: int = 0,
+    pack: bool = True,
+    initial_checkpoint_path: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    async_checkpointing: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+  """Trains `model` on a seqio task or mixture; returns the last train metrics."""
+  learning_rate = learning_rate or schedules.rsqrt(1.0, 10000)
+  config = trainer_lib.TrainerConfig(
+      train_steps=train_steps, batch_size=batch_size, task_feature_lengths=dict(task_feature_lengths),
+      eval_every=eval_every, eval_steps=eval_steps, checkpoint_every=checkpoint_every,
+      keep_checkpoints=keep_checkpoints, summary_every=summary_every, num_microbatches=num_microbatches,
+      seed=seed, async_checkpointing=async_checkpointing, progress=progress,
+  )
+  train_batches, eval_factory, vocab_size = _data(
+      mixture_or_task_name, task_feature_lengths, batch_size, model.FEATURE_CONVERTER, pack, seed, data_dir
+  )
+  if model.config.vocab_size < vocab_size:
+    raise ValueError(
+        f"The model's vocab_size={model.config.vocab_size} is smaller than the vocabulary of "
+        f"{mixture_or_task_name!r} ({vocab_size} ids); set the model's vocab_size >= {vocab_size}."
+    )
+  trainer = trainer_lib.Trainer(
+      model, optimizer, learning_rate, config, model_dir, initial_checkpoint_path=initial_checkpoint_path
+  )
+  try:
+    eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None
+    return trainer.train(train_batches, eval_batches)
+  finally:
+    trainer.close()
+
+
+# --------------------------------------------------------------------------- #
+# Command line (gin only here, at the edge).
+# --------------------------------------------------------------------------- #
+REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS", "BATCH_SIZE")
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+  """Splits T5X-style flags into gin files, gin bindings and search paths."""
+  files, bindings, paths = [], [], []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    name, eq, value = arg.partition("=")
+    if not eq and name in ("--gin_file", "--gin_search_paths", "--gin_bindings") and i + 1 < len(args):
+      value, i = args[i + 1], i + 1
+      eq = "="
+    if name == "--gin_file" and eq:
+      files.append(value)
+    elif name == "--gin_bindings" and eq:
+      bindings.append(value)
+    elif name == "--gin_search_paths" and eq:
+      paths.extend(p for p in value.split(",") if p)
+    elif name.startswith("--gin.") and eq:
+      bindings.append(f"{name[len('--gin.'):]} = {value}")
+    else:
+      raise SystemExit(
+          f"Unknown flag {arg!r}. Use --gin_file=FILE, --gin.NAME=VALUE, --gin_bindings='NAME = VALUE' "
+          "or --gin_search_paths=DIR,DIR."
+      )
+    i += 1
+  if not files:
+    raise SystemExit("Give at least one --gin_file (e.g. --gin_file=experiments/quickstart.gin).")
+  return files, bindings, paths
+
+
+def configure_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+  """Parses gin files (found in the cwd, the search paths or the installed gin/) and bindings."""
+  import gin  # pylint: disable=g-import-not-at-top
+
+  from t5lite import gin_paths  # pylint: disable=g-import-not-at-top
+
+  gin.clear_config()
+  ours = gin_paths.gin_dir()
+  for path in [*([ours] if ours else []), *search_paths, os.getcwd()]:
+    gin.add_config_file_search_path(path)
+  # gin logs an error for every search-path miss before it finds a file.
+  quiet = _DropGinPathMisses()
+  logging.getLogger().addFilter(quiet)
+  try:
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
+  except ValueError as e:
+    msg = str(e)
+    for macro in REQUIRED_MACROS:
+      if msg.startswith(f"{macro}/macro.value set to `%gin.REQUIRED`"):
+        raise ValueError(
+            f"The required gin macro {macro} is not set: add --gin.{macro}=... or bind it in an experiment file."
+        ) from e
+    raise
+  except IOError as e:
+    raise FileNotFoundError(f"{e}. Gin files are looked up in {ours}, --gin_search_paths and the cwd.") from e
+  finally:
+    logging.getLogger().removeFilter(quiet)
+
+
+class _DropGinPathMisses(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
+
+
+def write_config(model_dir: str) -> Optional[str]:
+  """Writes MODEL_DIR/config.gin (all bindings) for a run that starts from scratch."""
+  import gin  # pylint: disable=g-import-not-at-top
+
+  if jax.process_index() != 0:
+    return None
+  os.makedirs(model_dir, exist_ok=True)
+  path = os.path.join(model_dir, "config.gin")
+  checkpoints = os.path.join(model_dir, "checkpoints")
+  if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
+    return None  # resuming: keep the config of the run that started it
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(gin.config_str())
+  os.replace(tmp, path)
+  return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  import gin  # pylint: disable=g-import-not-at-top
+
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  files, bindings, paths = parse_flags(sys.argv[1:] if argv is None else argv)
+  try:
+    configure_gin(files, bindings, paths)
+    model_dir = gin.query_parameter("%MODEL_DIR")
+    write_config(model_dir)
+    # The module gin configured (not __main__, when run with python -m).
+    module = importlib.import_module("t5lite.train")
+    metrics = gin.get_configurable(module.train)()
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    print(f"t5lite train: error: {e}", file=sys.stderr)
+    return 1
+  if metrics:
+    print(f"done: step metrics {', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items()))}")
+  print(f"run directory: {os.path.abspath(model_dir)}")
+  print(f"TensorBoard:   tensorboard --logdir {os.path.abspath(model_dir)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,349 @@
+"""The train step (a pure function under jax.jit) and the loop around it.
+
+`train_step` does gradient accumulation over microbatches with `lax.scan`,
+normalizes the loss over the whole batch (so accumulation does not change the
+result), applies the optax update and returns metrics. `Trainer` is the thin
+object outside jit: it creates or restores the state, feeds batches, writes
+summaries and checkpoints, evaluates, and stops on a NaN loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from t5lite import checkpointing, summaries, throughput
+from t5lite.models.model import BaseModel
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+
+
+def _split_microbatches(batch: Batch, n: int) -> Batch:
+  return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+
+def compute_gradients(model: BaseModel, params: PyTree, batch: Batch, rng: jax.Array, num_microbatches: int):
+  """Summed gradients and metrics over the batch, accumulated microbatch by microbatch."""
+  scale, denom = model.loss_scale(batch)
+  grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+  if num_microbatches <= 1:
+    (_, metrics), grads = grad_fn(params, batch, rng, scale)
+  else:
+    micro = _split_microbatches(dict(batch), num_microbatches)
+    micro_scale = scale.reshape((num_microbatches, -1) + scale.shape[1:])
+
+    def body(carry, xs):
+      acc_grads, acc_metrics = carry
+      mb, mb_scale, i = xs
+      (_, m), g = grad_fn(params, mb, jax.random.fold_in(rng, i), mb_scale)
+      return (jax.tree.map(jnp.add, acc_grads, g), jax.tree.map(jnp.add, acc_metrics, m)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    first_metrics = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng, micro_scale[0])[0][1])
+    zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first_metrics)
+    (grads, metrics), _ = jax.lax.scan(
+        body, (zeros, zero_metrics), (micro, micro_scale, jnp.arange(num_microbatches))
+    )
+  grads = jax.tree.map(lambda g: g / denom, grads)
+  metrics = dict(metrics, denominator=denom)
+  return grads, metrics
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    model: BaseModel,
+    optimizer: optax.GradientTransformation,
+    learning_rate: Callable[[jax.Array], jax.Array],
+    num_microbatches: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step; pure, for jax.jit."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  grads, m = compute_gradients(model, state.params, batch, step_rng, num_microbatches)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  denom = m["denominator"]
+  metrics = {
+      "loss": m["loss_sum"] / denom,
+      "z_loss": m["z_loss_sum"] / denom,
+      "accuracy": m["correct"] / jnp.maximum(m["target_tokens"], 1.0),
+      "target_tokens": m["target_tokens"],
+      "grad_norm": optax.global_norm(grads),
+      "param_norm": optax.global_norm(params),
+      "learning_rate": learning_rate(state.step),
+  }
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: PyTree, batch: Batch, *, model: BaseModel) -> dict[str, jax.Array]:
+  """Summed loss and accuracy counts on one batch (no dropout), per real target token."""
+  weights = batch["decoder_loss_weights"].astype(jnp.float32)
+  _, m = model.loss_fn(params, batch, None, weights)
+  return m
+
+
+def make_optimizer(optimizer_factory: Callable[..., optax.GradientTransformation], learning_rate, logical_axes):
+  """Calls an optimizer factory with the schedule and, if it takes them, the logical axes."""
+  kwargs = {"learning_rate": learning_rate}
+  if "logical_axes" in inspect.signature(optimizer_factory).parameters:
+    kwargs["logical_axes"] = logical_axes
+  return optimizer_factory(**kwargs)
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+  """How long and how often; validated before any work starts."""
+
+  train_steps: int
+  batch_size: int
+  task_feature_lengths: Mapping[str, int]
+  eval_every: int = 0
+  eval_steps: int = 10
+  checkpoint_every: int = 1000
+  keep_checkpoints: Optional[int] = 3
+  summary_every: int = 50
+  num_microbatches: int = 1
+  seed: int = 0
+  async_checkpointing: bool = True
+  progress: bool = True
+
+  def __post_init__(self):
+    for name in ("train_steps", "batch_size", "num_microbatches", "summary_every", "checkpoint_every"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive int.")
+    if self.batch_size % self.num_microbatches:
+      raise ValueError(
+          f"BATCH_SIZE={self.batch_size} is not divisible by num_microbatches={self.num_microbatches}."
+      )
+    n = jax.device_count()
+    if self.batch_size % n:
+      raise ValueError(
+          f"BATCH_SIZE={self.batch_size} is not divisible by the {n} devices; use a multiple of {n}."
+      )
+
+
+class Trainer:
+  """Runs a training job in MODEL_DIR: create or resume, loop, summarize, checkpoint."""
+
+  def __init__(
+      self,
+      model: BaseModel,
+      optimizer_factory: Callable[..., optax.GradientTransformation],
+      learning_rate: Callable[[jax.Array], jax.Array],
+      config: TrainerConfig,
+      model_dir: str,
+      initial_checkpoint_path: Optional[str] = None,
+  ):
+    self.model = model
+    self.config = config
+    self.model_dir = os.path.abspath(model_dir)
+    self.learning_rate = learning_rate
+    self.is_primary = jax.process_index() == 0
+    shapes = model.input_shapes(config.batch_size, config.task_feature_lengths)
+    self.abstract_boxed = model.abstract_params(shapes)
+    self.logical_axes = model.param_logical_axes(shapes)
+    self.optimizer = make_optimizer(optimizer_factory, learning_rate, self.logical_axes)
+    self.abstract_params = flax.core.meta.unbox(self.abstract_boxed)
+    self.abstract_opt_state = jax.eval_shape(self.optimizer.init, self.abstract_params)
+    self.checkpointer = checkpointing.Checkpointer(
+        os.path.join(self.model_dir, "checkpoints"),
+        keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing,
+    )
+    # Refuse an incompatible MODEL_DIR before anything else happens.
+    latest = self.checkpointer.latest_step()
+    if latest is not None:
+      self.checkpointer.check_compatible(latest, self.abstract_params)
+    self.initial_checkpoint_path = initial_checkpoint_path
+    self.shapes = shapes
+    self.summaries = summaries.Summaries(self.model_dir, enabled=self.is_primary)
+    self._train_step = jax.jit(
+        functools.partial(
+            train_step, model=model, optimizer=self.optimizer, learning_rate=learning_rate,
+            num_microbatches=config.num_microbatches,
+        ),
+        donate_argnums=(0,),
+    )
+    self._eval_step = jax.jit(functools.partial(eval_step, model=model))
+    self.flops_per_step = model.flops_per_step(config.batch_size, config.task_feature_lengths)
+    self.tokens_per_step = model.tokens_per_step(config.batch_size, config.task_feature_lengths)
+
+  # ---- state ---------------------------------------------------------------
+  def _fresh_state(self) -> TrainState:
+    rng = jax.random.key(self.config.seed)
+    init = jax.jit(lambda r: self.model.init_params(r, self.shapes))
+    params = init(rng)
+    if self.initial_checkpoint_path:
+      params = checkpointing.load_params(self.initial_checkpoint_path, self.abstract_params)
+    opt_state = jax.jit(self.optimizer.init)(params)
+    return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state)
+
+  def restore_or_init(self) -> tuple[TrainState, int]:
+    """The latest checkpoint in MODEL_DIR, else a fresh (or fine-tuning) state."""
+    latest = self.checkpointer.latest_step()
+    if latest is None:
+      return self._fresh_state(), 0
+    params, opt_state, meta = self.checkpointer.restore(latest, self.abstract_params, self.abstract_opt_state)
+    state = TrainState(step=jnp.asarray(latest, jnp.int32), params=params, opt_state=opt_state)
+    return state, int(meta.get("batches_consumed", latest))
+
+  def save(self, state: TrainState, batches_consumed: int) -> None:
+    step = int(state.step)
+    self.checkpointer.save(
+        step, state.params, state.opt_state,
+        {"batches_consumed": batches_consumed, "seed": self.config.seed,
+         "model": type(self.model).__name__},
+    )
+
+  # ---- loop ----------------------------------------------------------------
+  def evaluate(self, params: PyTree, batches: Iterator[Batch], step: int) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for batch in batches:
+      m = jax.device_get(self._eval_step(params, batch))
+      for k, v in m.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    if not totals:
+      return {}
+    tokens = max(totals["target_tokens"], 1.0)
+    result = {
+        "loss": totals["loss_sum"] / tokens,
+        "z_loss": totals["z_loss_sum"] / tokens,
+        "accuracy": totals["correct"] / tokens,
+        "target_tokens": totals["target_tokens"],
+    }
+    self.summaries.write(step, "eval", result)
+    return result
+
+  def train(
+      self,
+      train_batches: Callable[[int], Iterator[Batch]],
+      eval_batches: Optional[Callable[[], Iterator[Batch]]] = None,
+      log: Callable[[str], None] = print,
+  ) -> dict[str, float]:
+    """Trains to `train_steps`; `train_batches(skip)` yields batches after `skip` ones."""
+    cfg = self.config
+    state, consumed = self.restore_or_init()
+    start_step = int(state.step)
+    if start_step >= cfg.train_steps:
+      log(f"{self.model_dir} is already at step {start_step} >= TRAIN_STEPS={cfg.train_steps}; nothing to do.")
+      return {}
+    if start_step:
+      log(f"resuming from step {start_step} in {self.checkpointer.directory}")
+    rng = jax.random.key(cfg.seed + 1)
+    batches = train_batches(consumed)
+    last_metrics: dict[str, float] = {}
+    last_saved = start_step if start_step else None
+    progress = _progress(start_step, cfg.train_steps, enabled=cfg.progress and self.is_primary)
+    window_start, window_steps, compile_done = time.perf_counter(), 0, False
+    step = start_step
+    try:
+      while step < cfg.train_steps:
+        batch = next(batches)
+        state, metrics = self._train_step(state, batch, rng)
+        consumed += 1
+        step += 1
+        window_steps += 1
+        if not compile_done:
+          jax.block_until_ready(metrics)
+          compile_done = True
+          window_start, window_steps = time.perf_counter(), 0
+        progress.update(1)
+        is_summary = step % cfg.summary_every == 0 or step == cfg.train_steps
+        is_ckpt = step % cfg.checkpoint_every == 0 or step == cfg.train_steps
+        if is_summary or is_ckpt:
+          m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          if not math.isfinite(m["loss"]):
+            raise FloatingPointError(
+                f"Loss is {m['loss']} at step {step}; stopping. The last good checkpoint is "
+                f"{'step ' + str(last_saved) if last_saved else 'none'} in {self.checkpointer.directory}."
+            )
+          if is_summary and window_steps:
+            elapsed = time.perf_counter() - window_start
+            step_s = elapsed / window_steps
+            m["step_time_s"] = step_s
+            m["tokens_per_s"] = self.tokens_per_step / step_s
+            m["flops_per_s"] = self.flops_per_step / step_s
+            util = throughput.mfu(m["flops_per_s"])
+            if util is not None:
+              m["mfu"] = util
+            window_start, window_steps = time.perf_counter(), 0
+          if is_summary:
+            self.summaries.write(step, "train", m)
+            progress.set_postfix(_postfix(m))
+            last_metrics = m
+          if is_ckpt:
+            self.save(state, consumed)
+            last_saved = step
+        if eval_batches is not None and cfg.eval_every and step % cfg.eval_every == 0:
+          result = self.evaluate(state.params, eval_batches(), step)
+          if result:
+            progress.write(f"step {step}: eval loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}")
+      if eval_batches is not None and cfg.eval_every and step % cfg.eval_every:
+        self.evaluate(state.params, eval_batches(), step)
+    finally:
+      progress.close()
+      self.checkpointer.wait()
+      self.summaries.flush()
+    self.state = state
+    return last_metrics
+
+  def close(self) -> None:
+    self.checkpointer.close()
+    self.summaries.close()
+
+
+def _postfix(m: Mapping[str, float]) -> dict[str, str]:
+  out = {"loss": f"{m['loss']:.3f}"}
+  if "tokens_per_s" in m:
+    out["tok/s"] = f"{m['tokens_per_s']:,.0f}"
+  if "mfu" in m:
+    out["mfu"] = f"{100 * m['mfu']:.1f}%"
+  elif "flops_per_s" in m:
+    out["GFLOP/s"] = f"{m['flops_per_s'] / 1e9:.1f}"
+  return out
+
+
+class _NoProgress:
+  def update(self, n):
+    pass
+
+  def set_postfix(self, d):
+    pass
+
+  def write(self, s):
+    print(s)
+
+  def close(self):
+    pass
+
+
+def _progress(initial: int, total: int, enabled: bool):
+  if not enabled:
+    return _NoProgress()
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
+              mininterval=1.0)
