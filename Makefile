@@ -19,9 +19,11 @@ $(STAMP): setup.py requirements.lock
 
 .venv: $(STAMP)
 
+MODEL_DIR ?= runs/quickstart
+
 train: $(STAMP)
 	$(BIN)/t5lite data prepare
-	$(BIN)/t5lite data preview --examples 2
+	$(BIN)/python -m t5lite.train --gin_file=experiments/quickstart.gin --gin.MODEL_DIR=\"$(MODEL_DIR)\"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

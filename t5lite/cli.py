@@ -4,6 +4,7 @@
     t5lite vocab train --source pydocs --vocab_size 8000 --output my.model
     t5lite data preview [--tasks pydocs_span_corruption ...] [--examples 2]
     t5lite data prepare [--data_dir DIR]
+    t5lite train --gin_file=experiments/quickstart.gin --gin.MODEL_DIR=\"/tmp/run\"
 
 Heavy imports (TensorFlow, seqio) happen inside the subcommands that need them.
 """
@@ -95,6 +96,7 @@ def _data_preview(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="t5lite", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
+  sub.add_parser("train", help="train with gin flags (same as python -m t5lite.train)")
 
   vocab_p = sub.add_parser("vocab", help="vocabulary tools").add_subparsers(dest="sub", required=True)
   train = vocab_p.add_parser("train", help="train a SentencePiece model (pad=0, eos=1, unk=2)")
@@ -124,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   _quiet_tf()
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "train":
+    from t5lite import train  # pylint: disable=g-import-not-at-top
+
+    return train.main(argv[1:])
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args)

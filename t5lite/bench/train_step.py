@@ -1,0 +1,224 @@
+"""Training-step throughput of t5lite's real train step on random packed batches.
+
+    python -m t5lite.bench.train_step --preset small --batch 8 --inputs 512 --targets 114 --steps 10
+    python -m t5lite.bench.train_step --model decoder_only --preset tiny --batch 8
+
+Builds the model wrapper (`EncoderDecoderModel` / `DecoderOnlyModel`), Adafactor
+with the model's logical axes and a constant learning rate, and jits
+`t5lite.trainer.train_step` with `donate_argnums=(0,)` exactly as
+`t5lite.trainer.Trainer` does. Batches are random token ids in [2, vocab) laid
+out like seqio's feature-converter output (EncDec, or LM for decoder-only:
+length = inputs + targets), with segment ids (all 1) and positions, as packed
+training batches have. The first step (compile included) is reported as
+compile_s; the median of the following `--steps` steps gives tokens_per_s.
+
+Prints ONE JSON line. Imports only jax/flax/optax/numpy and t5lite (no
+TensorFlow, seqio or gin), so it runs on any JAX backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+
+def make_batches(
+    model_kind: str, batch: int, inputs: int, targets: int, vocab: int, count: int, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+  """Random packed-format batches (numpy int32, float32 weights), pre-generated."""
+  rng = np.random.default_rng(seed)
+
+  def seq(length):
+    return {
+        "segment_ids": np.ones((batch, length), np.int32),
+        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy(),
+    }
+
+  out = []
+  for _ in range(count):
+    if model_kind == "encoder_decoder":
+      enc = rng.integers(2, vocab, (batch, inputs), dtype=np.int32)
+      tgt = rng.integers(2, vocab, (batch, targets), dtype=np.int32)
+      e, d = seq(inputs), seq(targets)
+      out.append({
+          "encoder_input_tokens": enc,
+          "encoder_segment_ids": e["segment_ids"],
+          "encoder_positions": e["positions"],
+          # seqio shifts right within each segment; 0 is the BOS/pad id.
+          "decoder_input_tokens": np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1),
+          "decoder_target_tokens": tgt,
+          "decoder_loss_weights": np.ones((batch, targets), np.float32),
+          "decoder_segment_ids": d["segment_ids"],
+          "decoder_positions": d["positions"],
+      })
+    else:
+      length = inputs + targets
+      tgt = rng.integers(2, vocab, (batch, length), dtype=np.int32)
+      d = seq(length)
+      out.append({
+          "decoder_input_tokens": np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1),
+          "decoder_target_tokens": tgt,
+          "decoder_loss_weights": np.ones((batch, length), np.float32),
+          "decoder_segment_ids": d["segment_ids"],
+          "decoder_positions": d["positions"],
+      })
+  return out
+
+
+def build_model(args):
+  from t5lite.models import decoder_only, model as model_lib, t5  # pylint: disable=g-import-not-at-top
+
+  overrides = dict(
+      vocab_size=args.vocab_size, dtype=args.dtype, scan_layers=args.scan_layers,
+      remat_policy=args.remat_policy, attention=args.attention,
+  )
+  if args.model == "encoder_decoder":
+    cfg = t5.t5_config(args.preset, **overrides)
+    model = model_lib.EncoderDecoderModel(config=cfg)
+    lengths = {"inputs": args.inputs, "targets": args.targets}
+  else:
+    cfg = decoder_only.decoder_only_config(args.preset, **overrides)
+    model = model_lib.DecoderOnlyModel(config=cfg)
+    lengths = {"targets": args.inputs + args.targets}
+  return model, lengths
+
+
+def run(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from t5lite import throughput, trainer  # pylint: disable=g-import-not-at-top
+  from t5lite.models import layers  # pylint: disable=g-import-not-at-top
+  from t5lite.optim import adafactor, schedules  # pylint: disable=g-import-not-at-top
+
+  model, lengths = build_model(args)
+  shapes = model.input_shapes(args.batch, lengths)
+  learning_rate = schedules.constant(args.learning_rate)
+  optimizer = trainer.make_optimizer(
+      adafactor.adafactor, learning_rate, model.param_logical_axes(shapes)
+  )
+  # Exactly as Trainer builds it.
+  step_fn = jax.jit(
+      functools.partial(
+          trainer.train_step, model=model, optimizer=optimizer, learning_rate=learning_rate,
+          num_microbatches=args.microbatches,
+      ),
+      donate_argnums=(0,),
+  )
+
+  # Init as Trainer._fresh_state does (jit'd init_params, then jit'd opt init).
+  t0 = time.perf_counter()
+  rng = jax.random.key(args.seed)
+  params = jax.jit(lambda r: model.init_params(r, shapes))(rng)
+  opt_state = jax.jit(optimizer.init)(params)
+  state = trainer.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+  n_params = layers.count_params(params)
+
+  kind = "encoder_decoder" if args.model == "encoder_decoder" else "decoder_only"
+  host_batches = make_batches(kind, args.batch, args.inputs, args.targets, args.vocab_size, 1 + args.steps,
+                              seed=args.seed + 1)
+  batches = [jax.device_put(b) for b in host_batches]
+  jax.block_until_ready(batches)
+  step_rng = jax.random.key(args.seed + 1)
+
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, batches[0], step_rng)
+  jax.block_until_ready((state, metrics))
+  compile_s = time.perf_counter() - t0
+  first_loss = float(metrics["loss"])
+
+  times, cpu = [], []
+  for b in batches[1:]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    state, metrics = step_fn(state, b, step_rng)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  last_loss = float(metrics["loss"])
+
+  median = statistics.median(times)
+  tokens_per_step = model.tokens_per_step(args.batch, lengths)
+  flops_per_step = model.flops_per_step(args.batch, lengths)
+  flops_per_s = flops_per_step / median
+  device = jax.devices()[0]
+  return {
+      "impl": "t5lite",
+      "preset": args.preset,
+      "model": args.model,
+      "batch": args.batch,
+      "inputs": args.inputs,
+      "targets": args.targets,
+      "dtype": args.dtype,
+      "tokens_per_s": round(tokens_per_step / median, 1),
+      "median_step_s": round(median, 4),
+      "min_step_s": round(min(times), 4),
+      "mean_step_s": round(sum(times) / len(times), 4),
+      "compile_s": round(compile_s, 2),
+      "init_s": round(init_s, 2),
+      "params": n_params,
+      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+      "mfu": throughput.mfu(flops_per_s),
+      "flops_per_s": round(flops_per_s, 1),
+      "flops_per_step": flops_per_step,
+      "steps": len(times),
+      "microbatches": args.microbatches,
+      "scan_layers": args.scan_layers,
+      "remat_policy": args.remat_policy,
+      "attention": args.attention,
+      "vocab_size": args.vocab_size,
+      "cpu_per_wall": round(sum(cpu) / sum(times), 2),
+      "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+      "first_loss": round(first_loss, 4),
+      "last_loss": round(last_loss, 4),
+      "device": device.device_kind,
+      "platform": device.platform,
+      "num_devices": jax.device_count(),
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+  }
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", choices=("encoder_decoder", "decoder_only"), default="encoder_decoder")
+  p.add_argument("--preset", default="small",
+                 help="encoder_decoder: tiny/small/base/large/xl/xxl; decoder_only: tiny/small/base/1b")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--inputs", type=int, default=512)
+  p.add_argument("--targets", type=int, default=114)
+  p.add_argument("--steps", type=int, default=10, help="timed steps after the first (compile) step")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--microbatches", type=int, default=1)
+  p.add_argument("--scan_layers", action="store_true")
+  p.add_argument("--remat_policy", default="none", choices=("none", "full", "dots_saveable", "minimal"))
+  p.add_argument("--attention", choices=("xla", "dot_product"), default="xla")
+  p.add_argument("--vocab_size", type=int, default=32128)
+  p.add_argument("--learning_rate", type=float, default=1e-3)
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+  if args.steps < 1:
+    p.error("--steps must be >= 1")
+  if args.batch % args.microbatches:
+    p.error(f"--batch {args.batch} is not divisible by --microbatches {args.microbatches}")
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = parse_args(argv)
+  print(json.dumps(run(args)), flush=True)
+
+
+if __name__ == "__main__":
+  main()
