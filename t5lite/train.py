@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import optax
 
+from t5lite import partitioning
 from t5lite import trainer as trainer_lib
 from t5lite.models.model import BaseModel
 from t5lite.optim import adafactor, schedules
@@ -83,6 +84,7 @@ def train(
     data_dir: Optional[str] = None,
     async_checkpointing: bool = True,
     progress: bool = True,
+    partitioner: Optional[partitioning.Partitioner] = None,
 ) -> dict[str, float]:
   """Trains `model` on a seqio task or mixture; returns the last train metrics."""
   learning_rate = learning_rate or schedules.rsqrt(1.0, 10000)
@@ -101,7 +103,8 @@ def train(
         f"{mixture_or_task_name!r} ({vocab_size} ids); set the model's vocab_size >= {vocab_size}."
     )
   trainer = trainer_lib.Trainer(
-      model, optimizer, learning_rate, config, model_dir, initial_checkpoint_path=initial_checkpoint_path
+      model, optimizer, learning_rate, config, model_dir, initial_checkpoint_path=initial_checkpoint_path,
+      partitioner=partitioner,
   )
   try:
     eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None
@@ -206,6 +209,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   files, bindings, paths = parse_flags(sys.argv[1:] if argv is None else argv)
+  from t5lite import distributed  # pylint: disable=g-import-not-at-top
+
+  distributed.maybe_initialize()  # before any jax computation
   try:
     configure_gin(files, bindings, paths)
     model_dir = gin.query_parameter("%MODEL_DIR")

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from t5lite import checkpointing, summaries, throughput
+from t5lite import checkpointing, partitioning, summaries, throughput
 from t5lite.models.model import BaseModel
+from t5lite.optim import adafactor
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -138,11 +139,6 @@ class TrainerConfig:
       raise ValueError(
           f"BATCH_SIZE={self.batch_size} is not divisible by num_microbatches={self.num_microbatches}."
       )
-    n = jax.device_count()
-    if self.batch_size % n:
-      raise ValueError(
-          f"BATCH_SIZE={self.batch_size} is not divisible by the {n} devices; use a multiple of {n}."
-      )
 
 
 class Trainer:
@@ -156,18 +152,38 @@ class Trainer:
       config: TrainerConfig,
       model_dir: str,
       initial_checkpoint_path: Optional[str] = None,
+      partitioner: Optional[partitioning.Partitioner] = None,
   ):
     self.model = model
     self.config = config
     self.model_dir = os.path.abspath(model_dir)
     self.learning_rate = learning_rate
     self.is_primary = jax.process_index() == 0
+    self.partitioner = partitioner or partitioning.Partitioner()
+    part = self.partitioner
+    part.check_batch_size(config.batch_size)
+    part.check_batch_size(config.batch_size // config.num_microbatches)
     shapes = model.input_shapes(config.batch_size, config.task_feature_lengths)
-    self.abstract_boxed = model.abstract_params(shapes)
+    self.shapes = shapes
     self.logical_axes = model.param_logical_axes(shapes)
+    unsharded_params = flax.core.meta.unbox(model.abstract_params(shapes))
+    part.fit_to(unsharded_params, self.logical_axes)
     self.optimizer = make_optimizer(optimizer_factory, learning_rate, self.logical_axes)
-    self.abstract_params = flax.core.meta.unbox(self.abstract_boxed)
-    self.abstract_opt_state = jax.eval_shape(self.optimizer.init, self.abstract_params)
+
+    # Shardings: parameters from their logical names; optimizer state like its
+    # parameter (Adafactor's factored statistics keep the parameter's other names).
+    self.param_shardings = part.shardings_for(self.logical_axes)
+    self.abstract_params = _with_shardings(unsharded_params, self.param_shardings)
+    unsharded_opt = jax.eval_shape(self.optimizer.init, unsharded_params)
+    try:
+      opt_axes = adafactor.adafactor_state_logical_axes(unsharded_opt, unsharded_params, self.logical_axes)
+      self.opt_shardings = jax.tree.map(lambda _, axes: part.shardings_for(axes), unsharded_opt, opt_axes)
+    except ValueError as e:
+      part.notes.append(f"optimizer state kept replicated: its layout could not be matched to the parameters ({e})")
+      self.opt_shardings = jax.tree.map(lambda _: part.replicated, unsharded_opt)
+    self.abstract_opt_state = _with_shardings(unsharded_opt, self.opt_shardings)
+    self.state_shardings = TrainState(step=part.replicated, params=self.param_shardings, opt_state=self.opt_shardings)
+
     self.checkpointer = checkpointing.Checkpointer(
         os.path.join(self.model_dir, "checkpoints"),
         keep=config.keep_checkpoints,
@@ -178,28 +194,35 @@ class Trainer:
     if latest is not None:
       self.checkpointer.check_compatible(latest, self.abstract_params)
     self.initial_checkpoint_path = initial_checkpoint_path
-    self.shapes = shapes
     self.summaries = summaries.Summaries(self.model_dir, enabled=self.is_primary)
+    batch_sharding = part.batch_sharding()
     self._train_step = jax.jit(
         functools.partial(
             train_step, model=model, optimizer=self.optimizer, learning_rate=learning_rate,
             num_microbatches=config.num_microbatches,
         ),
+        in_shardings=(self.state_shardings, batch_sharding, part.replicated),
+        out_shardings=(self.state_shardings, part.replicated),
         donate_argnums=(0,),
     )
-    self._eval_step = jax.jit(functools.partial(eval_step, model=model))
+    self._eval_step = jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(self.param_shardings, batch_sharding), out_shardings=part.replicated,
+    )
     self.flops_per_step = model.flops_per_step(config.batch_size, config.task_feature_lengths)
     self.tokens_per_step = model.tokens_per_step(config.batch_size, config.task_feature_lengths)
 
   # ---- state ---------------------------------------------------------------
   def _fresh_state(self) -> TrainState:
     rng = jax.random.key(self.config.seed)
-    init = jax.jit(lambda r: self.model.init_params(r, self.shapes))
-    params = init(rng)
-    if self.initial_checkpoint_path:
-      params = checkpointing.load_params(self.initial_checkpoint_path, self.abstract_params)
-    opt_state = jax.jit(self.optimizer.init)(params)
-    return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state)
+    with self.partitioner.context():
+      init = jax.jit(lambda r: self.model.init_params(r, self.shapes), out_shardings=self.param_shardings)
+      params = init(rng)
+      if self.initial_checkpoint_path:
+        params = checkpointing.load_params(self.initial_checkpoint_path, self.abstract_params)
+      opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(params)
+    step = jax.device_put(jnp.asarray(0, jnp.int32), self.partitioner.replicated)
+    return TrainState(step=step, params=params, opt_state=opt_state)
 
   def restore_or_init(self) -> tuple[TrainState, int]:
     """The latest checkpoint in MODEL_DIR, else a fresh (or fine-tuning) state."""
@@ -207,8 +230,35 @@ class Trainer:
     if latest is None:
       return self._fresh_state(), 0
     params, opt_state, meta = self.checkpointer.restore(latest, self.abstract_params, self.abstract_opt_state)
-    state = TrainState(step=jnp.asarray(latest, jnp.int32), params=params, opt_state=opt_state)
+    step = jax.device_put(jnp.asarray(latest, jnp.int32), self.partitioner.replicated)
+    state = TrainState(step=step, params=params, opt_state=opt_state)
     return state, int(meta.get("batches_consumed", latest))
+
+  def model_info(self) -> str:
+    """The mesh, the rules, per-device bytes and each parameter's sharding (model-info.txt)."""
+    part = self.partitioner
+    lines = [
+        f"mesh: {dict(part.mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} process(es)",
+        f"logical-axis rules: {list(part.active_rules)}",
+        *[f"note: {n}" for n in part.notes],
+        f"parameters: {partitioning.total_bytes(self.abstract_params):,} bytes in all, "
+        f"{partitioning.bytes_per_device(self.abstract_params):,} per device",
+        f"optimizer state: {partitioning.total_bytes(self.abstract_opt_state):,} bytes in all, "
+        f"{partitioning.bytes_per_device(self.abstract_opt_state):,} per device",
+        "",
+        "parameter  shape  logical axes  partition spec",
+    ]
+    flat_axes = partitioning._axes_leaves(self.logical_axes)  # pylint: disable=protected-access
+    for (path, leaf), names in zip(jax.tree_util.tree_flatten_with_path(self.abstract_params)[0], flat_axes):
+      key = "/".join(str(getattr(k, "key", k)) for k in path)
+      lines.append(f"{key}  {tuple(leaf.shape)}  {names}  {leaf.sharding.spec}")
+    return "\n".join(lines) + "\n"
+
+  def write_model_info(self) -> None:
+    if self.is_primary:
+      os.makedirs(self.model_dir, exist_ok=True)
+      with open(os.path.join(self.model_dir, "model-info.txt"), "w", encoding="utf-8") as f:
+        f.write(self.model_info())
 
   def save(self, state: TrainState, batches_consumed: int) -> None:
     step = int(state.step)
@@ -221,8 +271,12 @@ class Trainer:
   # ---- loop ----------------------------------------------------------------
   def evaluate(self, params: PyTree, batches: Iterator[Batch], step: int) -> dict[str, float]:
     totals: dict[str, float] = {}
+    local = self.config.batch_size // jax.process_count()
     for batch in batches:
-      m = jax.device_get(self._eval_step(params, batch))
+      if len(next(iter(batch.values()))) != local:
+        break
+      with self.partitioner.context():
+        m = jax.device_get(self._eval_step(params, self.partitioner.global_batch(batch, self.config.batch_size)))
       for k, v in m.items():
         totals[k] = totals.get(k, 0.0) + float(v)
     if not totals:
@@ -245,6 +299,7 @@ class Trainer:
   ) -> dict[str, float]:
     """Trains to `train_steps`; `train_batches(skip)` yields batches after `skip` ones."""
     cfg = self.config
+    self.write_model_info()
     state, consumed = self.restore_or_init()
     start_step = int(state.step)
     if start_step >= cfg.train_steps:
@@ -261,8 +316,9 @@ class Trainer:
     step = start_step
     try:
       while step < cfg.train_steps:
-        batch = next(batches)
-        state, metrics = self._train_step(state, batch, rng)
+        batch = self.partitioner.global_batch(next(batches), cfg.batch_size)
+        with self.partitioner.context():
+          state, metrics = self._train_step(state, batch, rng)
         consumed += 1
         step += 1
         window_steps += 1
@@ -313,6 +369,10 @@ class Trainer:
   def close(self) -> None:
     self.checkpointer.close()
     self.summaries.close()
+
+
+def _with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def _postfix(m: Mapping[str, float]) -> dict[str, str]:

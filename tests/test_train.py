@@ -128,7 +128,7 @@ def test_other_model_shape_in_model_dir_is_refused(tmp_path):
 
 
 def test_bad_settings_fail_before_work(tmp_path):
-  with pytest.raises(ValueError, match="BATCH_SIZE=4 is not divisible by the 8 devices"):
+  with pytest.raises(ValueError, match=r"BATCH_SIZE=4 is not divisible by the 8 data-parallel shards"):
     run(tmp_path, 5, batch_size=4)
   with pytest.raises(ValueError, match="vocab_size=256 is smaller than the vocabulary"):
     run(tmp_path, 5, model=tiny_model(vocab_size=256))

@@ -1,0 +1,135 @@
+"""Tests for t5lite/partitioning.py and sharded training (8 simulated CPU devices)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from t5lite import partitioning, trainer as trainer_lib
+from t5lite.models import decoder_only, model as model_lib, t5
+from t5lite.optim import adafactor, schedules
+
+LENGTHS = {"inputs": 32, "targets": 16}
+T5_TINY = dict(t5.T5_PRESETS["tiny"], vocab_size=512)
+DEC_TINY = dict(decoder_only.DECODER_ONLY_PRESETS["tiny"], vocab_size=512)
+
+
+def test_mesh_shapes_and_errors():
+  assert partitioning.resolve_mesh_shape(-1, 1, 1, 8) == {"data": 8, "fsdp": 1, "model": 1}
+  assert partitioning.resolve_mesh_shape(2, -1, 2, 8) == {"data": 2, "fsdp": 2, "model": 2}
+  with pytest.raises(ValueError, match=r"does not divide the 8 devices.*\[1, 2, 4, 8\]"):
+    partitioning.resolve_mesh_shape(-1, 3, 1, 8)
+  with pytest.raises(ValueError, match="uses 4 devices but there are 8"):
+    partitioning.resolve_mesh_shape(2, 2, 1, 8)
+  with pytest.raises(ValueError, match="Only one of"):
+    partitioning.resolve_mesh_shape(-1, -1, 1, 8)
+  mesh = partitioning.create_mesh(2, 2, 2)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "model": 2, "expert": 1}
+  with pytest.raises(ValueError, match="Unknown logical-axis rules preset 'zero3'"):
+    partitioning.get_rules("zero3")
+  with pytest.raises(ValueError, match="mesh axis 'tensor'"):
+    partitioning.get_rules([("mlp", "tensor")])
+
+
+def test_rules_map_names_to_specs():
+  rules = partitioning.get_rules("fsdp_tensor_parallel")
+  P = jax.sharding.PartitionSpec
+  assert partitioning.logical_to_spec(("embed", "mlp"), rules) == P("fsdp", "model")
+  assert partitioning.logical_to_spec(("embed", "heads", "kv"), rules) == P("fsdp", "model", None)
+  assert partitioning.logical_to_spec(("layers", "embed", "mlp"), rules) == P(None, "fsdp", "model")
+  # An activation: the batch takes fsdp first, so 'embed' stays unsharded.
+  assert partitioning.logical_to_spec(("batch", "length", "embed"), rules) == P(("data", "fsdp"), None, None)
+  mesh = partitioning.create_mesh(1, 1, 8)
+  fitted, notes = partitioning.fit_rules(rules, mesh, {"heads": {4}, "mlp": {512}, "vocab": {512}})
+  assert dict(fitted)["heads"] is None and dict(fitted)["mlp"] == "model"
+  assert notes and "'heads' (sizes [4]) is not divisible" in notes[0]
+
+
+def _batches(model, batch_size, seed=0):
+  rng = np.random.default_rng(seed)
+  if isinstance(model, model_lib.EncoderDecoderModel):
+    li, lt = LENGTHS["inputs"], LENGTHS["targets"]
+    tgt = rng.integers(3, 500, (batch_size, lt), dtype=np.int32)
+    b = {
+        "encoder_input_tokens": rng.integers(3, 500, (batch_size, li), dtype=np.int32),
+        "decoder_target_tokens": tgt,
+        "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
+        "decoder_loss_weights": np.ones((batch_size, lt), np.int32),
+    }
+  else:
+    length = 48
+    tgt = rng.integers(3, 500, (batch_size, length), dtype=np.int32)
+    b = {
+        "decoder_target_tokens": tgt,
+        "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
+        "decoder_loss_weights": np.ones((batch_size, length), np.int32),
+    }
+  while True:
+    yield b
+
+
+def _train(tmp_path, model, mesh, steps=3, num_devices=None, lengths=None):
+  lengths = lengths or (LENGTHS if isinstance(model, model_lib.EncoderDecoderModel) else {"targets": 48})
+  part = partitioning.Partitioner(*mesh, num_devices=num_devices)
+  cfg = trainer_lib.TrainerConfig(train_steps=steps, batch_size=8, task_feature_lengths=lengths,
+                                  summary_every=1, checkpoint_every=steps, progress=False, async_checkpointing=False)
+  tr = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path), partitioner=part)
+  tr.train(lambda skip: _batches(model, 8))
+  tr.close()
+  with open(tmp_path / "metrics.jsonl") as f:
+    return [json.loads(line)["loss"] for line in f], tr
+
+
+MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (4, 1, 2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["t5", "decoder_only"])
+def test_sharded_training_matches_one_device(tmp_path, kind):
+  def make():
+    if kind == "t5":
+      return model_lib.EncoderDecoderModel(config=t5.T5Config(**T5_TINY))
+    return model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**DEC_TINY))
+
+  reference, _ = _train(tmp_path / "one", make(), (1, 1, 1), num_devices=1)
+  assert len(reference) == 3 and reference[2] < reference[0]
+  for mesh in MESHES:
+    losses, _ = _train(tmp_path / "x".join(map(str, mesh)), make(), mesh)
+    np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f"mesh {mesh}")
+
+
+@pytest.mark.slow
+def test_fsdp_shards_params_and_optimizer_state_and_restores_anywhere(tmp_path):
+  model = model_lib.EncoderDecoderModel(config=t5.T5Config(**T5_TINY))
+  _, tr = _train(tmp_path / "fsdp", model, (1, 8, 1), steps=2)
+  params, opt = tr.abstract_params, tr.abstract_opt_state
+  total_p, dev_p = partitioning.total_bytes(params), partitioning.bytes_per_device(params)
+  total_o, dev_o = partitioning.total_bytes(opt), partitioning.bytes_per_device(opt)
+  # Only 1-D tensors (norm scales) and the small relative-position tables stay replicated.
+  small = sum(x.size * 4 for x in jax.tree.leaves(params) if x.sharding.is_fully_replicated)
+  assert 0 < small < 0.01 * total_p
+  assert dev_p <= total_p / 8 + small
+  # Adafactor's factored column statistics of dims not sharded over fsdp stay replicated:
+  # they are sums of dimensions, tiny next to the parameters.
+  replicated_o = sum(x.size * 4 for x in jax.tree.leaves(opt) if x.sharding.is_fully_replicated)
+  assert replicated_o < 0.02 * total_p
+  assert dev_o <= total_o / 8 + replicated_o
+  assert dev_p + dev_o <= 1.05 * (total_p + total_o) / 8
+  info = (tmp_path / "fsdp" / "model-info.txt").read_text()
+  assert "mesh: {'data': 1, 'fsdp': 8, 'model': 1, 'expert': 1}" in info
+  assert f"{dev_p:,} per device" in info and "('vocab', 'embed')  P('model', 'fsdp')" in info
+  # The checkpoint restores onto another mesh and onto one device, with equal values.
+  saved = tr.state.params
+  for mesh, n in (((1, 1, 8), None), ((1, 1, 1), 1)):
+    part = partitioning.Partitioner(*mesh, num_devices=n)
+    cfg = trainer_lib.TrainerConfig(train_steps=2, batch_size=8, task_feature_lengths=LENGTHS, progress=False)
+    other = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path / "fsdp"), partitioner=part)
+    state, consumed = other.restore_or_init()
+    assert consumed == 2 and int(state.step) == 2
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    leaf = jax.tree.leaves(state.params)[0]
+    assert len(leaf.sharding.device_set) == (8 if n is None else 1)
+    other.close()
