@@ -35,6 +35,7 @@ setuptools.setup(
         "sentencepiece>=0.2,<0.3",
         "numpy>=2.0",
         "tqdm>=4.60",
+        "tensorboard>=2.21,<2.22",
     ],
     extras_require={
         # The data path (seqio tasks, TFDS builders) needs TensorFlow; the model,
@@ -45,7 +46,8 @@ setuptools.setup(
             "tensorflow>=2.21,<2.22",
             "tensorflow-text>=2.21,<2.22",
             "tensorflow-datasets>=4.9.10,<4.10",
-            "tensorboard>=2.21,<2.22",
+            "sacrebleu>=2.6,<3",
+            "rouge-score>=0.1.2,<0.2",
         ],
         "test": ["pytest>=8"],
     },
