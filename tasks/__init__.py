@@ -1,9 +1,10 @@
 """t5lite's seqio task and mixture registrations; `import t5lite_tasks` registers them all.
 
 One module per family: `pydocs` (the embedded corpus), `c4` (TFDS catalog
-C4, which the user prepares), `text_files` (the user's own text, registered
-on request).
+C4, which the user prepares), `synthetic` (generated supervised tasks),
+`text_files` (the user's own text, registered on request).
 """
 from t5lite_tasks import c4  # noqa: F401
 from t5lite_tasks import pydocs  # noqa: F401
+from t5lite_tasks import synthetic  # noqa: F401
 from t5lite_tasks import text_files  # noqa: F401
