@@ -22,7 +22,7 @@ from t5lite.models.model import BaseModel
 from t5lite.optim import adafactor, schedules
 
 
-def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pack, seed, data_dir):
+def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pack, seed, data_dir, shuffle=True):
   """Host-local batch iterators for training (with skip) and evaluation."""
   from t5lite.data import pipeline, registration, sources  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
@@ -40,7 +40,7 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
   def train_batches(skip: int):
     ds = pipeline.get_dataset(
         mixture_or_task_name, task_feature_lengths, split="train", batch_size=local,
-        converter=converter, pack=pack, shuffle=True, seed=seed, shard_info=shard, num_epochs=None,
+        converter=converter, pack=pack, shuffle=shuffle, seed=seed, shard_info=shard, num_epochs=None,
     )
     return ds.skip(skip).as_numpy_iterator()
 
@@ -80,6 +80,7 @@ def train(
     num_microbatches: int = 1,
     seed: int = 0,
     pack: bool = True,
+    shuffle: bool = True,
     initial_checkpoint_path: Optional[str] = None,
     data_dir: Optional[str] = None,
     async_checkpointing: bool = True,
@@ -95,7 +96,8 @@ def train(
       seed=seed, async_checkpointing=async_checkpointing, progress=progress,
   )
   train_batches, eval_factory, vocab_size = _data(
-      mixture_or_task_name, task_feature_lengths, batch_size, model.FEATURE_CONVERTER, pack, seed, data_dir
+      mixture_or_task_name, task_feature_lengths, batch_size, model.FEATURE_CONVERTER, pack, seed, data_dir,
+      shuffle,
   )
   if model.config.vocab_size < vocab_size:
     raise ValueError(
