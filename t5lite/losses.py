@@ -83,6 +83,65 @@ def _xent_bwd(z_loss: float, residuals, cotangents):
 cross_entropy_with_logits.defvjp(_xent_fwd, _xent_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def cross_entropy_with_integer_labels(logits: Array, labels: Array, z_loss: float) -> tuple[Array, Array]:
+    """`cross_entropy_with_logits` against one-hot targets, given as integer ids.
+
+    Equal to `cross_entropy_with_logits(logits, jax.nn.one_hot(labels, vocab), z_loss)`
+    (an id outside [0, vocab) has an all-zero one-hot row: its loss is the z-loss
+    alone), without building the [..., vocab] one-hot array: the label's logit is
+    gathered, and the backward pass writes softmax - one_hot in one elementwise
+    pass. `labels` gets no gradient.
+
+    Returns:
+      (loss_per_token, z_loss_per_token), each of shape labels.shape, float32.
+    """
+    loss, z, _ = _int_xent_forward(logits, labels, z_loss)
+    return loss, z
+
+
+def _label_logit(x: Array, labels: Array) -> tuple[Array, Array]:
+    vocab = x.shape[-1]
+    labels = labels.astype(jnp.int32)
+    valid = (labels >= 0) & (labels < vocab)
+    picked = jnp.take_along_axis(x, jnp.clip(labels, 0, vocab - 1)[..., None], axis=-1)[..., 0]
+    return jnp.where(valid, picked, 0.0), valid
+
+
+def _int_xent_forward(logits: Array, labels: Array, z_loss: float):
+    x = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(x, axis=-1)
+    label_logit, valid = _label_logit(x, labels)
+    nll = jnp.where(valid, lse - label_logit, 0.0)
+    z = z_loss * jnp.square(lse)
+    return nll + z, z, lse
+
+
+def _int_xent_fwd(logits: Array, labels: Array, z_loss: float):
+    loss, z, lse = _int_xent_forward(logits, labels, z_loss)
+    return (loss, z), (logits, labels, lse)
+
+
+def _int_xent_bwd(z_loss: float, residuals, cotangents):
+    logits, labels, lse = residuals
+    g_loss, g_z = cotangents
+    x = logits.astype(jnp.float32)
+    g_loss = g_loss.astype(jnp.float32)
+    lse = lse[..., None]
+    # d loss / d logits = sum(t) softmax - t + 2 z_loss lse softmax with t = one_hot(labels)
+    # (sum(t) is 0 for an out-of-range id); d z / d logits = 2 z_loss lse softmax.
+    in_range = ((labels >= 0) & (labels < x.shape[-1])).astype(jnp.float32)
+    coef = (g_loss * in_range)[..., None] + (2.0 * z_loss) * lse * (g_loss + g_z.astype(jnp.float32))[..., None]
+    one_hot = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1) == labels.astype(jnp.int32)[..., None]
+    d_logits = coef * jnp.exp(x - lse) - jnp.where(one_hot, g_loss[..., None], 0.0)
+    labels_ct = np.zeros(labels.shape, jax.dtypes.float0) if not jnp.issubdtype(labels.dtype, jnp.floating) \
+        else jnp.zeros_like(labels)
+    return d_logits.astype(logits.dtype), labels_ct
+
+
+cross_entropy_with_integer_labels.defvjp(_int_xent_fwd, _int_xent_bwd)
+
+
 # ---------------------------------------------------------------------------
 # Loss normalization.
 # ---------------------------------------------------------------------------
@@ -251,9 +310,15 @@ def compute_weighted_cross_entropy(
     normalizing_constant = -(
         confidence * np.log(confidence) + (vocab - 1) * low_confidence * np.log(low_confidence + 1e-20)
     )
-    soft_targets = jax.nn.one_hot(targets, vocab, dtype=jnp.float32) * (confidence - low_confidence) + low_confidence
-    loss, z = cross_entropy_with_logits(logits, soft_targets, float(z_loss))
-    loss = loss - normalizing_constant
+    if label_smoothing == 0.0:
+        # Integer-label path: no [..., vocab] one-hot array (same values and gradient).
+        loss, z = cross_entropy_with_integer_labels(logits, targets, float(z_loss))
+    else:
+        soft_targets = (
+            jax.nn.one_hot(targets, vocab, dtype=jnp.float32) * (confidence - low_confidence) + low_confidence
+        )
+        loss, z = cross_entropy_with_logits(logits, soft_targets, float(z_loss))
+        loss = loss - normalizing_constant
 
     if weights is None:
         weights = jnp.ones(targets.shape, jnp.float32)

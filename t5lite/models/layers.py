@@ -152,6 +152,23 @@ def _param(module: nn.Module, name: str, init: Callable, shape: Sequence[int], a
     return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), jnp.float32)
 
 
+def _dense(x: Array, kernel: Array, in_dims: int = 1) -> Array:
+    """x [..., *kernel.shape[:in_dims]] @ kernel -> [..., *kernel.shape[in_dims:]].
+
+    Done as one 2-D matmul (leading dims of `x` and the kernel's input and
+    output dims each flattened; all reshapes are free). Same math as the
+    einsum/jnp.dot over N-D arrays, but XLA's CPU backend then computes the
+    weight gradient x^T @ dy straight from the row-major arrays; with
+    several contracting dims it materialised a transposed copy of dy, with
+    the elementwise backward (e.g. GELU's) fused into that slow copy.
+    """
+    in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
+    lead = x.shape[: x.ndim - in_dims]
+    k_in, k_out = math.prod(in_shape), math.prod(out_shape)
+    y = jnp.dot(x.reshape((-1, k_in)), kernel.reshape((k_in, k_out)))
+    return y.reshape(lead + tuple(out_shape))
+
+
 def count_params(tree: PyTree) -> int:
     """Number of scalars in a (boxed or unboxed, concrete or abstract) pytree."""
     leaves = jax.tree.leaves(meta.unbox(tree))
@@ -217,7 +234,9 @@ class Embed(nn.Module):
     def attend(self, x: Array) -> Array:
         """Tied output projection: float32 logits x @ embedding.T."""
         table = self.embedding.astype(self.dtype)
-        return jnp.einsum("...d,vd->...v", x, table, preferred_element_type=jnp.float32)
+        lead = x.shape[:-1]
+        logits = jnp.einsum("td,vd->tv", x.reshape((-1, x.shape[-1])), table, preferred_element_type=jnp.float32)
+        return logits.reshape(lead + (self.num_embeddings,))
 
 
 class OutputDense(nn.Module):
@@ -229,7 +248,9 @@ class OutputDense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = _param(self, "kernel", kernel_init(), (x.shape[-1], self.features), ("embed", "vocab"))
-        return jnp.dot(x, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        lead = x.shape[:-1]
+        logits = jnp.dot(x.reshape((-1, x.shape[-1])), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        return logits.reshape(lead + (self.features,))
 
 
 class GatedMlp(nn.Module):
@@ -246,12 +267,12 @@ class GatedMlp(nn.Module):
         wi_1 = _param(self, "wi_1", kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
         wo = _param(self, "wo", kernel_init(), (self.d_ff, d_model), ("mlp", "embed"))
         x = x.astype(self.dtype)
-        gate = jnp.dot(x, wi_0.astype(self.dtype))
-        linear = jnp.dot(x, wi_1.astype(self.dtype))
+        gate = _dense(x, wi_0.astype(self.dtype))
+        linear = _dense(x, wi_1.astype(self.dtype))
         h = nn.gelu(gate, approximate=True) * linear
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-        out = jnp.dot(h, wo.astype(self.dtype))
+        out = _dense(h, wo.astype(self.dtype))
         return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
 
@@ -329,7 +350,13 @@ class RelativePositionBias(nn.Module):
             k_positions = jnp.arange(k_len, dtype=jnp.int32)[None]
         rel = k_positions[:, None, :].astype(jnp.int32) - q_positions[:, :, None].astype(jnp.int32)
         buckets = bucket(rel)  # [b, q, k]
-        return jnp.transpose(jnp.take(table, buckets, axis=1), (1, 0, 2, 3))
+        # Gather scalars from the flattened table straight into [b, heads, q, k]
+        # (index head * num_buckets + bucket). Same values as taking [heads, b, q, k]
+        # and transposing, but the backward pass then scatters from the [b, h, q, k]
+        # gradient as it is instead of transposing it to [b, q, k, h] first (on CPU
+        # that strided copy of a per-example bias was a large share of the step).
+        offsets = (jnp.arange(self.num_heads, dtype=jnp.int32) * self.num_buckets)[None, :, None, None]
+        return jnp.take(table.reshape(-1), buckets[:, None] + offsets, axis=0)
 
 
 # --------------------------------------------------------------------------
@@ -523,9 +550,9 @@ class MultiHeadAttention(nn.Module):
         xq = inputs_q.astype(dt)
         xkv = xq if inputs_kv is inputs_q else inputs_kv.astype(dt)
         axes = ("batch", "length", "heads", "kv")
-        q = nn.with_logical_constraint(jnp.einsum("bld,dhk->blhk", xq, wq.astype(dt)), axes)
-        key = nn.with_logical_constraint(jnp.einsum("bld,dhk->blhk", xkv, wk.astype(dt)), axes)
-        value = nn.with_logical_constraint(jnp.einsum("bld,dhk->blhk", xkv, wv.astype(dt)), axes)
+        q = nn.with_logical_constraint(_dense(xq, wq.astype(dt)), axes)
+        key = nn.with_logical_constraint(_dense(xkv, wk.astype(dt)), axes)
+        value = nn.with_logical_constraint(_dense(xkv, wv.astype(dt)), axes)
 
         use_dropout = self.dropout_rate > 0.0 and not deterministic
         if self.implementation == "dot_product" and not use_dropout:
@@ -538,7 +565,7 @@ class MultiHeadAttention(nn.Module):
                 q, key, value, bias, mask, is_causal=is_causal, float32_logits=self.float32_logits, dropout=drop
             )
         out = nn.with_logical_constraint(out.astype(dt), axes)
-        y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
+        y = _dense(out, wo.astype(dt), in_dims=2)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
 

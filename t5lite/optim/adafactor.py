@@ -145,6 +145,25 @@ def _drop(seq: Sequence[Any], dim: int) -> tuple[Any, ...]:
     return tuple(x for i, x in enumerate(seq) if i != dim)
 
 
+def _mean(x: jax.Array, axis: int) -> jax.Array:
+    """jnp.mean(x, axis) (same result up to float rounding).
+
+    Over the last dim this is jnp.mean. Over another dim it is a contraction
+    with a vector of 1/n: XLA's CPU backend reduces a large array over a major
+    dim (e.g. the (embed, vocab) output kernel over embed) many times slower
+    than it runs the equivalent matrix-vector product.
+    """
+    axis = axis % x.ndim
+    if axis == x.ndim - 1:
+        return jnp.mean(x, axis=axis)
+    n = x.shape[axis]
+    # HIGHEST: full float32 products on every backend (TPU/GPU may otherwise use
+    # bf16/tf32 passes for float32 dots).
+    return jnp.tensordot(
+        jnp.full((n,), 1.0 / n, x.dtype), x, axes=(0, axis), precision=jax.lax.Precision.HIGHEST
+    )
+
+
 def _stats_dtype(dtype: Any) -> Any:
     # Statistics are kept in at least float32, as in T5X, even for bf16 params.
     return jnp.promote_types(dtype, jnp.float32)
@@ -260,8 +279,8 @@ def scale_by_factored_rms_with_axes(
                 u = g * jax.lax.rsqrt(v)
             else:
                 row_dim, col_dim = plan
-                r = beta2 * r + (1.0 - beta2) * jnp.mean(g2, axis=col_dim)
-                c = beta2 * c + (1.0 - beta2) * jnp.mean(g2, axis=row_dim)
+                r = beta2 * r + (1.0 - beta2) * _mean(g2, col_dim)
+                c = beta2 * c + (1.0 - beta2) * _mean(g2, row_dim)
                 # Position of row_dim inside r (r lacks col_dim).
                 row_in_r = row_dim if row_dim < col_dim else row_dim - 1
                 r_norm = r / jnp.mean(r, axis=row_in_r, keepdims=True)
