@@ -51,5 +51,5 @@ setuptools.setup(
         ],
         "test": ["pytest>=8"],
     },
-    entry_points={"console_scripts": ["t5lite=t5lite.cli:main"]},
+    entry_points={"console_scripts": ["t5lite=t5lite.cli:console_main"]},
 )

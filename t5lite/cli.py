@@ -139,5 +139,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
 
 
+def console_main() -> int:
+  """The installed `t5lite` command: process settings (t5lite.runtime), then main()."""
+  from t5lite import runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.apply_process_settings()
+  return main()
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(console_main())

@@ -232,4 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+  from t5lite import runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.apply_process_settings()  # before JAX starts computing (see t5lite.runtime)
   sys.exit(main())
