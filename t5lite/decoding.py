@@ -27,7 +27,9 @@ The model interface
 
 Positions (the T5X convention). With outputs y_0, y_1, ..., the decoder inputs
 are shifted right by one: position 0 gets `start_id` (0 by default, T5's
-BOS/pad id), position i > 0 gets y_{i-1}. So:
+BOS/pad id; an int32[batch_size] array gives each row its own, as a
+decoder-only model needs after prefilling prompts whose last token starts the
+continuation), position i > 0 gets y_{i-1}. So:
 
   - the first call has step == 0 and tokens == start_id for every row, and its
     logits are the distribution of the first output token y_0;
@@ -157,6 +159,17 @@ def _check_positive_int(name: str, value) -> int:
   return int(value)
 
 
+def _start_tokens(start_id, batch_size: int) -> jax.Array:
+  """start_id as int32[batch_size]: one id for all rows, or one per row (e.g.
+  the last prompt token of each row after a decoder-only prefill)."""
+  start = jnp.asarray(start_id, jnp.int32)
+  if start.ndim == 0:
+    return jnp.full((batch_size,), start, jnp.int32)
+  if start.shape != (batch_size,):
+    raise ValueError(f"start_id must be an int or an array of shape [{batch_size}], got shape {start.shape}")
+  return start
+
+
 def _call_model(tokens_to_logits, tokens, cache, step, rows):
   logits, new_cache = tokens_to_logits(tokens, cache, step)
   logits = jnp.asarray(logits)
@@ -195,7 +208,7 @@ def _decode_loop(tokens_to_logits, cache, batch_size, max_decode_len, eos_id, st
       jnp.int32(0),
       jnp.full((batch_size, max_decode_len), PAD_ID, jnp.int32),
       cache,
-      jnp.full((batch_size,), start_id, jnp.int32),
+      _start_tokens(start_id, batch_size),
       jnp.zeros((batch_size,), jnp.bool_),
       jnp.zeros((batch_size,), jnp.float32),
   )
@@ -404,7 +417,7 @@ def beam_search(tokens_to_logits: TokensToLogits,
   init = (
       jnp.int32(0),
       jnp.full((bsz, beams, length), PAD_ID, jnp.int32),
-      jnp.full((bsz, beams), start_id, jnp.int32),
+      jnp.broadcast_to(_start_tokens(start_id, bsz)[:, None], (bsz, beams)),
       first_alive,
       expand_to_beams(cache, beams),
       jnp.full((bsz, beams, length), PAD_ID, jnp.int32),

@@ -98,7 +98,11 @@ class DecoderOnlyTransformer(nn.Module):
         decoder_positions: Optional[Array] = None,
         decoder_causal_attention: Optional[Array] = None,
         enable_dropout: bool = False,
+        decode: bool = False,
     ) -> Array:
+        """Teacher-forced logits. With `decode=True` (apply with
+        mutable=['cache'], tokens of the full cache length: prompt plus decode
+        length) it creates the zero decoding cache; then call `decode_step`."""
         if decoder_causal_attention is not None and not self.config.allow_prefix_lm:
             raise ValueError(
                 "decoder_causal_attention was given but DecoderOnlyConfig.allow_prefix_lm is False; "
@@ -106,7 +110,25 @@ class DecoderOnlyTransformer(nn.Module):
             )
         return self.decoder(
             decoder_input_tokens, decoder_segment_ids, decoder_positions, decoder_causal_attention,
-            not enable_dropout,
+            not enable_dropout, decode=decode,
+        )
+
+    def decode_step(
+        self,
+        decoder_input_tokens: Array,
+        decode_index: Array,
+        valid: Optional[Array] = None,
+        bidirectional: bool = False,
+    ) -> Array:
+        """Logits [b, q, vocab] of a chunk of tokens [b, q] written to cache slots
+        decode_index.. (apply with mutable=['cache']). A prompt is one chunk
+        (prefill): `valid` marks its real positions (False for left padding)
+        and `bidirectional` lets a prefix-LM prompt see itself whole."""
+        if valid is None:
+            valid = jnp.ones(decoder_input_tokens.shape, bool)
+        return self.decoder(
+            decoder_input_tokens, None, None, None, True, decode=True, decode_index=decode_index, valid=valid,
+            bidirectional_chunk=bidirectional,
         )
 
 
@@ -122,6 +144,10 @@ class _DecoderStack(nn.Module):
         positions: Optional[Array],
         causal_attention: Optional[Array],
         deterministic: bool,
+        decode: bool = False,
+        decode_index: Optional[Array] = None,
+        valid: Optional[Array] = None,
+        bidirectional_chunk: bool = False,
     ) -> Array:
         cfg = self.config
         dt = cfg.activation_dtype
@@ -132,12 +158,22 @@ class _DecoderStack(nn.Module):
         length = tokens.shape[-1]
         # Causal buckets, as in the T5 decoder (also for a bidirectional prefix,
         # where keys to the right of the query share bucket 0, like T5X).
-        bias = layers.RelativePositionBias(
+        relpos = layers.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
             bidirectional=False, name="relpos_bias",
-        )(length, length, positions, positions)
-        mask, causal = layers.decoder_self_attention_mask(segment_ids, causal_attention, length)
-        y = layers.apply_layer_stack(cfg, cfg.num_layers, y, bias, mask, causal=causal, deterministic=deterministic)
+        )
+        if decode and self.has_variable("cache", "key_valid"):
+            bias, mask = layers.decode_self_attention_inputs(self, relpos, valid, decode_index, bidirectional_chunk)
+            causal = False
+        else:
+            if decode:
+                self.variable("cache", "key_valid", jnp.zeros, tokens.shape, bool)
+            bias = relpos(length, length, positions, positions)
+            mask, causal = layers.decoder_self_attention_mask(segment_ids, causal_attention, length)
+        y = layers.apply_layer_stack(
+            cfg, cfg.num_layers, y, bias, mask, causal=causal, deterministic=deterministic, decode=decode,
+            decode_index=decode_index,
+        )
         y = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
         if cfg.logits_via_embedding:

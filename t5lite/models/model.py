@@ -16,12 +16,48 @@ from flax.core import meta
 import jax
 import jax.numpy as jnp
 
-from t5lite import losses
+from t5lite import decoding, losses
 from t5lite.models import decoder_only, layers, t5
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 PyTree = Any
+
+
+DECODE_METHODS = ("greedy", "sample", "beam")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+  """How to decode: 'greedy', 'sample' (temperature, top_k, top_p) or 'beam'
+  (beam_size, GNMT length penalty alpha). Hashable, so it can be a static jit
+  argument. Checked on construction."""
+
+  method: str = "greedy"
+  max_decode_len: int = 64
+  beam_size: int = 4
+  alpha: float = 0.6
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  eos_id: int = 1
+
+  def __post_init__(self):
+    if self.method not in DECODE_METHODS:
+      raise ValueError(f"unknown decoding method {self.method!r}; valid methods are {DECODE_METHODS}")
+    if isinstance(self.max_decode_len, bool) or int(self.max_decode_len) != self.max_decode_len \
+        or self.max_decode_len < 1:
+      raise ValueError(f"max_decode_len must be an integer >= 1, got {self.max_decode_len!r}")
+    if self.method == "beam" and (isinstance(self.beam_size, bool) or int(self.beam_size) != self.beam_size
+                                  or self.beam_size < 1):
+      raise ValueError(f"beam_size must be an integer >= 1, got {self.beam_size!r}")
+    if self.method == "sample":
+      if not 0.0 < self.top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 means no nucleus filtering), got {self.top_p!r}")
+      if isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 means no top-k filtering), got {self.top_k!r}")
+      if not self.temperature >= 0.0 or self.temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature!r}")
 
 
 @dataclasses.dataclass
@@ -96,6 +132,40 @@ class BaseModel:
     }
     return loss, metrics
 
+  def score_batch(self, params: PyTree, batch: Batch) -> Array:
+    """Log-likelihood of each example's targets: sum over target positions of
+    log p(target token) times `decoder_loss_weights` (float32 [batch])."""
+    logits = self.logits(params, batch).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    token_lp = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None].astype(jnp.int32), -1)
+    return jnp.sum(token_lp[..., 0] * batch["decoder_loss_weights"].astype(jnp.float32), axis=-1)
+
+  # ---- decoding ------------------------------------------------------------
+  def _decode(self, tokens_to_logits, cache, batch_size: int, options: "DecodeOptions", start_id, rng):
+    """Runs options.method; returns (tokens [b, L], scores [b]) of the best
+    hypothesis, plus all beams ([b, beams, L], [b, beams]) under beam search."""
+    o = options
+    if o.method == "beam":
+      tokens, scores = decoding.beam_search(
+          tokens_to_logits, cache, batch_size, o.max_decode_len, o.beam_size, o.alpha, o.eos_id, start_id)
+      return tokens[:, 0], scores[:, 0], {"beam_tokens": tokens, "beam_scores": scores}
+    if o.method == "sample":
+      if rng is None:
+        raise ValueError("method='sample' needs an rng (jax.random.key(seed))")
+      tokens, scores = decoding.temperature_sample(
+          tokens_to_logits, cache, rng, batch_size, o.max_decode_len, o.temperature, o.top_k, o.top_p, o.eos_id,
+          start_id)
+      return tokens, scores, {}
+    tokens, scores = decoding.greedy_decode(tokens_to_logits, cache, batch_size, o.max_decode_len, o.eos_id,
+                                            start_id)
+    return tokens, scores, {}
+
+  def predict_batch(self, params: PyTree, inputs: Array, options: "DecodeOptions",
+                    rng: Optional[Array] = None) -> tuple[Array, Array, dict[str, Array]]:
+    """Decodes int32 inputs [batch, length] (0 = padding); jit with `options`
+    static. Returns (tokens [batch, max_decode_len], scores [batch], extras)."""
+    raise NotImplementedError  # defined by each subclass
+
   # ---- FLOPs ---------------------------------------------------------------
   def flops_per_step(self, batch_size: int, lengths: Mapping[str, int]) -> float:
     raise NotImplementedError  # defined by each subclass
@@ -156,6 +226,29 @@ class EncoderDecoderModel(BaseModel):
         "decoder_positions": batch.get("decoder_positions"),
     }
 
+  def init_decode_cache(self, params: PyTree, inputs: Array, max_decode_len: int) -> PyTree:
+    """Runs the encoder once and returns the decoding cache: zero self-attention
+    caches of max_decode_len slots, each cross-attention's encoder keys and
+    values, and the encoder padding. Every leaf has the batch first."""
+    decoder_tokens = jnp.zeros((inputs.shape[0], max_decode_len), jnp.int32)
+    _, variables = self.module.apply(
+        {"params": params}, inputs.astype(jnp.int32), decoder_tokens, decode=True, mutable=["cache"])
+    return variables["cache"]
+
+  def tokens_to_logits(self, params: PyTree):
+    """The `t5lite.decoding` model interface over the cache of init_decode_cache."""
+
+    def fn(tokens, cache, step):
+      logits, variables = self.module.apply(
+          {"params": params, "cache": cache}, tokens, step, method=t5.T5Transformer.decode_step, mutable=["cache"])
+      return logits[:, -1], variables["cache"]
+
+    return fn
+
+  def predict_batch(self, params, inputs, options, rng=None):
+    cache = self.init_decode_cache(params, inputs, options.max_decode_len)
+    return self._decode(self.tokens_to_logits(params), cache, inputs.shape[0], options, 0, rng)
+
   def flops_per_step(self, batch_size, lengths):
     """Training FLOPs of one step: 3x the forward pass (forward + backward).
 
@@ -213,6 +306,52 @@ class DecoderOnlyModel(BaseModel):
 
   def tokens_per_step(self, batch_size, lengths):
     return batch_size * self.total_length(lengths)
+
+  def prefill(self, params: PyTree, inputs: Array, max_decode_len: int) -> tuple[PyTree, Array, int]:
+    """Writes prompts into a fresh decoding cache.
+
+    `inputs` int32 [batch, P] holds prompts left-aligned with 0 padding (a
+    row of zeros: no prompt). Each prompt is shifted right (BOS 0 first, as
+    the LM/PrefixLM feature converters do) and right-aligned in a chunk of
+    P + 1 cache slots, so all rows continue at slot P; the slots left of a
+    short prompt are marked invalid and never attended to. A prefix LM sees
+    the chunk bidirectionally, the P + 1 positions seqio's PrefixLM marks.
+    Returns (cache, start tokens [batch] (each row's last prompt token, 0
+    without a prompt), P). Decoding step i then writes slot P + i; step 0
+    rewrites the last chunk slot with the same token, which reproduces it
+    exactly.
+    """
+    inputs = inputs.astype(jnp.int32)
+    b, p = inputs.shape
+    lengths = jnp.sum(inputs > 0, axis=1, dtype=jnp.int32)
+    shifted = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), inputs], axis=1)  # [b, P+1]
+    # Right-align: row r's slot j holds shifted[r, j - (P - len_r)].
+    slot = jnp.arange(p + 1, dtype=jnp.int32)[None, :]
+    src = slot - (p - lengths)[:, None]
+    chunk = jnp.where(src >= 0, jnp.take_along_axis(shifted, jnp.maximum(src, 0), axis=1), 0)
+    valid = src >= 0
+    total = p + max_decode_len
+    _, variables = self.module.apply(
+        {"params": params}, jnp.zeros((b, total), jnp.int32), decode=True, mutable=["cache"])
+    _, variables = self.module.apply(
+        {"params": params, "cache": variables["cache"]}, chunk, jnp.int32(0), valid, self.prefix_lm,
+        method=decoder_only.DecoderOnlyTransformer.decode_step, mutable=["cache"])
+    return variables["cache"], chunk[:, -1], p
+
+  def tokens_to_logits(self, params: PyTree, offset: int):
+    """The `t5lite.decoding` model interface; step i is cache slot offset + i."""
+
+    def fn(tokens, cache, step):
+      logits, variables = self.module.apply(
+          {"params": params, "cache": cache}, tokens, offset + step,
+          method=decoder_only.DecoderOnlyTransformer.decode_step, mutable=["cache"])
+      return logits[:, -1], variables["cache"]
+
+    return fn
+
+  def predict_batch(self, params, inputs, options, rng=None):
+    cache, start, offset = self.prefill(params, inputs, options.max_decode_len)
+    return self._decode(self.tokens_to_logits(params, offset), cache, inputs.shape[0], options, start, rng)
 
   def flops_per_step(self, batch_size, lengths):
     """3x forward: 2 * matmul params per token plus 4 * L^2 * heads * d_kv per layer."""

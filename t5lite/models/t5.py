@@ -145,7 +145,15 @@ class Decoder(nn.Module):
         decoder_segment_ids: Optional[Array] = None,
         decoder_positions: Optional[Array] = None,
         deterministic: bool = True,
+        decode: bool = False,
+        decode_index: Optional[Array] = None,
     ) -> Array:
+        """Logits of `decoder_tokens`. With `decode`, the first call (full-length
+        decoder tokens [b, max_decode_len] and the encoder output) creates the
+        'cache' collection: zero self-attention caches, the encoder keys and
+        values of every cross-attention, and the encoder padding. Later calls
+        pass `encoded=None`, `encoder_tokens=None`, a chunk of decoder tokens and
+        its first position `decode_index`."""
         cfg = self.config
         dt = cfg.activation_dtype
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
@@ -153,15 +161,30 @@ class Decoder(nn.Module):
         y = dropout(y, deterministic=deterministic)
         y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
         length = decoder_tokens.shape[-1]
-        bias = layers.RelativePositionBias(
+        relpos = layers.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
             bidirectional=False, name="relpos_bias",
-        )(length, length, decoder_positions, decoder_positions)
-        self_mask, causal = layers.decoder_self_attention_mask(decoder_segment_ids)
-        cross_mask = layers.encoder_decoder_attention_mask(encoder_tokens, encoder_segment_ids, decoder_segment_ids)
+        )
+        if decode and self.has_variable("cache", "key_valid"):
+            valid = jnp.ones(decoder_tokens.shape, bool)
+            bias, self_mask = layers.decode_self_attention_inputs(self, relpos, valid, decode_index)
+            causal = False
+            cross_mask = self.get_variable("cache", "encoder_valid")[:, None, None, :]
+        else:
+            if decode:
+                if encoded is None or encoder_tokens is None:
+                    raise ValueError("the first decode call needs the encoder output and the encoder tokens")
+                self.variable("cache", "key_valid", jnp.zeros, decoder_tokens.shape, bool)
+                self.variable("cache", "encoder_valid", lambda: encoder_tokens > 0)
+            bias = relpos(length, length, decoder_positions, decoder_positions)
+            self_mask, causal = layers.decoder_self_attention_mask(decoder_segment_ids)
+            cross_mask = layers.encoder_decoder_attention_mask(
+                encoder_tokens, encoder_segment_ids, decoder_segment_ids
+            )
         y = layers.apply_layer_stack(
-            cfg, cfg.num_decoder_layers, y, bias, self_mask, encoded.astype(dt), cross_mask,
-            cross_attention=True, causal=causal, deterministic=deterministic,
+            cfg, cfg.num_decoder_layers, y, bias, self_mask, None if encoded is None else encoded.astype(dt),
+            cross_mask, cross_attention=True, causal=causal, deterministic=deterministic, decode=decode,
+            decode_index=decode_index,
         )
         y = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
@@ -226,12 +249,26 @@ class T5Transformer(nn.Module):
         encoder_positions: Optional[Array] = None,
         decoder_positions: Optional[Array] = None,
         enable_dropout: bool = False,
+        decode: bool = False,
     ) -> Array:
+        """Teacher-forced logits. With `decode=True` (apply with
+        mutable=['cache'], decoder tokens of the maximum decode length) it also
+        creates the decoding cache; then call `decode_step`."""
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+        if decode:
+            return self.decoder(
+                encoded, encoder_input_tokens, decoder_input_tokens, deterministic=True, decode=True
+            )
         return self.decode(
             encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids, decoder_segment_ids,
             decoder_positions, enable_dropout,
         )
+
+    def decode_step(self, decoder_input_tokens: Array, decode_index: Array) -> Array:
+        """Logits [b, q, vocab] of decoder tokens [b, q] at positions
+        decode_index.. from the cache (apply with mutable=['cache'])."""
+        return self.decoder(None, None, decoder_input_tokens, deterministic=True, decode=True,
+                            decode_index=decode_index)
 
 
 def example_inputs(batch_size: int = 1, input_length: int = 8, target_length: int = 8) -> dict[str, Array]:
