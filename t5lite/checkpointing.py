@@ -104,36 +104,56 @@ class Checkpointer:
     self._manager.close()
 
 
-def _resolve_params_dir(path: str) -> str:
-  """Accepts a run dir, its checkpoints dir, a step dir or a params dir."""
+def list_checkpoints(path: str) -> list[tuple[int, str]]:
+  """(step, step directory) of every finished checkpoint under a run directory,
+  its checkpoints/ directory, or a step directory (that step only); oldest first."""
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  if os.path.basename(path) != "params" and not os.path.isdir(os.path.join(path, "params")):
-    steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
-    if not steps:
-      raise FileNotFoundError(
-          f"INITIAL_CHECKPOINT_PATH={path!r} holds no checkpoint: give a run directory, its "
-          "checkpoints/ directory or a step directory such as .../checkpoints/1000."
-      )
-    path = os.path.join(path, str(max(steps)))
-  if os.path.basename(path) != "params":
-    path = os.path.join(path, "params")
+  if os.path.basename(path) == "params":
+    path = os.path.dirname(path)
+  if os.path.isdir(os.path.join(path, "params")):
+    name = os.path.basename(path)
+    return [(int(name) if name.isdigit() else -1, path)]
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"No params item at {path!r}.")
-  return path
+    return []
+  steps = sorted(int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d, "params")))
+  return [(s, os.path.join(path, str(s))) for s in steps]
 
 
-def load_params(path: str, abstract_params: PyTree) -> PyTree:
-  """Parameters of another run's checkpoint (fine-tuning), checked against this model."""
-  params_dir = _resolve_params_dir(path)
+def resolve_checkpoint(path: str, step: Optional[int] = None, what: str = "CHECKPOINT_PATH") -> tuple[int, str]:
+  """(step, params directory) of the latest (or the given) checkpoint under `path`."""
+  found = list_checkpoints(path)
+  if not found:
+    raise FileNotFoundError(
+        f"{what}={path!r} holds no checkpoint: give a run directory, its checkpoints/ directory or a step "
+        "directory such as .../checkpoints/1000."
+    )
+  if step is not None:
+    found = [f for f in found if f[0] == step]
+    if not found:
+      raise FileNotFoundError(
+          f"{what}={path!r} has no checkpoint of step {step}; it has steps {[s for s, _ in list_checkpoints(path)]}."
+      )
+  step_found, step_dir = found[-1]
+  return step_found, os.path.join(step_dir, "params")
+
+
+def _resolve_params_dir(path: str, what: str = "INITIAL_CHECKPOINT_PATH") -> str:
+  """Accepts a run dir, its checkpoints dir, a step dir or a params dir."""
+  return resolve_checkpoint(path, what=what)[1]
+
+
+def load_params(path: str, abstract_params: PyTree, what: str = "INITIAL_CHECKPOINT_PATH") -> PyTree:
+  """Parameters of another run's checkpoint (fine-tuning, inference), checked against this model."""
+  params_dir = _resolve_params_dir(path, what)
   meta_path = os.path.join(os.path.dirname(params_dir), "meta")
   if os.path.isdir(meta_path) or os.path.exists(meta_path):
     meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_path)
     wanted = param_shapes(abstract_params)
     if meta.get("param_shapes") != wanted:
       raise ValueError(
-          f"INITIAL_CHECKPOINT_PATH {params_dir} holds another model shape: "
+          f"{what} {params_dir} holds another model shape: "
           f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}."
       )
   with ocp.StandardCheckpointer() as ckptr:

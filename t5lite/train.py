@@ -86,8 +86,16 @@ def train(
     async_checkpointing: bool = True,
     progress: bool = True,
     partitioner: Optional[partitioning.Partitioner] = None,
+    infer_eval_every: int = 0,
+    infer_eval_examples: Optional[int] = None,
 ) -> dict[str, float]:
-  """Trains `model` on a seqio task or mixture; returns the last train metrics."""
+  """Trains `model` on a seqio task or mixture; returns the last train metrics.
+
+  With `infer_eval_every`, every so many steps (and at the end) the model
+  decodes `infer_eval_examples` examples (None: all) of `eval_split` and the
+  task's metric functions score them (seqio Evaluator); the scores go to the
+  summaries ('infer_eval') and MODEL_DIR/infer_eval, and are returned among
+  the metrics as 'infer_eval/{task}/{metric}'."""
   learning_rate = learning_rate or schedules.rsqrt(1.0, 10000)
   config = trainer_lib.TrainerConfig(
       train_steps=train_steps, batch_size=batch_size, task_feature_lengths=dict(task_feature_lengths),
@@ -110,9 +118,36 @@ def train(
   )
   try:
     eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None
-    return trainer.train(train_batches, eval_batches)
+    metric_eval = None
+    if infer_eval_every:
+      metric_eval = _metric_eval_fn(model, trainer, mixture_or_task_name, task_feature_lengths, eval_split,
+                                    infer_eval_examples, seed, batch_size)
+    metrics = trainer.train(train_batches, eval_batches, metric_eval=metric_eval, metric_eval_every=infer_eval_every)
+    if metrics and getattr(trainer, "last_metric_eval", None):
+      metrics.update({f"infer_eval/{k}": v for k, v in trainer.last_metric_eval.items()})
+    return metrics
   finally:
     trainer.close()
+
+
+def _metric_eval_fn(model, trainer, name, lengths, split, num_examples, seed, batch_size):
+  """params, step -> {task: {metric: value}}: decode and score with the task's metrics."""
+  from t5lite import eval as eval_lib, inference  # pylint: disable=g-import-not-at-top
+  from t5lite.models.model import DecodeOptions  # pylint: disable=g-import-not-at-top
+
+  evaluator = eval_lib.MetricEvaluator(model, name, lengths, split=split, num_examples=num_examples, seed=seed,
+                                       output_dir=os.path.join(trainer.model_dir, "infer_eval"))
+  holder = {}
+
+  def fn(params, step):
+    if "predictor" not in holder:
+      holder["predictor"] = inference.Predictor(
+          model, params, batch_size=batch_size // jax.process_count(), partitioner=trainer.partitioner,
+          task_feature_lengths=lengths, options=DecodeOptions(max_decode_len=lengths.get("targets", 64)))
+    holder["predictor"].params = params
+    return evaluator(holder["predictor"], step)
+
+  return fn
 
 
 # --------------------------------------------------------------------------- #
@@ -151,8 +186,11 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
   return files, bindings, paths
 
 
-def configure_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
-  """Parses gin files (found in the cwd, the search paths or the installed gin/) and bindings."""
+def configure_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = (),
+                  required: Sequence[str] = REQUIRED_MACROS) -> None:
+  """Parses gin files (found in the cwd, the search paths or the installed gin/) and bindings.
+
+  A `required` macro left at %gin.REQUIRED gets an error that names it."""
   import gin  # pylint: disable=g-import-not-at-top
 
   from t5lite import gin_paths  # pylint: disable=g-import-not-at-top
@@ -168,7 +206,7 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search_paths: S
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
   except ValueError as e:
     msg = str(e)
-    for macro in REQUIRED_MACROS:
+    for macro in required:
       if msg.startswith(f"{macro}/macro.value set to `%gin.REQUIRED`"):
         raise ValueError(
             f"The required gin macro {macro} is not set: add --gin.{macro}=... or bind it in an experiment file."

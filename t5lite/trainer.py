@@ -291,13 +291,28 @@ class Trainer:
     self.summaries.write(step, "eval", result)
     return result
 
+  def _metric_eval(self, fn, params: PyTree, step: int, write: Callable[[str], None]) -> dict[str, float]:
+    flat = {f"{task}/{name}": float(v) for task, m in fn(params, step).items() for name, v in m.items()}
+    if flat:
+      self.summaries.write(step, "infer_eval", flat)
+      write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(flat.items())))
+    self.last_metric_eval = flat
+    return flat
+
   def train(
       self,
       train_batches: Callable[[int], Iterator[Batch]],
       eval_batches: Optional[Callable[[], Iterator[Batch]]] = None,
       log: Callable[[str], None] = print,
+      metric_eval: Optional[Callable[[PyTree, int], Mapping[str, Mapping[str, float]]]] = None,
+      metric_eval_every: int = 0,
   ) -> dict[str, float]:
-    """Trains to `train_steps`; `train_batches(skip)` yields batches after `skip` ones."""
+    """Trains to `train_steps`; `train_batches(skip)` yields batches after `skip` ones.
+
+    `metric_eval(params, step) -> {task: {metric: value}}` (decoding and the
+    task's metrics, see t5lite.eval.MetricEvaluator) runs every
+    `metric_eval_every` steps and at the end; its values are written as the
+    'infer_eval' split of the summaries."""
     cfg = self.config
     self.write_model_info()
     state, consumed = self.restore_or_init()
@@ -357,6 +372,9 @@ class Trainer:
           result = self.evaluate(state.params, eval_batches(), step)
           if result:
             progress.write(f"step {step}: eval loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}")
+        if metric_eval is not None and metric_eval_every and (step % metric_eval_every == 0
+                                                              or step == cfg.train_steps):
+          self._metric_eval(metric_eval, state.params, step, progress.write)
       if eval_batches is not None and cfg.eval_every and step % cfg.eval_every:
         self.evaluate(state.params, eval_batches(), step)
     finally:
