@@ -5,6 +5,8 @@
     t5lite data preview [--tasks pydocs_span_corruption ...] [--examples 2]
     t5lite data prepare [--data_dir DIR]
     t5lite train --gin_file=experiments/quickstart.gin --gin.MODEL_DIR=\"/tmp/run\"
+    t5lite infer --gin_file=RUN/config.gin --gin_file=runs/infer.gin --gin.INFER_OUTPUT_DIR=\"/tmp/infer\"
+    t5lite eval  --gin_file=RUN/config.gin --gin_file=runs/eval.gin --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
 
 Heavy imports (TensorFlow, seqio) happen inside the subcommands that need them.
 """
@@ -23,6 +25,10 @@ PREVIEW_TASKS = (
     ("pydocs_ul2", {"inputs": 512, "targets": 512}),
     ("pydocs_doc_to_name", {"inputs": 256, "targets": 32}),
 )
+
+
+# Subcommands that take T5X-style gin flags, and the module whose main() runs them.
+GIN_COMMANDS = {"train": "t5lite.train", "infer": "t5lite.infer", "eval": "t5lite.eval"}
 
 
 def _quiet_tf() -> None:
@@ -97,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="t5lite", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   sub.add_parser("train", help="train with gin flags (same as python -m t5lite.train)")
+  sub.add_parser("infer", help="decode or score into JSONL with gin flags (same as python -m t5lite.infer)")
+  sub.add_parser("eval", help="seqio evaluation of checkpoints with gin flags (same as python -m t5lite.eval)")
 
   vocab_p = sub.add_parser("vocab", help="vocabulary tools").add_subparsers(dest="sub", required=True)
   train = vocab_p.add_parser("train", help="train a SentencePiece model (pad=0, eos=1, unk=2)")
@@ -127,10 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   _quiet_tf()
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv and argv[0] == "train":
-    from t5lite import train  # pylint: disable=g-import-not-at-top
+  if argv and argv[0] in GIN_COMMANDS:
+    import importlib  # pylint: disable=g-import-not-at-top
 
-    return train.main(argv[1:])
+    return importlib.import_module(GIN_COMMANDS[argv[0]]).main(argv[1:])
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args)

@@ -13,9 +13,10 @@ Output: one JSON object per line, `{"inputs", "prediction", "score"}` (plus
 or target. Each process writes its own shard of the examples to
 `INFER_OUTPUT_DIR/{name}-{mode}-{step}.jsonl-{process:05d}-of-{count:05d}`
 (T5X's layout) and flushes after every batch. Running the same command again
-resumes: complete lines are kept, a torn last line is dropped, and decoding
-continues at the first example without a line, so nothing is lost or
-duplicated. A `.done` file next to the shard records a finished shard.
+resumes: the complete batches of lines are kept (a torn last line or a partial
+batch is dropped) and decoding continues with the first example after them, so
+nothing is lost or duplicated and the file ends up the same as an
+uninterrupted run's. A `.done` file next to the shard records a finished shard.
 """
 
 from __future__ import annotations
@@ -102,16 +103,21 @@ def shard_path(output_dir: str, name: str, mode: str, step: Optional[int]) -> st
       output_dir, f"{name}-{mode}{step_part}.jsonl-{jax.process_index():05d}-of-{jax.process_count():05d}")
 
 
-def completed_lines(path: str) -> int:
-  """Complete lines already in `path`; a torn last line is cut off."""
+def completed_lines(path: str, multiple_of: int = 1) -> int:
+  """Lines already in `path` that a resumed run keeps: complete lines, cut back
+  to a multiple of `multiple_of` (the batch size, so that every example is
+  decoded in the same batch as in an uninterrupted run, which keeps the
+  output identical to the bit). The rest is truncated away."""
   if not os.path.exists(path):
     return 0
   with open(path, "rb+") as f:
     data = f.read()
-    keep = data.rfind(b"\n") + 1
+    ends = [i + 1 for i, b in enumerate(data) if b == 0x0A]
+    keep_lines = len(ends) // multiple_of * multiple_of
+    keep = ends[keep_lines - 1] if keep_lines else 0
     if keep != len(data):
       f.truncate(keep)
-  return data[:keep].count(b"\n")
+  return keep_lines
 
 
 def infer(
@@ -165,7 +171,7 @@ def infer(
   os.makedirs(output_dir, exist_ok=True)
   path = shard_path(output_dir, name, mode, predictor.step)
   done_marker = path + ".done"
-  already = completed_lines(path)
+  already = completed_lines(path, batch_size)
   local = _shard(source, jax.process_index(), jax.process_count())
   for _ in range(already):  # resume: skip what has a line
     next(local, None)

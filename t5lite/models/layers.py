@@ -585,6 +585,32 @@ def fused_attention(
     )
 
 
+def _cache_layout_key(key: Array) -> Array:
+    """[b, len, heads, kv] -> the cache's key layout [b, heads, kv, len]."""
+    return jnp.transpose(key, (0, 2, 3, 1))
+
+
+def _cache_layout_value(value: Array) -> Array:
+    """[b, len, heads, kv] -> the cache's value layout [b, heads, len, kv]."""
+    return jnp.transpose(value, (0, 2, 1, 3))
+
+
+def _cache_shape_key(shape: Sequence[int]) -> tuple[int, ...]:
+    return (shape[0], shape[2], shape[3], shape[1])
+
+
+def _cache_shape_value(shape: Sequence[int]) -> tuple[int, ...]:
+    return (shape[0], shape[2], shape[1], shape[3])
+
+
+def _fold_rows(x: Array, fold: int, cache_rows: int) -> Array:
+    """A bias or mask [rows | cache_rows | 1, h, q, k] made broadcastable to the
+    folded logits [cache_rows, h, fold, q, k], where rows = cache_rows * fold."""
+    if fold > 1 and x.shape[0] == cache_rows * fold:
+        return jnp.moveaxis(x.reshape((cache_rows, fold) + x.shape[1:]), 1, 2)
+    return x[:, :, None]
+
+
 class MultiHeadAttention(nn.Module):
     """Bias-free T5 attention. Kernels: query/key/value ('embed','heads','kv'),
     out ('heads','kv','embed'). The query init is scaled by 1/sqrt(d_kv) and the
@@ -646,23 +672,24 @@ class MultiHeadAttention(nn.Module):
         xq = inputs_q.astype(dt)
         axes = ("batch", "length", "heads", "kv")
         q = nn.with_logical_constraint(_dense(xq, wq.astype(dt)), axes)
-        if self.decode and self.cross_attention and self.has_variable("cache", "cross_key"):
-            # Encoder keys/values were computed when the cache was created.
-            key = self.get_variable("cache", "cross_key")
-            value = self.get_variable("cache", "cross_value")
-        else:
-            if inputs_kv is None:
-                raise ValueError("inputs_kv is required unless a decode cache holds the keys and values")
-            xkv = xq if inputs_kv is inputs_q else inputs_kv.astype(dt)
-            key = nn.with_logical_constraint(_dense(xkv, wk.astype(dt)), axes)
-            value = nn.with_logical_constraint(_dense(xkv, wv.astype(dt)), axes)
-        if self.decode and self.cross_attention:
-            self.variable("cache", "cross_key", lambda: key)
-            self.variable("cache", "cross_value", lambda: value)
-        elif self.decode:
-            key, value = self._update_self_cache(key, value, decode_index)
-            if decode_index is not None and self.has_variable("cache", "cached_key"):
-                is_causal = False  # the caller's mask covers the cache
+        if self.decode:
+            cached = self._cached_attention(q, inputs_q, inputs_kv, wk, wv, bias, mask, decode_index)
+            if cached is not None:
+                out = nn.with_logical_constraint(cached.astype(dt), axes)
+                y = _dense(out, wo.astype(dt), in_dims=2)
+                return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+        if inputs_kv is None:
+            raise ValueError("inputs_kv is required unless a decode cache holds the keys and values")
+        xkv = xq if inputs_kv is inputs_q else inputs_kv.astype(dt)
+        key = nn.with_logical_constraint(_dense(xkv, wk.astype(dt)), axes)
+        value = nn.with_logical_constraint(_dense(xkv, wv.astype(dt)), axes)
+        if self.decode:  # the first call: create the cache entries
+            if self.cross_attention:
+                self.variable("cache", "cross_key", lambda: _cache_layout_key(key))
+                self.variable("cache", "cross_value", lambda: _cache_layout_value(value))
+            else:
+                self.variable("cache", "cached_key", jnp.zeros, _cache_shape_key(key.shape), key.dtype)
+                self.variable("cache", "cached_value", jnp.zeros, _cache_shape_value(value.shape), value.dtype)
 
         use_dropout = self.dropout_rate > 0.0 and not deterministic
         if self.implementation == "dot_product" and not use_dropout:
@@ -679,27 +706,64 @@ class MultiHeadAttention(nn.Module):
         y = _dense(out, wo.astype(dt), in_dims=2)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
-    def _update_self_cache(self, key: Array, value: Array, decode_index: Optional[Array]) -> tuple[Array, Array]:
-        """Creates the zero cache (first call) or writes this chunk into it."""
-        exists = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-        if not exists:
-            return key, value
-        if decode_index is None:
-            raise ValueError("decode_index is required when decoding from a cache")
-        if key.shape[1] > cached_key.value.shape[1]:
-            raise ValueError(
-                f"a chunk of {key.shape[1]} positions does not fit a cache of {cached_key.value.shape[1]}"
-            )
-        start = (jnp.int32(0), jnp.asarray(decode_index, jnp.int32), jnp.int32(0), jnp.int32(0))
-        axes = ("batch", "length", "heads", "kv")
-        cached_key.value = nn.with_logical_constraint(
-            jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start), axes)
-        cached_value.value = nn.with_logical_constraint(
-            jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), start), axes)
-        return cached_key.value, cached_value.value
+    def _cached_attention(self, q, inputs_q, inputs_kv, wk, wv, bias, mask, decode_index) -> Optional[Array]:
+        """Attention against the decode cache, or None when the cache does not
+        exist yet (the first call, which creates it).
 
+        The cache keeps keys as [b, heads, kv, len] and values as [b, heads,
+        len, kv], the layouts XLA's batched matmuls read without a transpose
+        (with the [b, len, heads, kv] layout of training every step copied each
+        cross-attention's encoder keys and values). Cross-attention: when there
+        are more query rows than cache rows (beam search: row b * beams + k is
+        beam k of example b), the beams of an example are folded into extra
+        query positions of its single copy of the encoder keys and values.
+        """
+        dt = self.dtype
+        if self.cross_attention:
+            if not self.has_variable("cache", "cross_key"):
+                return None
+            k_t = self.get_variable("cache", "cross_key")
+            v = self.get_variable("cache", "cross_value")
+        else:
+            if not self.has_variable("cache", "cached_key"):
+                return None
+            if decode_index is None:
+                raise ValueError("decode_index is required when decoding from a cache")
+            xkv = inputs_q.astype(dt)
+            key = _dense(xkv, wk.astype(dt))
+            value = _dense(xkv, wv.astype(dt))
+            cached_key = self.variable("cache", "cached_key")
+            cached_value = self.variable("cache", "cached_value")
+            if key.shape[1] > cached_value.value.shape[2]:
+                raise ValueError(
+                    f"a chunk of {key.shape[1]} positions does not fit a cache of {cached_value.value.shape[2]}"
+                )
+            idx = jnp.asarray(decode_index, jnp.int32)
+            zero = jnp.int32(0)
+            cached_key.value = nn.with_logical_constraint(jax.lax.dynamic_update_slice(
+                cached_key.value, _cache_layout_key(key).astype(cached_key.value.dtype), (zero, zero, zero, idx)),
+                ("batch", "heads", "kv", "length"))
+            cached_value.value = nn.with_logical_constraint(jax.lax.dynamic_update_slice(
+                cached_value.value, _cache_layout_value(value).astype(cached_value.value.dtype),
+                (zero, zero, idx, zero)), ("batch", "heads", "length", "kv"))
+            k_t, v = cached_key.value, cached_value.value
+        rows, q_len = q.shape[0], q.shape[1]
+        fold = rows // k_t.shape[0]
+        if fold * k_t.shape[0] != rows:
+            raise ValueError(f"{rows} query rows do not fold onto {k_t.shape[0]} cache rows")
+        qf = q.reshape((k_t.shape[0], fold * q_len) + q.shape[2:])
+        logits_dtype = jnp.float32 if self.float32_logits else qf.dtype
+        logits = jnp.einsum("bqhd,bhdk->bhqk", qf, k_t.astype(qf.dtype), preferred_element_type=logits_dtype)
+        if bias is not None or mask is not None:
+            logits = logits.reshape(logits.shape[:2] + (fold, q_len, logits.shape[-1]))
+            if bias is not None:  # [b or 1 or rows, h, q, k]
+                logits = logits + _fold_rows(bias, fold, k_t.shape[0]).astype(logits_dtype)
+            if mask is not None:
+                logits = jnp.where(_fold_rows(mask, fold, k_t.shape[0]), logits, _large_negative(logits_dtype))
+            logits = logits.reshape(logits.shape[:2] + (fold * q_len, logits.shape[-1]))
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(v.dtype), v)
+        return out.reshape((rows, q_len) + out.shape[2:])
 
 # --------------------------------------------------------------------------
 # Transformer layer and stack

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Union
 
+import flax
 import flax.linen as nn
 from flax.core import meta
 import jax
@@ -235,19 +236,43 @@ class EncoderDecoderModel(BaseModel):
         {"params": params}, inputs.astype(jnp.int32), decoder_tokens, decode=True, mutable=["cache"])
     return variables["cache"]
 
-  def tokens_to_logits(self, params: PyTree):
-    """The `t5lite.decoding` model interface over the cache of init_decode_cache."""
+  @staticmethod
+  def split_cache(cache: PyTree) -> tuple[PyTree, PyTree]:
+    """(per-hypothesis part, per-input part) of a decoding cache.
+
+    The self-attention caches change every step and must follow the beams;
+    the encoder keys/values of every cross-attention and the encoder padding
+    are the same for all beams of an input. Keeping the latter out of the
+    state that beam search expands and reorders saves copying them every step
+    (the cross-attention folds the beams onto one copy instead).
+    """
+    flat = flax.traverse_util.flatten_dict(cache)
+    is_static = lambda path: "encoder_decoder_attention" in path or path[-1] == "encoder_valid"  # noqa: E731
+    dynamic = flax.traverse_util.unflatten_dict({k: v for k, v in flat.items() if not is_static(k)})
+    static = flax.traverse_util.unflatten_dict({k: v for k, v in flat.items() if is_static(k)})
+    return dynamic, static
+
+  def tokens_to_logits(self, params: PyTree, static_cache: Optional[PyTree] = None):
+    """The `t5lite.decoding` model interface. Without `static_cache` the cache
+    is all of init_decode_cache; with it, the cache is the per-hypothesis part
+    of `split_cache` and `static_cache` the per-input part (closed over)."""
 
     def fn(tokens, cache, step):
+      if static_cache is not None:
+        cache = flax.traverse_util.unflatten_dict({
+            **flax.traverse_util.flatten_dict(cache), **flax.traverse_util.flatten_dict(static_cache)})
       logits, variables = self.module.apply(
           {"params": params, "cache": cache}, tokens, step, method=t5.T5Transformer.decode_step, mutable=["cache"])
-      return logits[:, -1], variables["cache"]
+      new_cache = variables["cache"]
+      if static_cache is not None:
+        new_cache = self.split_cache(new_cache)[0]
+      return logits[:, -1], new_cache
 
     return fn
 
   def predict_batch(self, params, inputs, options, rng=None):
-    cache = self.init_decode_cache(params, inputs, options.max_decode_len)
-    return self._decode(self.tokens_to_logits(params), cache, inputs.shape[0], options, 0, rng)
+    dynamic, static = self.split_cache(self.init_decode_cache(params, inputs, options.max_decode_len))
+    return self._decode(self.tokens_to_logits(params, static), dynamic, inputs.shape[0], options, 0, rng)
 
   def flops_per_step(self, batch_size, lengths):
     """Training FLOPs of one step: 3x the forward pass (forward + backward).

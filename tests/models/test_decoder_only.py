@@ -11,6 +11,7 @@ import os
 import pathlib
 import sys
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,28 +157,7 @@ def test_config_validation_and_presets():
     assert (cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff) == (2048, 32, 64, 5120)
 
 
-def import_gin_config():
-    """gin-config, even when the repository's gin/ folder shadows it."""
-    mod = sys.modules.get("gin")
-    if mod is not None and hasattr(mod, "parse_config_file"):
-        return mod
-    saved_path, shadow = list(sys.path), sys.modules.pop("gin", None)
-    sys.path[:] = [p for p in sys.path if pathlib.Path(os.path.abspath(p or os.curdir)) != REPO]
-    try:
-        import gin
-    except ImportError:
-        if shadow is not None:
-            sys.modules["gin"] = shadow
-        pytest.skip("gin-config is not installed")
-    finally:
-        sys.path[:] = saved_path
-    if not hasattr(gin, "parse_config_file"):
-        pytest.skip("gin-config is not importable")
-    return gin
-
-
 def test_gin_presets_match_python_presets():
-    gin = import_gin_config()
     try:
         for name in decoder_only.DECODER_ONLY_PRESETS:
             gin.clear_config()

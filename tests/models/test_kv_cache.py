@@ -154,3 +154,19 @@ def test_per_row_start_ids():
   np.testing.assert_array_equal(tokens[:, :2], [[5, 1], [6, 1], [7, 1]])
   with pytest.raises(ValueError, match=r"start_id must be an int or an array of shape \[3\]"):
     decoding.greedy_decode(echo, {}, 3, 4, start_id=jnp.asarray([5, 6]))
+
+
+def test_beam_search_folds_beams_onto_one_copy_of_the_encoder_cache():
+  """predict_batch keeps the encoder keys/values out of the beam state; the
+  result equals beam search over a cache where they are expanded per beam."""
+  m, params = _t5(False)
+  enc = np.random.default_rng(4).integers(2, V, (3, 7)).astype(np.int32)
+  enc[2, 3:] = 0
+  opts = model_lib.DecodeOptions("beam", max_decode_len=5, beam_size=3, alpha=0.6)
+  tokens, scores, extra = m.predict_batch(params, jnp.asarray(enc), opts)
+  dynamic, static = m.split_cache(m.init_decode_cache(params, jnp.asarray(enc), 5))
+  assert "encoder_valid" in static["decoder"] and "encoder_valid" not in dynamic["decoder"]
+  full = m.init_decode_cache(params, jnp.asarray(enc), 5)
+  ref_tokens, ref_scores = decoding.beam_search(m.tokens_to_logits(params), full, 3, 5, beam_size=3, alpha=0.6)
+  np.testing.assert_array_equal(extra["beam_tokens"], ref_tokens)
+  np.testing.assert_allclose(extra["beam_scores"], ref_scores, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ import os
 import pathlib
 import sys
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -304,29 +305,7 @@ def test_config_validation_and_presets():
     assert make_config(remat_policy=None).remat_policy == "none"
 
 
-def import_gin_config():
-    """The gin-config package, even when the repository's gin/ folder (a
-    package of .gin files) shadows it because the repo root is on sys.path."""
-    mod = sys.modules.get("gin")
-    if mod is not None and hasattr(mod, "parse_config_file"):
-        return mod
-    saved_path, shadow = list(sys.path), sys.modules.pop("gin", None)
-    sys.path[:] = [p for p in sys.path if pathlib.Path(os.path.abspath(p or os.curdir)) != REPO]
-    try:
-        import gin
-    except ImportError:
-        if shadow is not None:
-            sys.modules["gin"] = shadow
-        pytest.skip("gin-config is not installed")
-    finally:
-        sys.path[:] = saved_path
-    if not hasattr(gin, "parse_config_file"):
-        pytest.skip("gin-config is not importable")
-    return gin
-
-
 def test_gin_presets_match_python_presets():
-    gin = import_gin_config()
     try:
         for name in t5.T5_PRESETS:
             gin.clear_config()
