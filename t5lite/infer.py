@@ -171,6 +171,14 @@ def infer(
   os.makedirs(output_dir, exist_ok=True)
   path = shard_path(output_dir, name, mode, predictor.step)
   done_marker = path + ".done"
+  if os.path.exists(done_marker) and os.path.exists(path):
+    with open(done_marker, encoding="utf-8") as f:
+      finished = json.load(f).get("lines")
+    with open(path, "rb") as f:
+      if f.read().count(b"\n") == finished:  # a finished shard: nothing to do
+        return {"output": path, "lines": finished, "resumed_after": finished, "written": 0, "seconds": 0.0,
+                "checkpoint_step": predictor.step, "truncated": 0}
+    os.remove(done_marker)
   already = completed_lines(path, batch_size)
   local = _shard(source, jax.process_index(), jax.process_count())
   for _ in range(already):  # resume: skip what has a line
