@@ -196,6 +196,7 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search_paths: S
   from t5lite import gin_paths  # pylint: disable=g-import-not-at-top
 
   gin.clear_config()
+  _guard_gin_package_reader(gin)
   ours = gin_paths.gin_dir()
   for path in [*([ours] if ours else []), *search_paths, os.getcwd()]:
     gin.add_config_file_search_path(path)
@@ -216,6 +217,35 @@ def configure_gin(files: Sequence[str], bindings: Sequence[str], search_paths: S
     raise FileNotFoundError(f"{e}. Gin files are looked up in {ours}, --gin_search_paths and the cwd.") from e
   finally:
     logging.getLogger().removeFilter(quiet)
+
+
+def _guard_gin_package_reader(gin) -> None:
+  """Keeps gin's package-path file check from crashing on a namespace package.
+
+  gin looks for `runs/pretrain.gin` as a file of a Python package `runs` too;
+  a folder named like one of our gin folders in the working directory (the
+  `runs/` that `make train` writes, say) is then a namespace package without a
+  file, and gin's check raises TypeError instead of saying "not here". This
+  wraps each registered check so that such a folder counts as "not here" and
+  the search goes on to the gin search paths. (gin keeps its readers in
+  `gin.config._FILE_READERS`; if that changes, nothing is wrapped.)
+  """
+  readers = getattr(getattr(gin, "config", None), "_FILE_READERS", None)
+  if not isinstance(readers, list):
+    return
+  for i, entry in enumerate(readers):
+    reader, exists = entry
+    if getattr(exists, "t5lite_guarded", False):
+      continue
+
+    def guarded(path, _exists=exists):
+      try:
+        return _exists(path)
+      except TypeError:
+        return False
+
+    guarded.t5lite_guarded = True
+    readers[i] = (reader, guarded)
 
 
 class _DropGinPathMisses(logging.Filter):

@@ -86,3 +86,32 @@ def test_two_processes_match_one_process_and_checkpoint_restores_elsewhere(tmp_p
     tr.close()
   for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+  # Inference over the validation split in two processes: each writes its own
+  # shard of the examples, and together they hold what one process decodes.
+  infer = [sys.executable, "-m", "t5lite.infer", f"--gin_file={gin_file}", "--gin_file=runs/infer.gin",
+           f"--gin.MODEL_DIR='{tmp_path / 'two'}'", "--gin.INFER_MAX_EXAMPLES=11", "--gin.MAX_DECODE_LEN=6"]
+  two_infer = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "local.py"), "--num_processes", "2", "--devices_per_process", "4",
+       "--timeout", "500", "--"] + infer + [f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer2'}'",
+                                           "--gin.INFER_BATCH_SIZE=4"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env=_env(),
+  )
+  assert two_infer.returncode == 0, two_infer.stdout[-3000:] + two_infer.stderr[-3000:]
+  one_infer = subprocess.run(
+      infer + [f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer1'}'", "--gin.INFER_BATCH_SIZE=8"], cwd=REPO,
+      capture_output=True, text=True, timeout=600,
+      env=dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"),
+  )
+  assert one_infer.returncode == 0, one_infer.stderr[-3000:]
+  shards = sorted(n for n in os.listdir(tmp_path / "infer2") if not n.endswith(".done"))
+  assert shards == ["multihost_reverse-validation-predict-4.jsonl-00000-of-00002",
+                    "multihost_reverse-validation-predict-4.jsonl-00001-of-00002"]
+  rows = lambda path: [json.loads(line) for line in open(path)]  # noqa: E731
+  parts = [rows(tmp_path / "infer2" / n) for n in shards]
+  assert [len(p) for p in parts] == [6, 5]  # examples 0, 2, 4, ... and 1, 3, 5, ...
+  (single,) = [n for n in os.listdir(tmp_path / "infer1") if not n.endswith(".done")]
+  whole = rows(tmp_path / "infer1" / single)
+  merged = [parts[i % 2][i // 2] for i in range(11)]
+  assert [(r["inputs"], r["prediction"]) for r in merged] == [(r["inputs"], r["prediction"]) for r in whole]
+  np.testing.assert_allclose([r["score"] for r in merged], [r["score"] for r in whole], rtol=1e-4, atol=1e-5)

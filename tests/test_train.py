@@ -194,3 +194,16 @@ def test_gin_errors_name_the_problem(tmp_path, capsys):
   assert "bad.gin" in err and "line 4" in err
   assert train_lib.main(["--gin_file=experiments/nope.gin"]) == 1
   assert "nope.gin" in capsys.readouterr().err
+
+
+def test_gin_includes_work_beside_a_runs_folder(tmp_path, monkeypatch):
+  """A runs/ folder in the working directory (make train writes one) is a namespace
+  package to Python; gin's package-path lookup of 'runs/pretrain.gin' must not crash."""
+  (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))  # as `python -m` puts the cwd first
+  train_lib.configure_gin(["experiments/quickstart_finetune.gin"], ['MODEL_DIR = "/tmp/x"'])
+  import gin  # pylint: disable=g-import-not-at-top
+
+  assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "synthetic_reverse"
+  gin.clear_config()

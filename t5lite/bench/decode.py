@@ -6,8 +6,9 @@
 
 Builds the model wrapper (`EncoderDecoderModel` for `--model t5`,
 `DecoderOnlyModel` for `--model decoder_only`) with randomly initialised
-parameters and jits `predict_batch` with the `DecodeOptions` static, as the
-inference entry points do. Inputs are random token ids in [2, vocab) with no
+parameters and runs `predict_batch` through `inference.Predictor` (jitted with
+the `DecodeOptions` static, on a one-device mesh, inside the partitioner's
+context), exactly as `t5lite infer` and `t5lite eval` do. Inputs are random token ids in [2, vocab) with no
 padding: `--inputs` is the encoder input length (T5) or the prompt length
 (decoder-only, which prefills the prompt into the cache first). Decoding uses
 `eos_id=-1`, an id no model ever emits, so every sequence runs all
@@ -90,23 +91,35 @@ def run(args) -> list[dict]:
   """
   import jax  # pylint: disable=g-import-not-at-top
 
+  from t5lite import inference, partitioning  # pylint: disable=g-import-not-at-top
   from t5lite.models import layers, model as model_lib  # pylint: disable=g-import-not-at-top
 
   methods = parse_methods(args.methods)
   model, shapes = build_model(args)
 
+  # What `t5lite infer` runs: the Predictor's jitted decode on a Partitioner's
+  # mesh (one device), called inside the partitioner's context.
+  part = partitioning.Partitioner(num_devices=1)
+  _, shardings = inference.Predictor.shardings(model, part)
   t0 = time.perf_counter()
   key = jax.random.key(args.seed, impl=args.prng_impl or None)
-  params = jax.jit(lambda r: model.init_params(r, shapes))(key)
+  with part.context():
+    params = jax.jit(lambda r: model.init_params(r, shapes), out_shardings=shardings)(key)
   jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
   n_params = layers.count_params(params)
+  predictor = inference.Predictor(model, params, batch_size=args.batch, partitioner=part)
 
   rng = np.random.default_rng(args.seed + 1)
-  inputs = jax.device_put(rng.integers(2, args.vocab_size, (args.batch, args.inputs), dtype=np.int32))
+  host_inputs = rng.integers(2, args.vocab_size, (args.batch, args.inputs), dtype=np.int32)
+  inputs = part.global_batch({"inputs": host_inputs}, args.batch)["inputs"]
   jax.block_until_ready(inputs)
+  sample_key = jax.random.key(0)
 
-  predict = jax.jit(model.predict_batch, static_argnums=2)
+  def predict(params, inputs, opts):
+    with part.context():
+      return predictor._jitted("predict", opts)(params, inputs, sample_key)  # pylint: disable=protected-access
+
   device = jax.devices()[0]
   results = []
   for method, beams in methods:
@@ -114,7 +127,7 @@ def run(args) -> list[dict]:
                                    alpha=ALPHA, eos_id=EOS_NEVER)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
-    tokens, _, _ = predict(params, inputs, opts)
+    tokens, _ = predict(params, inputs, opts)
     jax.block_until_ready(tokens)
     compile_s = time.perf_counter() - t0
 

@@ -24,13 +24,14 @@ TensorFlow, seqio or gin), so it runs on any JAX backend.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from typing import Mapping, Optional, Sequence
 
@@ -104,41 +105,38 @@ def run(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from t5lite import throughput, trainer  # pylint: disable=g-import-not-at-top
+  from t5lite import partitioning, throughput, trainer  # pylint: disable=g-import-not-at-top
   from t5lite.models import layers  # pylint: disable=g-import-not-at-top
   from t5lite.optim import adafactor, schedules  # pylint: disable=g-import-not-at-top
 
   model, lengths = build_model(args)
-  shapes = model.input_shapes(args.batch, lengths)
-  learning_rate = schedules.constant(args.learning_rate)
-  optimizer = trainer.make_optimizer(
-      adafactor.adafactor, learning_rate, model.param_logical_axes(shapes)
+  # Exactly what `t5lite train` runs: the Trainer's jitted step (in/out
+  # shardings, donated state) on a Partitioner's mesh, called inside the
+  # partitioner's context so that the model's logical-axis constraints apply.
+  part = partitioning.Partitioner(num_devices=args.devices)
+  config = trainer.TrainerConfig(
+      train_steps=1 + args.steps, batch_size=args.batch, task_feature_lengths=lengths,
+      num_microbatches=args.microbatches, seed=args.seed, progress=False, async_checkpointing=False,
   )
-  # Exactly as Trainer builds it.
-  step_fn = jax.jit(
-      functools.partial(
-          trainer.train_step, model=model, optimizer=optimizer, learning_rate=learning_rate,
-          num_microbatches=args.microbatches,
-      ),
-      donate_argnums=(0,),
-  )
-
-  # Init as Trainer._fresh_state does (jit'd init_params, then jit'd opt init).
+  workdir = tempfile.mkdtemp(prefix="t5lite-bench-")
+  tr = trainer.Trainer(model, adafactor.adafactor, schedules.constant(args.learning_rate), config, workdir,
+                       partitioner=part)
   t0 = time.perf_counter()
-  rng = jax.random.key(args.seed)
-  params = jax.jit(lambda r: model.init_params(r, shapes))(rng)
-  opt_state = jax.jit(optimizer.init)(params)
-  state = trainer.TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state)
+  state = tr._fresh_state()  # pylint: disable=protected-access
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  n_params = layers.count_params(params)
+  n_params = layers.count_params(state.params)
 
   kind = "encoder_decoder" if args.model == "encoder_decoder" else "decoder_only"
   host_batches = make_batches(kind, args.batch, args.inputs, args.targets, args.vocab_size, 1 + args.steps,
                               seed=args.seed + 1)
-  batches = [jax.device_put(b) for b in host_batches]
+  batches = [part.global_batch(b, args.batch) for b in host_batches]
   jax.block_until_ready(batches)
   step_rng = jax.random.key(args.seed + 1)
+
+  def step_fn(state, batch, rng):
+    with part.context():
+      return tr._train_step(state, batch, rng)  # pylint: disable=protected-access
 
   load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
   t0 = time.perf_counter()
@@ -155,6 +153,8 @@ def run(args) -> dict:
     times.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
   last_loss = float(metrics["loss"])
+  tr.close()
+  shutil.rmtree(workdir, ignore_errors=True)
 
   median = statistics.median(times)
   tokens_per_step = model.tokens_per_step(args.batch, lengths)
@@ -198,7 +198,7 @@ def run(args) -> dict:
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "device": device.device_kind,
       "platform": device.platform,
-      "num_devices": jax.device_count(),
+      "num_devices": part.mesh.size,
       "jax": jax.__version__,
       "python": platform.python_version(),
   }
@@ -213,6 +213,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p.add_argument("--inputs", type=int, default=512)
   p.add_argument("--targets", type=int, default=114)
   p.add_argument("--steps", type=int, default=10, help="timed steps after the first (compile) step")
+  p.add_argument("--devices", type=int, default=1,
+                 help="devices of the data-parallel mesh (default 1: one CPU device or one accelerator)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--microbatches", type=int, default=1)
   p.add_argument("--scan_layers", action="store_true")
