@@ -31,6 +31,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m t5lite.bench.data --task pydocs_span_corruption --examples 2000
 	$(BIN)/python -m t5lite.bench.data --task pydocs_lm --examples 2000
+	$(BIN)/python -m t5lite.bench.train_step --preset tiny --batch 8 --inputs 512 --targets 114 --steps 10
+	$(BIN)/python -m t5lite.bench.decode --preset tiny --batch 8 --inputs 512 --max_decode_len 64 --methods greedy,beam4
 
 clean:
 	rm -rf $(VENV) *.egg-info
