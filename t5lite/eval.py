@@ -135,11 +135,10 @@ def _gather(pairs: list) -> list:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
   blob = np.frombuffer(pickle.dumps(pairs), np.uint8)
-  size = int(np.max(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))))
-  padded = np.zeros((size,), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
+  padded = np.zeros((int(sizes.max()),), np.uint8)
   padded[: blob.size] = blob
-  sizes = multihost_utils.process_allgather(np.asarray([blob.size], np.int32)).reshape(-1)
-  blobs = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), size)
+  blobs = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
   out = []
   for b, n in zip(blobs, sizes):
     out.extend(pickle.loads(b[:n].tobytes()))
@@ -207,26 +206,13 @@ def evaluate(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  import importlib  # pylint: disable=g-import-not-at-top
+  from t5lite import train  # pylint: disable=g-import-not-at-top
 
-  import gin  # pylint: disable=g-import-not-at-top
-
-  from t5lite import distributed, train  # pylint: disable=g-import-not-at-top
-
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  files, bindings, paths = train.parse_flags(sys.argv[1:] if argv is None else argv)
-  distributed.maybe_initialize()
-  try:
-    train.configure_gin(files, bindings, paths, required=REQUIRED_MACROS)
-    module = importlib.import_module("t5lite.eval")
-    results = gin.get_configurable(module.evaluate)()
-  except (ValueError, FileNotFoundError) as e:
-    print(f"t5lite eval: error: {e}", file=sys.stderr)
-    return 1
-  for step in sorted(results):
+  rc, results = train.run_gin_entry(argv, "t5lite.eval", "evaluate", REQUIRED_MACROS, "eval")
+  for step in sorted(results or {}):
     metrics = {t: m for t, m in results[step].items() if not t.startswith("_")}
     print(f"step {step}: {json.dumps(metrics, sort_keys=True)}")
-  return 0
+  return rc
 
 
 if __name__ == "__main__":

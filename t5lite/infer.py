@@ -258,24 +258,12 @@ def _text(ex: Mapping[str, Any], key: str, vocab) -> str:
 # Command line.
 # ----------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  import importlib  # pylint: disable=g-import-not-at-top
+  from t5lite import train  # pylint: disable=g-import-not-at-top
 
-  import gin  # pylint: disable=g-import-not-at-top
-
-  from t5lite import distributed, train  # pylint: disable=g-import-not-at-top
-
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  files, bindings, paths = train.parse_flags(sys.argv[1:] if argv is None else argv)
-  distributed.maybe_initialize()
-  try:
-    train.configure_gin(files, bindings, paths, required=REQUIRED_MACROS)
-    module = importlib.import_module("t5lite.infer")
-    summary = gin.get_configurable(module.infer)()
-  except (ValueError, FileNotFoundError) as e:
-    print(f"t5lite infer: error: {e}", file=sys.stderr)
-    return 1
-  print(json.dumps(summary))
-  return 0
+  rc, summary = train.run_gin_entry(argv, "t5lite.infer", "infer", REQUIRED_MACROS, "infer")
+  if rc == 0:
+    print(json.dumps(summary))
+  return rc
 
 
 if __name__ == "__main__":

@@ -27,23 +27,19 @@ import functools
 import logging
 import math
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5lite import checkpointing, partitioning
+from t5lite import checkpointing, partitioning, trainer
 from t5lite.models.model import BaseModel, DecodeOptions, DecoderOnlyModel, EncoderDecoderModel
 
 PyTree = Any
 logger = logging.getLogger(__name__)
 LONG_INPUT_POLICIES = ("truncate", "error")
-
-
-def _with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
 def _agreed_count(n_local: int) -> int:
@@ -121,7 +117,7 @@ class Predictor:
     unboxed = flax.core.meta.unbox(model.abstract_params(shapes))
     partitioner.fit_to(unboxed, axes)
     param_shardings = partitioner.shardings_for(axes)
-    return _with_shardings(unboxed, param_shardings), param_shardings
+    return trainer._with_shardings(unboxed, param_shardings), param_shardings  # pylint: disable=protected-access
 
   @classmethod
   def restore(cls, model: BaseModel, checkpoint_path: str, *, step: Optional[int] = None,
@@ -370,14 +366,3 @@ def load(run_dir: str, *, step: Optional[int] = None, batch_size: int = 8,
   return Predictor.restore(
       cfg["model"], run_dir, step=step, batch_size=batch_size, partitioner=partitioner, vocabulary=vocabulary,
       task_feature_lengths=lengths, **kwargs)
-
-
-def iter_chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-  chunk = []
-  for x in items:
-    chunk.append(x)
-    if len(chunk) == size:
-      yield chunk
-      chunk = []
-  if chunk:
-    yield chunk

@@ -93,3 +93,21 @@ def apply_process_settings(malloc: bool = True, xla_cpu_flags: str = DEFAULT_XLA
   if xla_cpu_flags and cpu_only_host() and not _backend_started():
     done["xla_flags"] = set_xla_cpu_flags(xla_cpu_flags)
   return done
+
+
+def add_flags(parser) -> None:
+  """--malloc and --xla_cpu_flags for a benchmark's argparse parser."""
+  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                      help="tuned: keep freed memory in the process (see t5lite.runtime); "
+                           "default: leave glibc malloc as it is")
+  parser.add_argument("--xla_cpu_flags", default=DEFAULT_XLA_CPU_FLAGS,
+                      help="flags appended to XLA_FLAGS before JAX starts, on CPU-only hosts "
+                           "('' for none). Default: %(default)s")
+
+
+def apply_flags(args) -> dict:
+  """apply_process_settings as `add_flags`' flags say; warns if JAX came first."""
+  if "jax" in sys.modules and (args.malloc == "tuned" or args.xla_cpu_flags):
+    print("warning: jax was imported before the process settings (malloc/XLA_FLAGS) were applied",
+          file=sys.stderr)
+  return apply_process_settings(malloc=args.malloc == "tuned", xla_cpu_flags=args.xla_cpu_flags)

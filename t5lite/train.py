@@ -272,26 +272,40 @@ def write_config(model_dir: str) -> Optional[str]:
   return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def run_gin_entry(argv: Optional[Sequence[str]], module_name: str, fn_name: str, required: Sequence[str],
+                  command: str) -> tuple[int, Any]:
+  """The shared body of the gin entry points (train, infer, eval): parse the
+  T5X-style flags, join a multi-process job, configure gin, call the
+  configured `module_name.fn_name`. Returns (exit code, result); errors in the
+  input are printed as `t5lite COMMAND: error: ...` with exit code 1."""
   import importlib  # pylint: disable=g-import-not-at-top
 
   import gin  # pylint: disable=g-import-not-at-top
 
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  files, bindings, paths = parse_flags(sys.argv[1:] if argv is None else argv)
   from t5lite import distributed  # pylint: disable=g-import-not-at-top
 
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  files, bindings, paths = parse_flags(sys.argv[1:] if argv is None else argv)
   distributed.maybe_initialize()  # before any jax computation
   try:
-    configure_gin(files, bindings, paths)
-    model_dir = gin.query_parameter("%MODEL_DIR")
-    write_config(model_dir)
+    configure_gin(files, bindings, paths, required=required)
+    if command == "train":
+      write_config(gin.query_parameter("%MODEL_DIR"))
     # The module gin configured (not __main__, when run with python -m).
-    module = importlib.import_module("t5lite.train")
-    metrics = gin.get_configurable(module.train)()
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    return 0, gin.get_configurable(fn)()
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    print(f"t5lite train: error: {e}", file=sys.stderr)
-    return 1
+    print(f"t5lite {command}: error: {e}", file=sys.stderr)
+    return 1, None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  rc, metrics = run_gin_entry(argv, "t5lite.train", "train", REQUIRED_MACROS, "train")
+  if rc:
+    return rc
+  import gin  # pylint: disable=g-import-not-at-top
+
+  model_dir = gin.query_parameter("%MODEL_DIR")
   if metrics:
     print(f"done: step metrics {', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items()))}")
   print(f"run directory: {os.path.abspath(model_dir)}")

@@ -41,7 +41,6 @@ import platform
 import re
 import resource
 import statistics
-import sys
 import time
 from typing import Optional, Sequence
 
@@ -195,12 +194,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p.add_argument("--prng_impl", default="",
                  help="PRNG of the parameter init, e.g. 'unsafe_rbg' (compiles several times faster on "
                       "CPU than threefry); default: JAX's. Only init_s depends on it")
-  p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                 help="tuned: keep freed memory in the process (see t5lite.runtime); "
-                      "default: leave glibc malloc as it is")
-  p.add_argument("--xla_cpu_flags", default=runtime.DEFAULT_XLA_CPU_FLAGS,
-                 help="flags appended to XLA_FLAGS before JAX starts, on CPU-only hosts "
-                      "('' for none). Default: %(default)s")
+  runtime.add_flags(p)
   args = p.parse_args(argv)
   for name in ("batch", "inputs", "max_decode_len", "repeats"):
     if getattr(args, name) < 1:
@@ -216,11 +210,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
-  # Both settings must happen before JAX starts (threads, backend).
-  if "jax" in sys.modules and (args.malloc == "tuned" or args.xla_cpu_flags):
-    print("warning: jax was imported before the benchmark could set malloc/XLA_FLAGS", file=sys.stderr)
-  args.process_settings = runtime.apply_process_settings(
-      malloc=args.malloc == "tuned", xla_cpu_flags=args.xla_cpu_flags)
+  args.process_settings = runtime.apply_flags(args)  # before JAX starts
   for result in run(args):
     print(json.dumps(result), flush=True)
 

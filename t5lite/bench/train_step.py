@@ -30,7 +30,6 @@ import platform
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from typing import Mapping, Optional, Sequence
@@ -223,12 +222,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p.add_argument("--vocab_size", type=int, default=32128)
   p.add_argument("--learning_rate", type=float, default=1e-3)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                 help="tuned: keep freed memory in the process (see t5lite.runtime); "
-                      "default: leave glibc malloc as it is")
-  p.add_argument("--xla_cpu_flags", default=runtime.DEFAULT_XLA_CPU_FLAGS,
-                 help="flags appended to XLA_FLAGS before JAX starts, on CPU-only hosts "
-                      "('' for none). Default: %(default)s")
+  runtime.add_flags(p)
   args = p.parse_args(argv)
   if args.steps < 1:
     p.error("--steps must be >= 1")
@@ -239,11 +233,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
-  # Both settings must happen before JAX starts (threads, backend).
-  if "jax" in sys.modules and (args.malloc == "tuned" or args.xla_cpu_flags):
-    print("warning: jax was imported before the benchmark could set malloc/XLA_FLAGS", file=sys.stderr)
-  done = runtime.apply_process_settings(malloc=args.malloc == "tuned", xla_cpu_flags=args.xla_cpu_flags)
-  args.malloc_tuned = done["malloc_tuned"]
+  args.malloc_tuned = runtime.apply_flags(args)["malloc_tuned"]  # before JAX starts
   print(json.dumps(run(args)), flush=True)
 
 
