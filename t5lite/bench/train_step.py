@@ -100,60 +100,83 @@ def build_model(args):
   return model, lengths
 
 
+class StepRunner:
+  """The benchmark's model, state and batches; `step(i)` runs batch i (0 compiles).
+
+  Shared with t5lite.bench.paired, which interleaves these steps with another
+  implementation's.
+  """
+
+  def __init__(self, args):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from t5lite import partitioning, trainer  # pylint: disable=g-import-not-at-top
+    from t5lite.models import layers  # pylint: disable=g-import-not-at-top
+    from t5lite.optim import adafactor, schedules  # pylint: disable=g-import-not-at-top
+
+    self.args = args
+    self.model, self.lengths = build_model(args)
+    # Exactly what `t5lite train` runs: the Trainer's jitted step (in/out
+    # shardings, donated state) on a Partitioner's mesh, called inside the
+    # partitioner's context so that the model's logical-axis constraints apply.
+    self.part = partitioning.Partitioner(num_devices=args.devices)
+    config = trainer.TrainerConfig(
+        train_steps=1 + args.steps, batch_size=args.batch, task_feature_lengths=self.lengths,
+        num_microbatches=args.microbatches, seed=args.seed, progress=False, async_checkpointing=False,
+    )
+    self.workdir = tempfile.mkdtemp(prefix="t5lite-bench-")
+    self.trainer = trainer.Trainer(self.model, adafactor.adafactor, schedules.constant(args.learning_rate), config,
+                                   self.workdir, partitioner=self.part)
+    t0 = time.perf_counter()
+    self.state = self.trainer._fresh_state()  # pylint: disable=protected-access
+    jax.block_until_ready(self.state)
+    self.init_s = time.perf_counter() - t0
+    self.n_params = layers.count_params(self.state.params)
+
+    kind = "encoder_decoder" if args.model == "encoder_decoder" else "decoder_only"
+    host_batches = make_batches(kind, args.batch, args.inputs, args.targets, args.vocab_size, 1 + args.steps,
+                                seed=args.seed + 1)
+    self.batches = [self.part.global_batch(b, args.batch) for b in host_batches]
+    jax.block_until_ready(self.batches)
+    self.step_rng = jax.random.key(args.seed + 1)
+    self.losses: list[float] = []
+
+  def step(self, i: int) -> tuple[float, float]:
+    """Runs batch i to completion; returns (wall seconds, process CPU seconds)."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    with self.part.context():
+      self.state, metrics = self.trainer._train_step(  # pylint: disable=protected-access
+          self.state, self.batches[i], self.step_rng)
+    jax.block_until_ready((self.state, metrics))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    self.losses.append(float(metrics["loss"]))
+    return wall, cpu
+
+  def close(self) -> None:
+    self.trainer.close()
+    shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 def run(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from t5lite import partitioning, throughput, trainer  # pylint: disable=g-import-not-at-top
-  from t5lite.models import layers  # pylint: disable=g-import-not-at-top
-  from t5lite.optim import adafactor, schedules  # pylint: disable=g-import-not-at-top
+  from t5lite import throughput  # pylint: disable=g-import-not-at-top
 
-  model, lengths = build_model(args)
-  # Exactly what `t5lite train` runs: the Trainer's jitted step (in/out
-  # shardings, donated state) on a Partitioner's mesh, called inside the
-  # partitioner's context so that the model's logical-axis constraints apply.
-  part = partitioning.Partitioner(num_devices=args.devices)
-  config = trainer.TrainerConfig(
-      train_steps=1 + args.steps, batch_size=args.batch, task_feature_lengths=lengths,
-      num_microbatches=args.microbatches, seed=args.seed, progress=False, async_checkpointing=False,
-  )
-  workdir = tempfile.mkdtemp(prefix="t5lite-bench-")
-  tr = trainer.Trainer(model, adafactor.adafactor, schedules.constant(args.learning_rate), config, workdir,
-                       partitioner=part)
-  t0 = time.perf_counter()
-  state = tr._fresh_state()  # pylint: disable=protected-access
-  jax.block_until_ready(state)
-  init_s = time.perf_counter() - t0
-  n_params = layers.count_params(state.params)
-
-  kind = "encoder_decoder" if args.model == "encoder_decoder" else "decoder_only"
-  host_batches = make_batches(kind, args.batch, args.inputs, args.targets, args.vocab_size, 1 + args.steps,
-                              seed=args.seed + 1)
-  batches = [part.global_batch(b, args.batch) for b in host_batches]
-  jax.block_until_ready(batches)
-  step_rng = jax.random.key(args.seed + 1)
-
-  def step_fn(state, batch, rng):
-    with part.context():
-      return tr._train_step(state, batch, rng)  # pylint: disable=protected-access
+  runner = StepRunner(args)
+  model, lengths, part = runner.model, runner.lengths, runner.part
+  init_s, n_params = runner.init_s, runner.n_params
 
   load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-  t0 = time.perf_counter()
-  state, metrics = step_fn(state, batches[0], step_rng)
-  jax.block_until_ready((state, metrics))
-  compile_s = time.perf_counter() - t0
-  first_loss = float(metrics["loss"])
-
+  compile_s = runner.step(0)[0]
   times, cpu = [], []
-  for b in batches[1:]:
-    t0, c0 = time.perf_counter(), time.process_time()
-    state, metrics = step_fn(state, b, step_rng)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
-    cpu.append(time.process_time() - c0)
-  last_loss = float(metrics["loss"])
-  tr.close()
-  shutil.rmtree(workdir, ignore_errors=True)
+  for i in range(1, 1 + args.steps):
+    wall, c = runner.step(i)
+    times.append(wall)
+    cpu.append(c)
+  first_loss, last_loss = runner.losses[0], runner.losses[-1]
+  runner.close()
 
   median = statistics.median(times)
   tokens_per_step = model.tokens_per_step(args.batch, lengths)

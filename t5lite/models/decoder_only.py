@@ -47,6 +47,7 @@ class DecoderOnlyConfig:
     float32_attention_logits: bool = True
     layer_norm_epsilon: float = 1e-6
     allow_prefix_lm: bool = True
+    position_bias_from_positions: bool = False
 
     def __post_init__(self):
         layers.validate_transformer_config(self, ("num_layers",))
@@ -168,7 +169,7 @@ class _DecoderStack(nn.Module):
         else:
             if decode:
                 self.variable("cache", "key_valid", jnp.zeros, tokens.shape, bool)
-            bias = relpos(length, length, positions, positions)
+            bias = relpos(length, length, *layers.bias_positions(cfg, positions))
             mask, causal = layers.decoder_self_attention_mask(segment_ids, causal_attention, length)
         y = layers.apply_layer_stack(
             cfg, cfg.num_layers, y, bias, mask, causal=causal, deterministic=deterministic, decode=decode,

@@ -344,7 +344,9 @@ class RelativePositionBias(nn.Module):
         if q_positions is None and k_positions is None:
             rel = np.arange(k_len, dtype=np.int32)[None, :] - np.arange(q_len, dtype=np.int32)[:, None]
             buckets = bucket(rel)  # static numpy [q, k]
-            return jnp.take(table, buckets, axis=1)[None]
+            # A gather from the flattened table straight into [heads, q, k]; see below.
+            index = np.arange(self.num_heads, dtype=np.int32)[:, None, None] * self.num_buckets + buckets[None]
+            return jnp.take(table.reshape(-1), index, axis=0)[None]
         if q_positions is None:
             q_positions = jnp.arange(q_len, dtype=jnp.int32)[None]
         if k_positions is None:
@@ -355,9 +357,19 @@ class RelativePositionBias(nn.Module):
         # (index head * num_buckets + bucket). Same values as taking [heads, b, q, k]
         # and transposing, but the backward pass then scatters from the [b, h, q, k]
         # gradient as it is instead of transposing it to [b, q, k, h] first (on CPU
-        # that strided copy of a per-example bias was a large share of the step).
+        # that strided copy was a large share of the step; 140 ms for the shared
+        # [6, 512, 512] encoder bias of T5 small).
         offsets = (jnp.arange(self.num_heads, dtype=jnp.int32) * self.num_buckets)[None, :, None, None]
         return jnp.take(table.reshape(-1), buckets[:, None] + offsets, axis=0)
+
+
+def bias_positions(config: Any, positions: Optional[Array]) -> tuple[Optional[Array], Optional[Array]]:
+    """(q_positions, k_positions) for a self-attention `RelativePositionBias`
+    call: the positions features when `config.position_bias_from_positions`,
+    else (None, None), the batch-shared bias of token indices (see T5Config)."""
+    if getattr(config, "position_bias_from_positions", False) and positions is not None:
+        return positions, positions
+    return None, None
 
 
 # --------------------------------------------------------------------------
@@ -439,6 +451,22 @@ def _large_negative(dtype: DType) -> Array:
     return jnp.asarray(-0.7 * float(jnp.finfo(dtype).max), dtype)
 
 
+def _apply_mask(logits: Array, mask: Optional[Array]) -> Array:
+    """Masked logits: a boolean mask selects, a float (additive) mask is added.
+
+    Additive masks come from `fold_mask_into_bias` (0 or -0.7 * float32 max);
+    for narrower logits the negative entries are first raised to that dtype's
+    own large negative, so that they do not round to -inf.
+    """
+    if mask is None:
+        return logits
+    if mask.dtype == jnp.bool_:
+        return jnp.where(mask, logits, _large_negative(logits.dtype))
+    if jnp.dtype(logits.dtype) != jnp.float32:
+        mask = jnp.maximum(mask, _large_negative(logits.dtype).astype(mask.dtype))
+    return logits + mask.astype(logits.dtype)
+
+
 def einsum_attention(
     query: Array,
     key: Array,
@@ -453,7 +481,8 @@ def einsum_attention(
 ) -> Array:
     """Unscaled softmax(q k^T + bias) v with einsums; [b, l, heads, kv] layout.
 
-    Logits are accumulated in float32 when `float32_logits`; the softmax is
+    `mask` is boolean (True: may attend) or additive (float: 0 or a large
+    negative, as `fold_mask_into_bias` makes it). Logits are accumulated in float32 when `float32_logits`; the softmax is
     always float32. `dropout`, if given, is applied to the attention weights.
     `fast_backward` (ignored with dropout): same forward values, with a custom
     VJP that keeps the softmax weights and orders the backward matmuls for XLA's
@@ -464,7 +493,10 @@ def einsum_attention(
     if is_causal:
         q_len, k_len = query.shape[1], key.shape[1]
         tril = np.tril(np.ones((q_len, k_len), dtype=bool))[None, None]
-        mask = tril if mask is None else jnp.logical_and(mask, tril)
+        if mask is None or mask.dtype == jnp.bool_:
+            mask = tril if mask is None else jnp.logical_and(mask, tril)
+        else:
+            mask = jnp.where(tril, mask, _large_negative(mask.dtype))
         is_causal = False
     if fast_backward and dropout is None:
         return _attention_with_fast_backward(query, key, value, bias, mask, bool(float32_logits))
@@ -472,12 +504,7 @@ def einsum_attention(
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=logits_dtype)
     if bias is not None:
         logits = logits + bias.astype(logits_dtype)
-    if is_causal:
-        q_len, k_len = logits.shape[-2:]
-        tril = np.tril(np.ones((q_len, k_len), dtype=bool))[None, None]
-        mask = tril if mask is None else jnp.logical_and(mask, tril)
-    if mask is not None:
-        logits = jnp.where(mask, logits, _large_negative(logits_dtype))
+    logits = _apply_mask(logits, mask)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     if dropout is not None:
         weights = dropout(weights)
@@ -489,57 +516,111 @@ def _attention_probs(query, key, bias, mask, float32_logits):
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=logits_dtype)
     if bias is not None:
         logits = logits + bias.astype(logits_dtype)
-    if mask is not None:
-        logits = jnp.where(mask, logits, _large_negative(logits_dtype))
+    logits = _apply_mask(logits, mask)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def _sum_axis_by_halves(x: Array, axis: int) -> Array:
+    """jnp.sum(x, axis, keepdims=True) as a tree of elementwise adds of halves.
+
+    Same sum up to float rounding order. On XLA:CPU a reduction over a leading
+    axis of a large tensor (the batch sum of a shared bias's gradient) runs as
+    a slow single-threaded library reduction (measured: 700 ms for 8 layers of
+    [8, 6, 512, 512] gradients on the 2-core dev box); adds of slices fuse into
+    one parallel elementwise loop (17 ms).
+    """
+    while x.shape[axis] > 1:
+        n = x.shape[axis]
+        half = n // 2
+        y = jax.lax.slice_in_dim(x, 0, half, axis=axis) + jax.lax.slice_in_dim(x, half, 2 * half, axis=axis)
+        if n % 2:
+            last = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
+            y = jnp.concatenate([jax.lax.slice_in_dim(y, 0, 1, axis=axis) + last,
+                                 jax.lax.slice_in_dim(y, 1, half, axis=axis)], axis=axis)
+        x = y
+    return x
 
 
 def _sum_to_shape(x: Array, shape: tuple[int, ...]) -> Array:
     """Sums the broadcast dims of `x` away so that it has `shape` (a broadcastable shape)."""
     lead = x.ndim - len(shape)
     x = jnp.sum(x, axis=tuple(range(lead))) if lead else x
-    axes = tuple(i for i, (n, m) in enumerate(zip(shape, x.shape)) if n == 1 and m != 1)
-    return jnp.sum(x, axis=axes, keepdims=True) if axes else x
+    for i, (n, m) in enumerate(zip(shape, x.shape)):
+        if n == 1 and m != 1:
+            x = _sum_axis_by_halves(x, i)
+    return x
+
+
+def _bmm(a: Array, b: Array, preferred_element_type: Optional[DType] = None) -> Array:
+    """a [b, h, m, k] x b [b, h, k, n] -> [b, h, m, n]: both operands row-major."""
+    return jax.lax.dot_general(
+        a, b, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=preferred_element_type
+    )
+
+
+def _pinned(x: Array) -> Array:
+    """On CPU, materialises `x` in the layout it has (an optimization barrier).
+
+    XLA's CPU backend otherwise folds the transposes around the attention
+    matmuls into the dots' dimension numbers and often picks forms where the
+    contraction runs along both operands' minor dims (or the major dim of
+    a [q, k] block); Eigen runs those 2.5-3x slower than the plain
+    row-major x row-major form `_bmm` asks for (measured on the 2-core dev
+    box for [64, 512] x [512, 512] blocks: 44-51 against 111-148 GFLOP/s, one
+    core). Other backends handle transposed operands in the matmul itself.
+    """
+    return jax.lax.optimization_barrier(x) if jax.default_backend() == "cpu" else x
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _attention_with_fast_backward(query, key, value, bias, mask, float32_logits):
     """softmax(q k^T + bias, masked) v, as `einsum_attention` computes it, with a
-    hand-written backward pass whose matmuls all have a layout XLA's CPU backend
-    runs fast (see _attention_bwd)."""
+    hand-written backward pass. Every matmul, forward and backward, runs on
+    head-major operands laid out row-major x row-major (see `_pinned`)."""
     return _attention_fwd(query, key, value, bias, mask, float32_logits)[0]
 
 
 def _attention_fwd(query, key, value, bias, mask, float32_logits):
-    probs = _attention_probs(query, key, bias, mask, float32_logits)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
-    return out, (query, key, value, bias, mask, probs)
+    logits_dtype = jnp.float32 if float32_logits else query.dtype
+    q_h = _pinned(jnp.transpose(query, (0, 2, 1, 3)))  # [b, h, q, d]
+    k_t = _pinned(jnp.transpose(key, (0, 2, 3, 1)))  # [b, h, d, k]
+    v_h = _pinned(jnp.transpose(value, (0, 2, 1, 3)))  # [b, h, k, d]
+    logits = _bmm(q_h, k_t, logits_dtype)
+    if bias is not None:
+        logits = logits + bias.astype(logits_dtype)
+    logits = _apply_mask(logits, mask)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    out = _pinned(_bmm(probs.astype(value.dtype), v_h))  # [b, h, q, d]
+    return jnp.transpose(out, (0, 2, 1, 3)), (q_h, k_t, v_h, bias, mask, probs)
 
 
 def _attention_bwd(float32_logits, residuals, d_out):
-    query, key, value, bias, mask, probs = residuals
+    q_h, k_t, v_h, bias, mask, probs = residuals
     f32 = jnp.float32
-    logits_dtype = f32 if float32_logits else query.dtype
-    d_out = d_out.astype(value.dtype)
-    d_probs = jnp.einsum("bqhd,bkhd->bhqk", d_out, value, preferred_element_type=f32)
-    # dV = P^T dO and dK = dS^T Q are computed transposed ([b, h, kv, k_len]:
-    # both operands then stream along their rows) and the small results are
-    # transposed back afterwards. The barrier keeps XLA from folding that
-    # transpose into the matmul, which would bring back the slow layout (about
-    # 2x slower for [512, 512] x [512, 64] blocks on the dev CPU).
-    dv_t = jnp.einsum("bqhd,bhqk->bhdk", d_out, probs.astype(value.dtype), preferred_element_type=f32)
-    d_value = jnp.transpose(jax.lax.optimization_barrier(dv_t), (0, 3, 1, 2))
+    logits_dtype = f32 if float32_logits else q_h.dtype
+    d_out = d_out.astype(v_h.dtype)
+    do_h = _pinned(jnp.transpose(d_out, (0, 2, 1, 3)))  # [b, h, q, d]
+    do_t = _pinned(jnp.transpose(d_out, (0, 2, 3, 1)))  # [b, h, d, q]
+    v_t = _pinned(jnp.swapaxes(v_h, 2, 3))  # [b, h, d, k]
+    q_t = _pinned(jnp.swapaxes(q_h, 2, 3))  # [b, h, d, q]
+    k_h = _pinned(jnp.swapaxes(k_t, 2, 3))  # [b, h, k, d]
+    d_probs = _bmm(do_h, v_t, f32)  # [b, h, q, k]
+    # dV and dK are computed transposed ([b, h, d, k] = [d, q] x [q, k]), the
+    # form that keeps the [q, k] block row-major, and transposed back after.
+    dv_t = _pinned(_bmm(do_t, probs.astype(v_h.dtype), f32))
     d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
-    if mask is not None:
+    if mask is not None and mask.dtype == jnp.bool_:  # additive masks: masked weights are 0 already
         d_logits = jnp.where(mask, d_logits, 0.0)
     ds = d_logits.astype(logits_dtype)
-    d_query = jnp.einsum("bhqk,bkhd->bqhd", ds, key, preferred_element_type=f32)
-    dk_t = jnp.einsum("bqhd,bhqk->bhdk", query, ds, preferred_element_type=f32)
-    d_key = jnp.transpose(jax.lax.optimization_barrier(dk_t), (0, 3, 1, 2))
+    dq = _pinned(_bmm(ds, k_h.astype(logits_dtype), f32))  # [b, h, q, d]
+    dk_t = _pinned(_bmm(q_t.astype(logits_dtype), ds, f32))  # [b, h, d, k]
     d_bias = None
     if bias is not None:
         d_bias = _sum_to_shape(d_logits.astype(logits_dtype), bias.shape).astype(bias.dtype)
-    return d_query.astype(query.dtype), d_key.astype(key.dtype), d_value.astype(value.dtype), d_bias, None
+    d_query = jnp.transpose(dq, (0, 2, 1, 3)).astype(q_h.dtype)
+    d_key = jnp.transpose(dk_t, (0, 3, 1, 2)).astype(k_t.dtype)
+    d_value = jnp.transpose(dv_t, (0, 3, 1, 2)).astype(v_h.dtype)
+    return d_query, d_key, d_value, d_bias, None
 
 
 _attention_with_fast_backward.defvjp(_attention_fwd, _attention_bwd)
@@ -759,7 +840,7 @@ class MultiHeadAttention(nn.Module):
             if bias is not None:  # [b or 1 or rows, h, q, k]
                 logits = logits + _fold_rows(bias, fold, k_t.shape[0]).astype(logits_dtype)
             if mask is not None:
-                logits = jnp.where(_fold_rows(mask, fold, k_t.shape[0]), logits, _large_negative(logits_dtype))
+                logits = _apply_mask(logits, _fold_rows(mask, fold, k_t.shape[0]))
             logits = logits.reshape(logits.shape[:2] + (fold * q_len, logits.shape[-1]))
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
         out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(v.dtype), v)
@@ -836,18 +917,26 @@ class TransformerLayer(nn.Module):
 
 def fold_mask_into_bias(
     bias: Optional[Array], mask: Optional[Array], is_causal: bool = False
-) -> tuple[Optional[Array], None]:
-    """One additive float32 bias for `einsum_attention`: where(mask, bias, -0.7 max).
+) -> tuple[Optional[Array], Optional[Array]]:
+    """Self-attention (bias, mask) for `einsum_attention`, prepared once per layer stack.
 
-    Computed once per layer stack instead of a select in every layer (forward and
-    backward). Same forward values: a masked logit q.k + (-0.7 * f32 max) rounds
-    to -0.7 * f32 max exactly as the select gave it (|q.k| is far below that
-    constant's spacing), so the softmax weights, fully masked rows included
-    (uniform weights), are equal. Gradients are equal too wherever a query row
-    has at least one visible key (masked weights are exactly 0), which the
-    model's masks guarantee (padding sees padding, causal rows see themselves);
-    only a row with no visible key at all would now pass gradient to q and k.
-    Returns (bias, None); (bias, mask) unchanged when there is no mask.
+    The boolean mask (with the causal triangle when `is_causal`) becomes additive:
+    0 where a key is visible, -0.7 * float32 max where it is not. When the bias
+    already has the mask's shape or a larger one, the two are folded into one
+    float32 bias, where(mask, bias, -0.7 max), and the mask is dropped. A
+    batch-shared bias [1, h, q, k] with a per-example mask [b, 1, q, k] stays
+    apart from the additive mask: neither pass then builds a [b, h, q, k]
+    bias, and the gradient of the shared bias is summed over the batch inside
+    each layer instead of summing one [b, h, q, k] tensor per layer.
+
+    Same forward values as a select in every layer: a masked logit q.k + bias
+    + (-0.7 * f32 max) rounds to -0.7 * f32 max exactly as the select gave it
+    (|q.k + bias| is far below that constant's spacing), so the softmax
+    weights, fully masked rows included (uniform weights), are equal.
+    Gradients are equal too wherever a query row has at least one visible key
+    (masked weights are exactly 0), which the model's masks guarantee (padding
+    sees padding, causal rows see themselves); only a row with no visible key
+    at all would now pass gradient to q and k.
     """
     if is_causal:
         q_len, k_len = (mask if mask is not None else bias).shape[-2:]
@@ -855,10 +944,13 @@ def fold_mask_into_bias(
         mask = tril if mask is None else jnp.logical_and(mask, tril)
     if mask is None:
         return bias, None
+    negative = _large_negative(jnp.float32)
     if bias is None:
-        bias = jnp.zeros((), jnp.float32)
+        return None, jnp.where(mask, jnp.float32(0), negative)
     bias = bias.astype(jnp.promote_types(bias.dtype, jnp.float32))
-    return jnp.where(mask, bias, _large_negative(bias.dtype)), None
+    if jnp.broadcast_shapes(bias.shape, mask.shape) == bias.shape:
+        return jnp.where(mask, bias, _large_negative(bias.dtype)), None
+    return bias, jnp.where(mask, jnp.float32(0), negative)
 
 
 def apply_layer_stack(
