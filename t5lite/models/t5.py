@@ -48,7 +48,8 @@ class T5Config:
       segment (seqio's packing) this is the same bias on every pair the
       segment mask leaves visible. True: differences of the `*_positions`
       features, a [batch, heads, q, k] bias, for positions that do not
-      (slower: on the 2-core CPU about 6 % of a T5 small training step).
+      (slower: a gather and a scatter over batch x heads x q x k entries
+      each step, about 0.3 s of a 10 s T5 small step on one CPU core).
     """
 
     vocab_size: int = 32128
