@@ -76,12 +76,9 @@ for line in sys.stdin:
 
 
 def default_hf_script() -> str:
-  here = os.path.dirname(os.path.abspath(__file__))
-  for root in (os.getcwd(), os.path.join(here, "..", "..")):
-    path = os.path.normpath(os.path.join(root, "..", "shared", "bench", "hf_t5_train_step.py"))
-    if os.path.exists(path):
-      return path
-  return os.path.normpath(os.path.join(os.getcwd(), "..", "shared", "bench", "hf_t5_train_step.py"))
+  """../shared/bench/hf_t5_train_step.py beside the repository this package is in."""
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.join(os.path.dirname(repo), "shared", "bench", "hf_t5_train_step.py")
 
 
 class HfWorker:
@@ -105,11 +102,9 @@ class HfWorker:
     return self._read()
 
   def close(self) -> None:
-    try:
+    if self.proc.poll() is None:  # still running: ask it to stop
       self.proc.stdin.write("quit\n")
       self.proc.stdin.close()
-    except (BrokenPipeError, OSError):
-      pass
     self.proc.wait(timeout=60)
 
 

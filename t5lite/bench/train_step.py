@@ -114,7 +114,6 @@ class StepRunner:
     from t5lite.models import layers  # pylint: disable=g-import-not-at-top
     from t5lite.optim import adafactor, schedules  # pylint: disable=g-import-not-at-top
 
-    self.args = args
     self.model, self.lengths = build_model(args)
     # Exactly what `t5lite train` runs: the Trainer's jitted step (in/out
     # shardings, donated state) on a Partitioner's mesh, called inside the

@@ -343,23 +343,21 @@ class RelativePositionBias(nn.Module):
         )
         if q_positions is None and k_positions is None:
             rel = np.arange(k_len, dtype=np.int32)[None, :] - np.arange(q_len, dtype=np.int32)[:, None]
-            buckets = bucket(rel)  # static numpy [q, k]
-            # A gather from the flattened table straight into [heads, q, k]; see below.
-            index = np.arange(self.num_heads, dtype=np.int32)[:, None, None] * self.num_buckets + buckets[None]
-            return jnp.take(table.reshape(-1), index, axis=0)[None]
-        if q_positions is None:
-            q_positions = jnp.arange(q_len, dtype=jnp.int32)[None]
-        if k_positions is None:
-            k_positions = jnp.arange(k_len, dtype=jnp.int32)[None]
-        rel = k_positions[:, None, :].astype(jnp.int32) - q_positions[:, :, None].astype(jnp.int32)
-        buckets = bucket(rel)  # [b, q, k]
+            buckets = bucket(rel)[None]  # static numpy [1, q, k]: one bias for the batch
+        else:
+            if q_positions is None:
+                q_positions = jnp.arange(q_len, dtype=jnp.int32)[None]
+            if k_positions is None:
+                k_positions = jnp.arange(k_len, dtype=jnp.int32)[None]
+            rel = k_positions[:, None, :].astype(jnp.int32) - q_positions[:, :, None].astype(jnp.int32)
+            buckets = bucket(rel)  # [b, q, k]
         # Gather scalars from the flattened table straight into [b, heads, q, k]
         # (index head * num_buckets + bucket). Same values as taking [heads, b, q, k]
         # and transposing, but the backward pass then scatters from the [b, h, q, k]
         # gradient as it is instead of transposing it to [b, q, k, h] first (on CPU
         # that strided copy was a large share of the step; 140 ms for the shared
         # [6, 512, 512] encoder bias of T5 small).
-        offsets = (jnp.arange(self.num_heads, dtype=jnp.int32) * self.num_buckets)[None, :, None, None]
+        offsets = (np.arange(self.num_heads, dtype=np.int32) * self.num_buckets)[None, :, None, None]
         return jnp.take(table.reshape(-1), buckets[:, None] + offsets, axis=0)
 
 
@@ -367,7 +365,7 @@ def bias_positions(config: Any, positions: Optional[Array]) -> tuple[Optional[Ar
     """(q_positions, k_positions) for a self-attention `RelativePositionBias`
     call: the positions features when `config.position_bias_from_positions`,
     else (None, None), the batch-shared bias of token indices (see T5Config)."""
-    if getattr(config, "position_bias_from_positions", False) and positions is not None:
+    if config.position_bias_from_positions and positions is not None:
         return positions, positions
     return None, None
 
@@ -482,8 +480,8 @@ def einsum_attention(
     """Unscaled softmax(q k^T + bias) v with einsums; [b, l, heads, kv] layout.
 
     `mask` is boolean (True: may attend) or additive (float: 0 or a large
-    negative, as `fold_mask_into_bias` makes it). Logits are accumulated in float32 when `float32_logits`; the softmax is
-    always float32. `dropout`, if given, is applied to the attention weights.
+    negative, as `fold_mask_into_bias` makes it). Logits are accumulated in
+    float32 when `float32_logits`; the softmax is always float32. `dropout`, if given, is applied to the attention weights.
     `fast_backward` (ignored with dropout): same forward values, with a custom
     VJP that keeps the softmax weights and orders the backward matmuls for XLA's
     CPU backend; the gradients equal autodiff's up to float rounding. It saves
@@ -509,15 +507,6 @@ def einsum_attention(
     if dropout is not None:
         weights = dropout(weights)
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
-
-
-def _attention_probs(query, key, bias, mask, float32_logits):
-    logits_dtype = jnp.float32 if float32_logits else query.dtype
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=logits_dtype)
-    if bias is not None:
-        logits = logits + bias.astype(logits_dtype)
-    logits = _apply_mask(logits, mask)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
 def _sum_axis_by_halves(x: Array, axis: int) -> Array:
@@ -944,13 +933,11 @@ def fold_mask_into_bias(
         mask = tril if mask is None else jnp.logical_and(mask, tril)
     if mask is None:
         return bias, None
-    negative = _large_negative(jnp.float32)
-    if bias is None:
-        return None, jnp.where(mask, jnp.float32(0), negative)
-    bias = bias.astype(jnp.promote_types(bias.dtype, jnp.float32))
-    if jnp.broadcast_shapes(bias.shape, mask.shape) == bias.shape:
-        return jnp.where(mask, bias, _large_negative(bias.dtype)), None
-    return bias, jnp.where(mask, jnp.float32(0), negative)
+    if bias is not None:
+        bias = bias.astype(jnp.promote_types(bias.dtype, jnp.float32))
+        if jnp.broadcast_shapes(bias.shape, mask.shape) == bias.shape:
+            return jnp.where(mask, bias, _large_negative(bias.dtype)), None
+    return bias, jnp.where(mask, jnp.float32(0), _large_negative(jnp.float32))
 
 
 def apply_layer_stack(
