@@ -8,15 +8,15 @@ unrolled.  Here dims named 'layers' (plus any configured batch axis names) are
 batch dims: statistics, update clipping and parameter scaling are all kept per
 layer, so scanned and unrolled models take the same steps.
 
-What comes from optax: `optax.chain`, `optax.clip_by_block_rms` and
-`optax.scale_by_param_block_rms` (used when no parameter has a batch dim),
-`optax.scale_by_learning_rate`, `optax.ema` (momentum),
-`optax.add_decayed_weights` and `optax.scale`.
+What comes from optax: `optax.chain`, `optax.scale_by_learning_rate`,
+`optax.ema` (momentum), `optax.add_decayed_weights` and `optax.scale`.
 
-What is ours: `factored_dims` (the factoring rule), the second-moment
-estimator `scale_by_factored_rms_with_axes`, the per-slice variants
-`clip_by_block_rms_with_axes` / `scale_by_param_block_rms_with_axes` (used only
-when some parameter has a batch dim) and `adafactor_state_logical_axes`, which
+What is ours: `factored_dims` (the factoring rule, T5X's for attention
+kernels), the second-moment estimator `scale_by_factored_rms_with_axes`, the
+per-slice variants `clip_by_block_rms_with_axes` /
+`scale_by_param_block_rms_with_axes` (optax's `clip_by_block_rms` /
+`scale_by_param_block_rms` for parameters without batch dims, without the
+extra full-size pass optax's parameter RMS makes) and `adafactor_state_logical_axes`, which
 names the dims of every optimizer-state leaf so the partitioner can shard the
 state like the parameters.
 
@@ -111,56 +111,87 @@ def batch_dims(axes: Optional[AxisNames], batch_axis_names: Sequence[str] = ()) 
     return tuple(i for i, a in enumerate(axes) if a in names)
 
 
+# Dims named like this form the rows of a factored second moment when a
+# parameter has more than two dims to factor (T5X's standard factor rules: the
+# model dim is ROW, heads/kv/mlp/vocab dims are COLUMN).
+ROW_AXIS = "embed"
+
+Plan = tuple[tuple[int, ...], tuple[int, ...]]
+
+
 def factored_dims(
     shape: Sequence[int],
     axes: Optional[AxisNames] = None,
     *,
     min_dim_size_to_factor: int = 128,
     batch_axis_names: Sequence[str] = (),
-) -> Optional[tuple[int, int]]:
-    """Chooses the two dims to factor the second moment over, or None.
+) -> Optional[Plan]:
+    """Chooses the dims to factor the second moment over, or None.
 
-    Batch dims (see `batch_dims`) are never factored.  Among the other dims the two
-    largest are chosen (ties: the later dim counts as larger); if the smaller of
-    the two is below `min_dim_size_to_factor` nothing is factored.
+    Returns `(row_dims, col_dims)`, two disjoint tuples of dims.  The row
+    statistics average g^2 over `col_dims` (so they keep the row dims), the
+    column statistics average over `row_dims`.  Batch dims (see `batch_dims`)
+    are in neither and are never averaged over.
 
-    Returns `(row_dim, col_dim)` with `shape[row_dim] <= shape[col_dim]`.  The row
-    statistics average g^2 over `col_dim` (so they keep `row_dim`), the column
-    statistics average over `row_dim`.  E.g. (512, 1024) -> (0, 1): row stats
-    (512,), col stats (1024,).
+    * Two dims left after the batch dims (the usual kernels): the two largest
+      dims, one each (ties: the later dim counts as larger), row the smaller,
+      e.g. (512, 1024) -> ((0,), (1,)): row stats (512,), col stats (1024,).
+      Nothing is factored if the smaller is below `min_dim_size_to_factor`.
+    * More than two (attention kernels [embed, heads, kv] / [heads, kv, embed])
+      with logical axes that name an 'embed' dim: as T5X's standard factor
+      rules, the 'embed' dims are the rows and all other non-batch dims the
+      columns, e.g. (512, 6, 64) -> ((0,), (1, 2)): row stats (512,), col stats
+      (6, 64). Factored when rows and columns each hold at least
+      `min_dim_size_to_factor` elements.  Without an 'embed' name: the two
+      largest dims, as above.
     """
     shape = tuple(int(s) for s in shape)
     skip = set(batch_dims(axes, batch_axis_names))
     candidates = [d for d in range(len(shape)) if d not in skip]
     if len(candidates) < 2:
         return None
+    if len(candidates) > 2 and axes is not None:
+        rows = tuple(d for d in candidates if axes[d] == ROW_AXIS)
+        cols = tuple(d for d in candidates if axes[d] != ROW_AXIS)
+        if rows and cols:
+            if min(_size(shape, rows), _size(shape, cols)) < min_dim_size_to_factor:
+                return None
+            return rows, cols
     ordered = sorted(candidates, key=lambda d: (shape[d], d))
     row_dim, col_dim = ordered[-2], ordered[-1]
     if shape[row_dim] < min_dim_size_to_factor:
         return None
-    return row_dim, col_dim
+    return (row_dim,), (col_dim,)
 
 
-def _drop(seq: Sequence[Any], dim: int) -> tuple[Any, ...]:
-    return tuple(x for i, x in enumerate(seq) if i != dim)
+def _size(shape: Sequence[int], dims: Sequence[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= shape[d]
+    return n
 
 
-def _mean(x: jax.Array, axis: int) -> jax.Array:
-    """jnp.mean(x, axis) (same result up to float rounding).
+def _drop(seq: Sequence[Any], dims: Sequence[int]) -> tuple[Any, ...]:
+    return tuple(x for i, x in enumerate(seq) if i not in dims)
 
-    Over the last dim this is jnp.mean. Over another dim it is a contraction
-    with a vector of 1/n: XLA's CPU backend reduces a large array over a major
+
+def _mean(x: jax.Array, axes: Sequence[int]) -> jax.Array:
+    """jnp.mean(x, axes) (same result up to float rounding).
+
+    Over trailing dims this is jnp.mean. Over other dims it is a contraction
+    with a block of 1/n: XLA's CPU backend reduces a large array over a major
     dim (e.g. the (embed, vocab) output kernel over embed) many times slower
     than it runs the equivalent matrix-vector product.
     """
-    axis = axis % x.ndim
-    if axis == x.ndim - 1:
-        return jnp.mean(x, axis=axis)
-    n = x.shape[axis]
+    axes = tuple(sorted(a % x.ndim for a in axes))
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
+        return jnp.mean(x, axis=axes)
+    sizes = tuple(x.shape[a] for a in axes)
     # HIGHEST: full float32 products on every backend (TPU/GPU may otherwise use
     # bf16/tf32 passes for float32 dots).
     return jnp.tensordot(
-        jnp.full((n,), 1.0 / n, x.dtype), x, axes=(0, axis), precision=jax.lax.Precision.HIGHEST
+        jnp.full(sizes, 1.0 / _size(x.shape, axes), x.dtype), x,
+        axes=(tuple(range(len(axes))), axes), precision=jax.lax.Precision.HIGHEST,
     )
 
 
@@ -179,7 +210,7 @@ class FactoredRmsState(NamedTuple):
 
     `v_row`, `v_col` and `v` each have the structure of the params.  For a
     factored param `v_row`/`v_col` hold the row/column statistics (the param's
-    shape without `col_dim` / without `row_dim`) and `v` a scalar placeholder; for
+    shape without its col dims / without its row dims) and `v` a scalar placeholder; for
     an unfactored param `v` holds the full second moment and `v_row`/`v_col` are
     scalar placeholders.  Placeholders keep the structure fixed and have no dims,
     so every leaf's dims are a subset of its parameter's dims.
@@ -216,10 +247,10 @@ def scale_by_factored_rms_with_axes(
     Per parameter with gradient g at step t (t = count - decay_offset + 1):
       beta2_t = 1 - t^(-decay_rate)            (0 at the first step)
       unfactored: v = beta2_t v + (1-beta2_t)(g^2 + epsilon);  u = g / sqrt(v)
-      factored over (row_dim, col_dim):
-        r = beta2_t r + (1-beta2_t) mean_{col_dim}(g^2 + epsilon)
-        c = beta2_t c + (1-beta2_t) mean_{row_dim}(g^2 + epsilon)
-        v_hat = r c / mean_{row_dim}(r)        (outer product over the two dims)
+      factored over (row_dims, col_dims) (see `factored_dims`):
+        r = beta2_t r + (1-beta2_t) mean_{col_dims}(g^2 + epsilon)
+        c = beta2_t c + (1-beta2_t) mean_{row_dims}(g^2 + epsilon)
+        v_hat = r c / mean_{row_dims}(r)       (outer product over the two sets)
         u = g / sqrt(v_hat)
     Batch dims ('layers', `batch_axis_names`) are carried through every
     reduction, so each layer of a stacked parameter has its own statistics.
@@ -247,9 +278,9 @@ def scale_by_factored_rms_with_axes(
                 cols.append(scalar)
                 fulls.append(jnp.zeros(p.shape, dtype))
             else:
-                row_dim, col_dim = plan
-                rows.append(jnp.zeros(_drop(p.shape, col_dim), dtype))
-                cols.append(jnp.zeros(_drop(p.shape, row_dim), dtype))
+                row_dims, col_dims = plan
+                rows.append(jnp.zeros(_drop(p.shape, col_dims), dtype))
+                cols.append(jnp.zeros(_drop(p.shape, row_dims), dtype))
                 fulls.append(scalar)
         return FactoredRmsState(
             count=jnp.zeros((), jnp.int32),
@@ -278,13 +309,13 @@ def scale_by_factored_rms_with_axes(
                 v = beta2 * v + (1.0 - beta2) * g2
                 u = g * jax.lax.rsqrt(v)
             else:
-                row_dim, col_dim = plan
-                r = beta2 * r + (1.0 - beta2) * _mean(g2, col_dim)
-                c = beta2 * c + (1.0 - beta2) * _mean(g2, row_dim)
-                # Position of row_dim inside r (r lacks col_dim).
-                row_in_r = row_dim if row_dim < col_dim else row_dim - 1
-                r_norm = r / jnp.mean(r, axis=row_in_r, keepdims=True)
-                u = g * jnp.expand_dims(jax.lax.rsqrt(r_norm), col_dim) * jnp.expand_dims(jax.lax.rsqrt(c), row_dim)
+                row_dims, col_dims = plan
+                r = beta2 * r + (1.0 - beta2) * _mean(g2, col_dims)
+                c = beta2 * c + (1.0 - beta2) * _mean(g2, row_dims)
+                # Positions of the row dims inside r (r lacks the col dims).
+                rows_in_r = tuple(d - sum(c_ < d for c_ in col_dims) for d in row_dims)
+                r_norm = r / jnp.mean(r, axis=rows_in_r, keepdims=True)
+                u = g * jnp.expand_dims(jax.lax.rsqrt(r_norm), col_dims) * jnp.expand_dims(jax.lax.rsqrt(c), row_dims)
             new_u.append(u)
             new_r.append(r)
             new_c.append(c)
@@ -364,15 +395,6 @@ def scale_by_param_block_rms_with_axes(
     return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def _has_batch_dim(logical_axes: Optional[PyTree], batch_axis_names: Sequence[str]) -> bool:
-    if logical_axes is None:
-        return False
-    for ax in jax.tree.leaves(logical_axes, is_leaf=_is_axes_leaf):
-        if ax is not None and batch_dims(_normalize_axes(ax), batch_axis_names):
-            return True
-    return False
-
-
 # ---------------------------------------------------------------------------
 # The optimizer.
 # ---------------------------------------------------------------------------
@@ -433,7 +455,6 @@ def adafactor(
     _batch_names(batch_axis_names)  # rejects a bare string
     batch_axis_names = tuple(batch_axis_names)
 
-    per_slice = _has_batch_dim(logical_axes, batch_axis_names)
     parts = [
         scale_by_factored_rms_with_axes(
             decay_rate=decay_rate,
@@ -444,25 +465,20 @@ def adafactor(
             decay_offset=decay_offset,
         )
     ]
+    # The per-slice clipping and parameter scaling are used for every parameter:
+    # without batch dims they compute what optax.clip_by_block_rms /
+    # optax.scale_by_param_block_rms compute, but optax's parameter RMS
+    # (numerics.safe_root_mean_squares) adds a full-size select per parameter,
+    # one more pass over all weights per step (~10% of the update on XLA:CPU).
     if clipping_threshold is not None:
-        if per_slice:
-            parts.append(
-                clip_by_block_rms_with_axes(
-                    clipping_threshold, logical_axes=logical_axes, batch_axis_names=batch_axis_names
-                )
-            )
-        else:
-            parts.append(optax.clip_by_block_rms(clipping_threshold))
+        parts.append(
+            clip_by_block_rms_with_axes(clipping_threshold, logical_axes=logical_axes, batch_axis_names=batch_axis_names)
+        )
     parts.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
     if multiply_by_parameter_scale:
-        if per_slice:
-            parts.append(
-                scale_by_param_block_rms_with_axes(
-                    epsilon2, logical_axes=logical_axes, batch_axis_names=batch_axis_names
-                )
-            )
-        else:
-            parts.append(optax.scale_by_param_block_rms(epsilon2))
+        parts.append(
+            scale_by_param_block_rms_with_axes(epsilon2, logical_axes=logical_axes, batch_axis_names=batch_axis_names)
+        )
     if momentum is not None:
         parts.append(optax.ema(momentum, debias=False, accumulator_dtype=jnp.float32))
     if weight_decay_rate is not None:
@@ -505,8 +521,8 @@ def adafactor_state_logical_axes(
 
     Rules:
       * `FactoredRmsState`: count -> (); for a factored param with axes A and
-        dims (row_dim, col_dim): v_row -> A without col_dim, v_col -> A without
-        row_dim, v -> (); for an unfactored param: v -> A, v_row/v_col -> ().
+        dims (row_dims, col_dims): v_row -> A without col_dims, v_col -> A without
+        row_dims, v -> (); for an unfactored param: v -> A, v_row/v_col -> ().
       * Any other subtree shaped like the params (e.g. the momentum buffer of
         `optax.ema`, or AdamW's mu/nu): each leaf with its parameter's shape gets
         the parameter's axes.
@@ -541,9 +557,9 @@ def adafactor_state_logical_axes(
                 c_ax.append(check(c, (), (), "v_col"))
                 v_ax.append(check(v, ax, shape, "v"))
             else:
-                row_dim, col_dim = plan
-                r_ax.append(check(r, _drop(ax, col_dim), _drop(shape, col_dim), "v_row"))
-                c_ax.append(check(c, _drop(ax, row_dim), _drop(shape, row_dim), "v_col"))
+                row_dims, col_dims = plan
+                r_ax.append(check(r, _drop(ax, col_dims), _drop(shape, col_dims), "v_row"))
+                c_ax.append(check(c, _drop(ax, row_dims), _drop(shape, row_dims), "v_col"))
                 v_ax.append(check(v, (), (), "v"))
         return FactoredRmsState(
             count=(),

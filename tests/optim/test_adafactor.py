@@ -80,21 +80,31 @@ def rand(key, shape, scale=1.0):
 
 def test_factored_dims_rules():
     fd = af.factored_dims
-    assert fd((512, 1024)) == (0, 1)
+    assert fd((512, 1024)) == ((0,), (1,))
     assert fd((64, 1024)) is None
-    assert fd((512, 512)) == (0, 1)
+    assert fd((512, 512)) == ((0,), (1,))
     assert fd((1024,)) is None
-    assert fd((8, 512, 1024), ("layers", "embed", "mlp")) == (1, 2)
+    assert fd((8, 512, 1024), ("layers", "embed", "mlp")) == ((1,), (2,))
     # 'layers' in the middle: factor embed (1024) and mlp (512).
-    assert fd((1024, 8, 512), ("embed", "layers", "mlp")) == (2, 0)
+    assert fd((1024, 8, 512), ("embed", "layers", "mlp")) == ((2,), (0,))
     # A big 'layers' dim is never factored, even where the size rule would pick it.
-    assert fd((512, 256, 1024)) == (0, 2)
-    assert fd((512, 256, 1024), ("layers", "embed", "mlp")) == (1, 2)
+    assert fd((512, 256, 1024)) == ((0,), (2,))
+    assert fd((512, 256, 1024), ("layers", "embed", "mlp")) == ((1,), (2,))
     assert fd((256, 512), ("layers", "embed")) is None
     assert fd((256, 512), ("experts", "embed"), batch_axis_names=("experts",)) is None
-    assert fd((256, 512), ("experts", "embed")) == (0, 1)
-    assert fd((8, 512, 1024), (None, None, None)) == (1, 2)
-    assert fd((4, 6), min_dim_size_to_factor=4) == (0, 1)
+    assert fd((256, 512), ("experts", "embed")) == ((0,), (1,))
+    assert fd((8, 512, 1024), (None, None, None)) == ((1,), (2,))
+    assert fd((4, 6), min_dim_size_to_factor=4) == ((0,), (1,))
+    # Attention kernels (T5X's factor rules): 'embed' rows, heads x kv columns,
+    # sizes counted per set (6 * 64 = 384 columns).
+    assert fd((512, 6, 64), ("embed", "heads", "kv")) == ((0,), (1, 2))
+    assert fd((6, 64, 512), ("heads", "kv", "embed")) == ((2,), (0, 1))
+    assert fd((8, 512, 6, 64), ("layers", "embed", "heads", "kv")) == ((1,), (2, 3))
+    assert fd((128, 4, 32), ("embed", "heads", "kv")) == ((0,), (1, 2))  # tiny: 128 x 128
+    assert fd((512, 2, 32), ("embed", "heads", "kv")) is None  # 64 columns
+    # Without names (or without an 'embed' dim): the two largest dims.
+    assert fd((512, 6, 64)) is None
+    assert fd((512, 6, 256), ("a", "b", "c")) == ((2,), (0,))
 
 
 PARAMS = {
@@ -199,10 +209,13 @@ def test_one_step_unfactored_by_hand():
 @pytest.mark.parametrize(
     "shape, axes, plan, batch",
     [
-        ((4, 6), None, (0, 1), ()),
-        ((6, 4), None, (1, 0), ()),
-        ((2, 4, 6), ("layers", "a", "b"), (1, 2), (0,)),
-        ((6, 2, 4), ("a", "layers", "b"), (2, 0), (1,)),
+        ((4, 6), None, ((0,), (1,)), ()),
+        ((6, 4), None, ((1,), (0,)), ()),
+        ((2, 4, 6), ("layers", "a", "b"), ((1,), (2,)), (0,)),
+        ((6, 2, 4), ("a", "layers", "b"), ((2,), (0,)), (1,)),
+        ((6, 2, 3), ("embed", "heads", "kv"), ((0,), (1, 2)), ()),
+        ((2, 3, 6), ("heads", "kv", "embed"), ((2,), (0, 1)), ()),
+        ((2, 6, 2, 3), ("layers", "embed", "heads", "kv"), ((1,), (2, 3)), (0,)),
     ],
 )
 def test_factored_updates_match_numpy(shape, axes, plan, batch):
@@ -336,3 +349,18 @@ def test_adamw_matches_optax_and_clips():
     assert adam_state.count == ()
     with pytest.raises(ValueError, match="b2"):
         adamw_lib.adamw(1e-3, b2=1.0)
+
+
+def test_per_slice_clipping_and_scaling_equal_optax_without_batch_dims():
+    params = {"w": rand(40, (6, 5)), "zero": jnp.zeros((7,)), "b": rand(41, (3,), scale=1e-4)}
+    updates = {"w": rand(42, (6, 5), scale=3.0), "zero": rand(43, (7,), scale=3.0), "b": rand(44, (3,), scale=2.0)}
+    axes = {"w": ("embed", "mlp"), "zero": ("embed",), "b": None}
+    for ours, theirs in [
+        (af.clip_by_block_rms_with_axes(1.0, logical_axes=axes), optax.clip_by_block_rms(1.0)),
+        (af.scale_by_param_block_rms_with_axes(1e-3, logical_axes=axes), optax.scale_by_param_block_rms(1e-3)),
+    ]:
+        got, _ = ours.update(updates, ours.init(params), params)
+        want, _ = theirs.update(updates, theirs.init(params), params)
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=0)
+            assert not np.allclose(got[k], updates[k])  # each leaf was clipped or scaled
