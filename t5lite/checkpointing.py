@@ -87,13 +87,34 @@ class Checkpointer:
   def restore(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree):
     """(params, opt_state, meta) at `step`, placed like the abstract targets."""
     meta = self.check_compatible(step, abstract_params)
-    out = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params),
-            opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        ),
+    mismatch = (
+        "does not match this run's optimizer (another optimizer or optimizer settings, or a "
+        "checkpoint written before Adafactor factored the attention kernels, 2026-11-29). "
+        "Nothing was overwritten; resume with the optimizer it was written with, or start a new "
+        f"MODEL_DIR with INITIAL_CHECKPOINT_PATH={self.directory}/{step} (parameters only)."
     )
+    try:
+      out = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+              params=ocp.args.StandardRestore(abstract_params),
+              opt_state=ocp.args.StandardRestore(abstract_opt_state),
+          ),
+      )
+    except (ValueError, TypeError, KeyError) as e:
+      raise ValueError(
+          f"{self.directory} holds a checkpoint (step {step}) of this model whose optimizer state "
+          f"{mismatch} Restore error: {str(e)[:500]}"
+      ) from e
+    # orbax restores an array with the shape it was saved with, whatever the target's.
+    got = [tuple(x.shape) for x in jax.tree.leaves(out["opt_state"])]
+    want = [tuple(x.shape) for x in jax.tree.leaves(abstract_opt_state)]
+    if got != want:
+      diff = next(((g, w) for g, w in zip(got, want) if g != w), (len(got), len(want)))
+      raise ValueError(
+          f"{self.directory} holds a checkpoint (step {step}) of this model whose optimizer state "
+          f"(first difference: {diff[0]} saved, {diff[1]} expected) {mismatch}"
+      )
     return out["params"], out["opt_state"], meta
 
   def wait(self) -> None:

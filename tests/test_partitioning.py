@@ -116,7 +116,9 @@ def test_fsdp_shards_params_and_optimizer_state_and_restores_anywhere(tmp_path):
   replicated_o = sum(x.size * 4 for x in jax.tree.leaves(opt) if x.sharding.is_fully_replicated)
   assert replicated_o < 0.02 * total_p
   assert dev_o <= total_o / 8 + replicated_o
-  assert dev_p + dev_o <= 1.05 * (total_p + total_o) / 8
+  # Per device: an eighth of the whole training state plus at most 1% of the parameter
+  # bytes (the replicated norm scales, position tables and column statistics).
+  assert dev_p + dev_o <= (total_p + total_o) / 8 + 0.01 * total_p
   info = (tmp_path / "fsdp" / "model-info.txt").read_text()
   assert "mesh: {'data': 1, 'fsdp': 8, 'model': 1, 'expert': 1}" in info
   assert f"{dev_p:,} per device" in info and "('vocab', 'embed')  P('model', 'fsdp')" in info

@@ -127,6 +127,18 @@ def test_other_model_shape_in_model_dir_is_refused(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints" / "5")) == before
 
 
+def test_other_optimizer_state_in_model_dir_is_refused(tmp_path):
+  run(tmp_path, 5)
+  before = sorted(os.listdir(tmp_path / "checkpoints" / "5"))
+  # Same model, but an Adafactor that factors its (32 x 64) matrices: the saved state keeps
+  # full second moments (all dims of this model are below the default 128).
+  factored = functools.partial(adafactor.adafactor, min_dim_size_to_factor=16)
+  with pytest.raises(ValueError, match=r"optimizer state .*does not match.*INITIAL_CHECKPOINT_PATH"):
+    run(tmp_path, 10, optimizer=factored)
+  assert checkpointing.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [5]
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "5")) == before
+
+
 def test_bad_settings_fail_before_work(tmp_path):
   with pytest.raises(ValueError, match=r"BATCH_SIZE=4 is not divisible by the 8 data-parallel shards"):
     run(tmp_path, 5, batch_size=4)
