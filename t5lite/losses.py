@@ -335,12 +335,9 @@ def compute_weighted_cross_entropy(
 
 
 def _argmax_block(vocab_size: int) -> Optional[int]:
-    """A divisor of `vocab_size` near 128 for `blocked_argmax`, or None."""
-    for block in (128, 256, 64, 512, 96, 160, 192, 224, 320, 384, 448, 32):
-        if vocab_size % block == 0 and vocab_size > block:
-            return block
-    divisors = [b for b in range(16, 1025) if vocab_size % b == 0 and vocab_size > b]
-    return min(divisors, key=lambda b: abs(b - 128)) if divisors else None
+    """The divisor of `vocab_size` in [16, 1024] nearest 128 (the smaller on a tie), or None."""
+    divisors = [b for b in range(16, min(1024, vocab_size - 1) + 1) if vocab_size % b == 0]
+    return min(divisors, key=lambda b: (abs(b - 128), b)) if divisors else None
 
 
 def blocked_argmax(x: Array) -> Array:

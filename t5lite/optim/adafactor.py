@@ -27,6 +27,7 @@ leaf may be None ("unknown"), which falls back to the largest-two-dims rule.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional, Union
 
@@ -154,7 +155,7 @@ def factored_dims(
         rows = tuple(d for d in candidates if axes[d] == ROW_AXIS)
         cols = tuple(d for d in candidates if axes[d] != ROW_AXIS)
         if rows and cols:
-            if min(_size(shape, rows), _size(shape, cols)) < min_dim_size_to_factor:
+            if min(math.prod(shape[d] for d in rows), math.prod(shape[d] for d in cols)) < min_dim_size_to_factor:
                 return None
             return rows, cols
     ordered = sorted(candidates, key=lambda d: (shape[d], d))
@@ -162,13 +163,6 @@ def factored_dims(
     if shape[row_dim] < min_dim_size_to_factor:
         return None
     return (row_dim,), (col_dim,)
-
-
-def _size(shape: Sequence[int], dims: Sequence[int]) -> int:
-    n = 1
-    for d in dims:
-        n *= shape[d]
-    return n
 
 
 def _drop(seq: Sequence[Any], dims: Sequence[int]) -> tuple[Any, ...]:
@@ -190,7 +184,7 @@ def _mean(x: jax.Array, axes: Sequence[int]) -> jax.Array:
     # HIGHEST: full float32 products on every backend (TPU/GPU may otherwise use
     # bf16/tf32 passes for float32 dots).
     return jnp.tensordot(
-        jnp.full(sizes, 1.0 / _size(x.shape, axes), x.dtype), x,
+        jnp.full(sizes, 1.0 / math.prod(sizes), x.dtype), x,
         axes=(tuple(range(len(axes))), axes), precision=jax.lax.Precision.HIGHEST,
     )
 
