@@ -59,6 +59,7 @@ def _vocab_train(args) -> int:
       vocab_size=args.vocab_size,
       model_type=args.model_type,
       character_coverage=args.character_coverage,
+      byte_fallback=args.byte_fallback,
   )
   vocabulary = vocab.sentencepiece_vocabulary(path)
   print(f"wrote {path}: {args.vocab_size} pieces + {vocabulary.extra_ids} sentinels "
@@ -115,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--output", required=True, help="path of the .model file to write")
   train.add_argument("--vocab_size", type=int, default=8000)
   train.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
-  train.add_argument("--character_coverage", type=float, default=0.9995)
+  train.add_argument("--character_coverage", type=float, default=0.9995,
+                     help="fraction of the text's characters given a piece of their own (printable ASCII "
+                          "always is); 1.0 for a small alphabet. Default: %(default)s")
+  train.add_argument("--byte_fallback", action=argparse.BooleanOptionalAction, default=True,
+                     help="encode characters without a piece as UTF-8 byte pieces instead of <unk> "
+                          "(256 of the vocab_size pieces). Default: on")
   train.add_argument("--data_dir", default=None)
   train.set_defaults(fn=_vocab_train)
 

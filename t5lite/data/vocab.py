@@ -24,10 +24,21 @@ UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 DEFAULT_EXTRA_IDS = 100
 MODEL_TYPES = ("unigram", "bpe")
+# Characters every trained vocabulary gets a piece for, however rare they are
+# in the training text (SentencePiece's `required_chars`): printable ASCII
+# without whitespace. Code and documentation use `Q ! @ ^ &` rarely, and a
+# character coverage below 1.0 would otherwise leave them out.
+REQUIRED_CHARS = "".join(chr(c) for c in range(33, 127))
 
-# The default vocabulary trained on the `pydocs` train split.
+# The default vocabulary trained on the `pydocs` train split. Every character
+# of that text gets a piece (coverage 1.0); others fall back to UTF-8 bytes.
 DEFAULT_VOCAB_SIZE = 8000
 DEFAULT_MODEL_TYPE = "unigram"
+DEFAULT_CHARACTER_COVERAGE = 1.0
+# Bumped whenever the default vocabulary's training settings change, so that a
+# model file cached by an older t5lite is not reused (revision 2: byte
+# fallback, required ASCII characters, coverage 1.0).
+DEFAULT_VOCAB_REVISION = 2
 # Environment variable naming a SentencePiece model to use instead of the
 # default pydocs one (for example T5's public cc_all.32000 model copied locally).
 VOCAB_ENV = "T5LITE_SPM_MODEL"
@@ -54,6 +65,8 @@ def train_sentencepiece(
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     model_type: str = DEFAULT_MODEL_TYPE,
     character_coverage: float = 0.9995,
+    byte_fallback: bool = True,
+    required_chars: str = REQUIRED_CHARS,
     user_defined_symbols: Sequence[str] = UL2_MODE_TOKENS,
     max_sentences: int = 2_000_000,
     num_threads: int = 1,
@@ -66,18 +79,33 @@ def train_sentencepiece(
     vocab_size: number of SentencePiece pieces (the seqio vocabulary adds the
       extra ids on top).
     model_type: 'unigram' or 'bpe'.
-    character_coverage: fraction of characters covered by the model.
+    character_coverage: fraction of the training text's characters that get
+      a piece of their own (the rarest are left out; 1.0 keeps every one).
+    byte_fallback: a character without a piece is encoded as its UTF-8 bytes
+      (256 byte pieces `<0x00>`..`<0xFF>`, which count in `vocab_size`)
+      instead of the unknown id, so any text encodes and decodes losslessly.
+    required_chars: characters that get a piece whatever their frequency
+      (printable ASCII by default).
     user_defined_symbols: pieces kept whole (UL2 mode tokens by default).
     max_sentences: cap on the number of lines fed to the trainer.
     num_threads: trainer threads; 1 keeps the result deterministic.
 
   Returns:
     model_path.
+
+  Raises:
+    ValueError: an unknown model_type, a vocab_size too small for the special
+      pieces (and the byte pieces with byte_fallback), a character_coverage
+      outside [0.9, 1.0], or no text.
   """
   if model_type not in MODEL_TYPES:
     raise ValueError(f"model_type={model_type!r} is not valid; use one of {MODEL_TYPES}.")
-  if vocab_size < 8 + len(user_defined_symbols):
-    raise ValueError(f"vocab_size={vocab_size} is too small; use at least {8 + len(user_defined_symbols)}.")
+  smallest = 8 + len(user_defined_symbols) + (256 if byte_fallback else 0)
+  if vocab_size < smallest:
+    raise ValueError(
+        f"vocab_size={vocab_size} is too small; use at least {smallest}"
+        + (" (byte_fallback adds 256 byte pieces)." if byte_fallback else ".")
+    )
   if not 0.9 <= character_coverage <= 1.0:
     raise ValueError(f"character_coverage={character_coverage} must be in [0.9, 1.0].")
   sentences = list(_sentences(texts))[:max_sentences]
@@ -99,6 +127,8 @@ def train_sentencepiece(
           unk_id=UNK_ID,
           bos_id=-1,
           user_defined_symbols=list(user_defined_symbols),
+          byte_fallback=byte_fallback,
+          required_chars=required_chars,
           num_threads=num_threads,
           shuffle_input_sentence=False,
           input_sentence_size=0,
@@ -188,7 +218,7 @@ def default_vocab_path(data_dir: Optional[str] = None) -> str:
   from t5lite.data import sources  # pylint: disable=g-import-not-at-top
 
   data_dir = data_dir or sources.resolve_data_dir()
-  name = f"pydocs_{DEFAULT_MODEL_TYPE}_{DEFAULT_VOCAB_SIZE}.model"
+  name = f"pydocs_{DEFAULT_MODEL_TYPE}_{DEFAULT_VOCAB_SIZE}_r{DEFAULT_VOCAB_REVISION}.model"
   return os.path.join(data_dir, "t5lite_vocab", sources.pydocs_config_name(), name)
 
 
@@ -208,7 +238,8 @@ def ensure_default_vocab(data_dir: Optional[str] = None) -> str:
       # reading the corpus needs eager mode, which init_scope restores.
       with tf.init_scope():
         source = sources.PydocsSource(data_dir=data_dir)
-        train_sentencepiece(texts_from_source(source, "train"), path)
+        train_sentencepiece(texts_from_source(source, "train"), path,
+                            character_coverage=DEFAULT_CHARACTER_COVERAGE)
   return path
 
 
@@ -220,15 +251,24 @@ def _make_lazy_class():
 
     Tasks are registered at import time; building the corpus and the model
     then would make `import t5lite_tasks` slow, so the file is made the first
-    time a token is encoded or decoded.
+    time a token is encoded or decoded. Its path is resolved then too, not at
+    registration: the data directory (`DATA_DIR`, `$TFDS_DATA_DIR`,
+    `$T5LITE_SPM_MODEL`) in force when the vocabulary is used is the one that
+    holds it, and a change of data directory later reloads from the new one.
     """
 
     def __init__(self, extra_ids: int = DEFAULT_EXTRA_IDS):
       super().__init__(default_vocab_path(), extra_ids=extra_ids)
 
+    @property
+    def sentencepiece_model_file(self) -> str:
+      return default_vocab_path()
+
     def _model_context(self):
-      if self._model is None:
-        ensure_default_vocab()
+      path = default_vocab_path()
+      if self._model is None or path != self._sentencepiece_model_file:
+        self._model = None
+        self._sentencepiece_model_file = ensure_default_vocab()
         check_model_file(self._sentencepiece_model_file)
       return super()._model_context()
 

@@ -26,6 +26,19 @@ def test_pydocs_tasks_build_everything_locally(tmp_path, monkeypatch, capsys):
   v = task.output_features["targets"].vocabulary
   assert v.vocab_size == vocab_lib.DEFAULT_VOCAB_SIZE + 100
   assert ex["targets"][0] == v.vocab_size - 1  # <extra_id_0> opens the targets
+  # Every character of the corpus the vocabulary was trained on has a piece:
+  # nothing of its own text encodes to <unk> (Q ! @ ^ & are rare in it).
+  code = "if a != b: return Queue() @wraps(f) x ^= y & z"
+  assert vocab_lib.UNK_ID not in v.encode(code) and v.decode(v.encode(code)) == code
+  chars = set()
+  for text in vocab_lib.texts_from_source(sources.PydocsSource(), "train"):
+    chars.update(text)
+  chars -= set(" \n\t\r\x0b\x0c")
+  tokenizer = v.tokenizer
+  # (after SentencePiece's NFKC normalization, e.g. '…' -> '...'), and none needs byte pieces.
+  missing = sorted(ch for ch in chars
+                   if any(i == tokenizer.unk_id() or tokenizer.is_byte(i) for i in tokenizer.encode(ch)))
+  assert not missing, missing
   mtime = os.path.getmtime(vocab_path)
   # A second use reuses both (no rebuild).
   assert vocab_lib.ensure_default_vocab() == vocab_path and os.path.getmtime(vocab_path) == mtime

@@ -1,6 +1,8 @@
 """Tests for t5lite/data/vocab.py and the `t5lite vocab train` command."""
 
 import json
+import os
+import shutil
 
 import pytest
 import sentencepiece as spm
@@ -81,3 +83,76 @@ def test_cli_vocab_train_from_files(tmp_path, capsys):
   assert vocab_lib.sentencepiece_vocabulary(out).vocab_size == 900
   rc = cli.main(["vocab", "train", "--files", str(tmp_path / "none/*.txt"), "--output", out])
   assert rc == 2 and "No files match" in capsys.readouterr().err
+
+
+CODE = "if a != b: return Queue() @property x ^= y & z"
+
+
+def test_rare_ascii_characters_keep_their_pieces(tmp_path):
+  # `Q ! @ ^ &` are rare in pydoc's topics; a coverage below 1.0 drops them
+  # (they then encode to <unk>) unless they are required characters.
+  texts = TOPIC_TEXTS[:60]
+  old = vocab_lib.train_sentencepiece(texts, str(tmp_path / "old.model"), vocab_size=1000, byte_fallback=False,
+                                      required_chars="", character_coverage=0.995)
+  assert vocab_lib.UNK_ID in spm.SentencePieceProcessor(model_file=old).encode(CODE)  # the input shows the bug
+  new = vocab_lib.train_sentencepiece(texts, str(tmp_path / "new.model"), vocab_size=1000, character_coverage=0.995)
+  proc = spm.SentencePieceProcessor(model_file=new)
+  ids = proc.encode(CODE)
+  assert vocab_lib.UNK_ID not in ids and proc.decode(ids) == CODE
+  for ch in "Q!@^&~$%":
+    assert proc.piece_to_id(ch) != proc.unk_id(), ch  # a piece of its own, not bytes
+  # The special ids and the mode tokens keep their places before the 256 byte pieces.
+  assert [proc.id_to_piece(i) for i in (0, 1, 2, 3, 6, 261)] == ["<pad>", "</s>", "<unk>", "[NLU]", "<0x00>", "<0xFF>"]
+
+
+def test_unseen_characters_fall_back_to_bytes_in_python_and_tensorflow(spm_path, sp_vocab):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  text = "Straße → 日本語 ’quoted’"
+  ids = sp_vocab.encode(text)
+  assert vocab_lib.UNK_ID not in ids and sp_vocab.decode(ids) == text
+  pieces = spm.SentencePieceProcessor(model_file=spm_path).encode("日", out_type=str)
+  assert pieces[-3:] == ["<0xE6>", "<0x97>", "<0xA5>"]  # the UTF-8 bytes of 日
+  assert sp_vocab.encode_tf(tf.constant(text)).numpy().tolist() == ids  # seqio's TF path agrees
+  assert sp_vocab.decode_tf(tf.constant(ids)).numpy().decode("utf-8") == text
+
+
+def test_byte_fallback_needs_room_for_the_byte_pieces(tmp_path):
+  with pytest.raises(ValueError, match=r"vocab_size=200 is too small; use at least 267 \(byte_fallback"):
+    vocab_lib.train_sentencepiece(TOPIC_TEXTS[:5], str(tmp_path / "a.model"), vocab_size=200)
+  path = vocab_lib.train_sentencepiece(TOPIC_TEXTS[:20], str(tmp_path / "b.model"), vocab_size=200,
+                                       byte_fallback=False)
+  assert spm.SentencePieceProcessor(model_file=path).piece_to_id("<0x00>") == vocab_lib.UNK_ID
+
+
+def test_cli_vocab_train_byte_fallback_flag(tmp_path, capsys):
+  (tmp_path / "a.txt").write_text("\n".join(TOPIC_TEXTS[:20]))
+  for flag, expect_unk in (("--byte_fallback", False), ("--no-byte_fallback", True)):
+    out = str(tmp_path / f"{flag}.model")
+    assert cli.main(["vocab", "train", "--files", str(tmp_path / "a.txt"), "--output", out,
+                     "--vocab_size", "700", flag]) == 0
+    ids = spm.SentencePieceProcessor(model_file=out).encode("日本")
+    assert (vocab_lib.UNK_ID in ids) == expect_unk
+  capsys.readouterr()
+
+
+def test_default_vocabulary_resolves_its_path_at_first_use(tmp_path, monkeypatch, spm_path):
+  # Tasks build their vocabulary object at import, often before the test or
+  # run sets its data directory: the file must be looked up where the data
+  # directory points when the vocabulary is first used.
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.delenv(vocab_lib.VOCAB_ENV, raising=False)
+  seqio.set_tfds_data_dir_override(None)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "first"))
+  v = vocab_lib.default_vocabulary()
+  assert v.sentencepiece_model_file.startswith(str(tmp_path / "first"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "second"))
+  where = vocab_lib.default_vocab_path()
+  assert where.startswith(str(tmp_path / "second"))
+  os.makedirs(os.path.dirname(where))
+  shutil.copy(spm_path, where)  # stands in for the trained default (no corpus build in this test)
+  assert v.vocab_size == 2000 + 100
+  assert v.sentencepiece_model_file == where
+  assert v.decode(v.encode("while True")) == "while True"
+  assert not (tmp_path / "first").exists()
