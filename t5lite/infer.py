@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import jax
 
-from t5lite import inference, partitioning
+from t5lite import checks, inference, partitioning
 from t5lite.models.model import BaseModel, DecodeOptions
 
 MODES = ("predict", "score")
@@ -39,32 +39,85 @@ REQUIRED_MACROS = ("INFER_OUTPUT_DIR", "CHECKPOINT_PATH", "MIXTURE_OR_TASK_NAME"
 # ----------------------------------------------------------------------------
 # Examples: (inputs text, targets text or None), this process's share.
 # ----------------------------------------------------------------------------
-def file_examples(path: str, mode: str) -> Iterator[tuple[int, str, Optional[str]]]:
-  """(line number, inputs, targets) of a .jsonl file ({"inputs", "targets"?}) or a
-  text file (one input per line)."""
+MAX_REPORTED_LINES = 10  # bad lines listed in one error
+
+
+def _check_line(text: str, is_jsonl: bool, mode: str) -> tuple[Optional[str], Optional[str], Optional[str]]:
+  """(inputs, targets, None) of one line, or (None, None, what is wrong with it)."""
+  if not is_jsonl:
+    if not text.strip():
+      return None, None, "empty line (a text file holds one input per line)"
+    return text, None, None
+  if not text.strip():
+    return None, None, "empty line (each line of a .jsonl file must be a JSON object)"
+  try:
+    obj = json.loads(text)
+  except json.JSONDecodeError as e:
+    return None, None, f"not valid JSON ({e.msg} at column {e.colno})"
+  if not isinstance(obj, dict):
+    return None, None, f"a JSON {type(obj).__name__}, not an object with 'inputs'"
+  keys = ["inputs"] + (["targets"] if mode == "score" else [])
+  for key in keys:
+    if key not in obj:
+      why = " (score mode scores the targets)" if key == "targets" else ""
+      return None, None, f"missing key '{key}'{why}; the line has keys {sorted(obj)}"
+    if not isinstance(obj[key], str):
+      return None, None, f"'{key}' is a JSON {type(obj[key]).__name__}, not a string"
+  if not obj["inputs"].strip():
+    return None, None, "'inputs' is empty"
+  return obj["inputs"], obj.get("targets"), None
+
+
+def read_input_file(path: str, mode: str) -> list[tuple[int, str, Optional[str]]]:
+  """Every (line number, inputs, targets) of an input file, checked whole.
+
+  A `.jsonl`/`.json` file holds one JSON object per line with a string
+  'inputs' (and 'targets', required in score mode); any other file holds one
+  input per line. Line numbers are 1-based, as an editor shows them. Blank
+  lines at the end of the file are ignored; a blank line before the last
+  input is an error (its output line would be missing). The whole file is
+  read before anything is decoded or written, so a bad line 11 stops the run
+  before line 1 is decoded.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: bad lines (empty, not UTF-8, not valid JSON, not an object,
+      a missing or non-string 'inputs'/'targets'), each named
+      `path:line: what is wrong` (the first MAX_REPORTED_LINES), or score
+      mode on a text file.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f"INFER_INPUT_FILE={path!r} does not exist.")
   is_jsonl = path.endswith((".jsonl", ".json"))
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      line = line.rstrip("\n")
-      if is_jsonl:
-        if not line.strip():
-          continue
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not a JSON object ({e})") from e
-        if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), str):
-          raise ValueError(f"{path}:{n}: each line needs a string field 'inputs' (and 'targets' to score)")
-        targets = obj.get("targets")
-        if mode == "score" and not isinstance(targets, str):
-          raise ValueError(f"{path}:{n}: score mode needs a string field 'targets'")
-        yield n, obj["inputs"], targets
-      else:
-        if mode == "score":
-          raise ValueError(f"score mode needs targets: give a .jsonl file with 'inputs' and 'targets', not {path!r}")
-        yield n, line, None
+  if mode == "score" and not is_jsonl:
+    raise ValueError(f"score mode needs targets: give a .jsonl file with 'inputs' and 'targets', not {path!r}")
+  with open(path, "rb") as f:
+    raw_lines = f.read().split(b"\n")
+  if raw_lines and raw_lines[-1] == b"":
+    raw_lines.pop()  # the newline that ends the last line
+  while raw_lines and not raw_lines[-1].strip():
+    raw_lines.pop()  # blank lines at the end
+  examples, problems = [], []
+  for n, raw in enumerate(raw_lines, 1):
+    try:
+      text = raw.rstrip(b"\r").decode("utf-8")
+    except UnicodeDecodeError as e:
+      problems.append(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})")
+      continue
+    inputs, targets, problem = _check_line(text, is_jsonl, mode)
+    if problem:
+      problems.append(f"{path}:{n}: {problem}")
+    else:
+      examples.append((n, inputs, targets))
+  if problems:
+    more = f"\n  ... and {len(problems) - MAX_REPORTED_LINES} more" if len(problems) > MAX_REPORTED_LINES else ""
+    raise ValueError(
+        f"INFER_INPUT_FILE={path!r} has {len(problems)} bad line(s); nothing was decoded or written:\n  "
+        + "\n  ".join(problems[:MAX_REPORTED_LINES]) + more
+    )
+  if not examples:
+    raise ValueError(f"INFER_INPUT_FILE={path!r} holds no input: give one input per line (.jsonl: {{\"inputs\": ...}}).")
+  return examples
 
 
 def task_examples(name: str, split: str, lengths: Mapping[str, int], seed: int = 0) -> Iterator[tuple[int, Any, Any]]:
@@ -145,29 +198,52 @@ def infer(
     data_dir: Optional[str] = None,
     partitioner: Optional[partitioning.Partitioner] = None,
 ) -> dict[str, Any]:
-  """Writes this process's share of predictions/scores; returns a summary."""
+  """Writes this process's share of predictions/scores; returns a summary.
+
+  Every setting is checked before the checkpoint is read, and an input file is
+  read and encoded whole before anything is decoded or written; errors name
+  the gin setting (INFER_BATCH_SIZE, BEAM_SIZE, ...) or the file and line.
+
+  Raises:
+    ValueError: an unknown mode or method, a number of the wrong type or range
+      (a bool, NaN, infinity, BEAM_SIZE=0, TOP_P=2, ...), a bad input line.
+    FileNotFoundError: no input file, no checkpoint.
+  """
   if mode not in MODES:
     raise ValueError(f"INFER_MODE={mode!r}; valid modes are {MODES}")
-  options = DecodeOptions(method=method, max_decode_len=max_decode_len or task_feature_lengths.get("targets", 64),
-                          beam_size=beam_size, alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p)
+  settings = _check_settings(
+      task_feature_lengths=task_feature_lengths, batch_size=batch_size, max_decode_len=max_decode_len,
+      beam_size=beam_size, alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+      max_examples=max_examples, checkpoint_step=checkpoint_step)
+  batch_size, seed, max_examples = settings["batch_size"], settings["seed"], settings["max_examples"]
+  options = DecodeOptions(
+      method=method, max_decode_len=settings["max_decode_len"] or task_feature_lengths.get("targets", 64),
+      beam_size=settings["beam_size"], alpha=settings["alpha"], temperature=settings["temperature"],
+      top_k=settings["top_k"], top_p=settings["top_p"])
+  examples = None
+  if input_file:  # the whole file, before the checkpoint is read or anything written
+    examples = read_input_file(input_file, mode)
+    if max_examples is not None:
+      examples = examples[:max_examples]
   if data_dir:
     from t5lite.data import sources  # pylint: disable=g-import-not-at-top
 
     sources.set_data_dir(data_dir)
   vocabulary = inference.task_vocabulary(mixture_or_task_name)
   predictor = inference.Predictor.restore(
-      model, checkpoint_path, step=checkpoint_step, partitioner=partitioner, batch_size=batch_size,
+      model, checkpoint_path, step=settings["checkpoint_step"], partitioner=partitioner, batch_size=batch_size,
       vocabulary=vocabulary, task_feature_lengths=task_feature_lengths, options=options,
       on_long_input=on_long_input, seed=seed,
       add_eos_to_inputs=inference.task_adds_eos_to_inputs(mixture_or_task_name, model))
-  if input_file:
+  if examples is not None:
     name = os.path.splitext(os.path.basename(input_file))[0]
-    source = file_examples(input_file, mode)
+    rows = _file_rows(predictor, input_file, examples, mode)  # every line encoded: errors before any output
   else:
     name = f"{mixture_or_task_name}-{split}"
     source = task_examples(mixture_or_task_name, split, task_feature_lengths, seed)
-  if max_examples is not None:
-    source = (x for i, x in enumerate(source) if i < max_examples)
+    if max_examples is not None:
+      source = (x for i, x in enumerate(source) if i < max_examples)
+    rows = (_task_row(predictor, i, ex) for i, ex, _ in source)
   os.makedirs(output_dir, exist_ok=True)
   path = shard_path(output_dir, name, mode, predictor.step)
   done_marker = path + ".done"
@@ -180,13 +256,13 @@ def infer(
                 "checkpoint_step": predictor.step, "truncated": 0}
     os.remove(done_marker)
   already = completed_lines(path, batch_size)
-  local = _shard(source, jax.process_index(), jax.process_count())
+  local = _shard(rows, jax.process_index(), jax.process_count())
   for _ in range(already):  # resume: skip what has a line
     next(local, None)
   written, start = 0, time.time()
   with open(path, "a", encoding="utf-8") as out:
     for chunk in _chunks_agreed(local, batch_size):
-      lines = _run_chunk(predictor, chunk, mode, input_file is None)
+      lines = _run_chunk(predictor, chunk, mode)
       for line in lines:
         out.write(json.dumps(line, ensure_ascii=False) + "\n")
       out.flush()
@@ -212,25 +288,46 @@ def _chunks_agreed(items: Iterator, size: int) -> Iterator[list]:
     yield chunk
 
 
-def _run_chunk(predictor: inference.Predictor, chunk: Sequence, mode: str, from_task: bool) -> list[dict]:
-  vocab = predictor.vocabulary
-  lengths = predictor.task_feature_lengths
-  if from_task:
-    texts_in, texts_tgt, ids_in, ids_tgt = [], [], [], []
-    for i, ex, _ in chunk:
-      if "inputs" in ex:
-        ids_in.append(predictor.fit_length(ex["inputs"].tolist(), lengths.get("inputs"), "inputs", i))
-        texts_in.append(_text(ex, "inputs", vocab))
-      else:
-        ids_in.append([])
-        texts_in.append("")
-      ids_tgt.append(predictor.fit_length(ex["targets"].tolist(), lengths.get("targets"), "targets", i))
-      texts_tgt.append(_text(ex, "targets", vocab))
+# A row to decode or score: (inputs text, targets text or None, inputs ids, targets ids or None).
+Row = tuple[str, Optional[str], list[int], Optional[list[int]]]
+
+
+def _file_rows(predictor: inference.Predictor, path: str, examples: Sequence[tuple[int, str, Optional[str]]],
+               mode: str) -> list[Row]:
+  """Rows of an input file's examples, encoded as the predictor does for predict/score."""
+  labels = [f"{path}:{n}" for n, _, _ in examples]
+  texts_in = [x[1] for x in examples]
+  texts_tgt = [x[2] for x in examples]
+  ids_in = predictor.encode_inputs(texts_in, labels=labels)
+  if mode == "score":
+    ids_tgt = predictor.encode_targets(texts_tgt, labels=[f"{label} (targets)" for label in labels])
   else:
-    texts_in = [x[1] for x in chunk]
-    texts_tgt = [x[2] for x in chunk]
-    ids_in = predictor.encode_inputs(texts_in) if chunk else []
-    ids_tgt = predictor.encode_targets(texts_tgt) if mode == "score" and chunk else None
+    ids_tgt = [None] * len(examples)
+  return list(zip(texts_in, texts_tgt, ids_in, ids_tgt))
+
+
+def _fit_task_ids(predictor: inference.Predictor, ids: list[int], what: str, label: str) -> list[int]:
+  """A task's ids (EOS already appended where the feature adds it) cut as training cuts them."""
+  eos = bool(ids) and ids[-1] == inference.EOS_ID
+  return predictor.fit_length(ids[:-1] if eos else ids, what, label, append_eos=eos)
+
+
+def _task_row(predictor: inference.Predictor, i: int, ex: Mapping[str, Any]) -> Row:
+  vocab = predictor.vocabulary
+  if "inputs" in ex:
+    ids_in = _fit_task_ids(predictor, ex["inputs"].tolist(), "inputs", f"example {i} inputs")
+    text_in = _text(ex, "inputs", vocab)
+  else:
+    ids_in, text_in = [], ""
+  ids_tgt = _fit_task_ids(predictor, ex["targets"].tolist(), "targets", f"example {i} targets")
+  return text_in, _text(ex, "targets", vocab), ids_in, ids_tgt
+
+
+def _run_chunk(predictor: inference.Predictor, chunk: Sequence[Row], mode: str) -> list[dict]:
+  texts_in = [r[0] for r in chunk]
+  texts_tgt = [r[1] for r in chunk]
+  ids_in = [r[2] for r in chunk]
+  ids_tgt = [r[3] for r in chunk]
   if mode == "score":
     scores = predictor.score_examples(predictor.score_features(ids_in, ids_tgt)) if chunk else \
         predictor.score_examples(predictor.score_features([[1]], [[1]]))[:0]
@@ -244,6 +341,27 @@ def _run_chunk(predictor: inference.Predictor, chunk: Sequence, mode: str, from_
       line["targets"] = b
     lines.append(line)
   return lines
+
+
+def _check_settings(*, task_feature_lengths: Mapping[str, int], **values: Any) -> dict[str, Any]:
+  """The numeric infer settings, checked and normalised; errors name the gin macro.
+
+  Decoding settings are checked whatever DECODE_METHOD is (a BEAM_SIZE=0 left
+  in a gin file is an error before someone switches to beam search).
+  """
+  checks.check_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
+  macros = {"max_decode_len": "MAX_DECODE_LEN", "beam_size": "BEAM_SIZE", "alpha": "LENGTH_PENALTY_ALPHA",
+            "temperature": "TEMPERATURE", "top_k": "TOP_K", "top_p": "TOP_P"}
+  out = dict(values)
+  out["batch_size"] = checks.check_int("INFER_BATCH_SIZE", values["batch_size"], minimum=1)
+  decode = {k: values[k] for k in macros if not (k == "max_decode_len" and values[k] is None)}
+  out.update(inference.check_decode_settings(decode, macros))
+  out["seed"] = checks.check_int("INFER_SEED", values["seed"], minimum=0)
+  out["max_examples"] = checks.check_int("INFER_MAX_EXAMPLES", values["max_examples"], minimum=1, allow_none=True,
+                                         hint=" (None: all)")
+  out["checkpoint_step"] = checks.check_int("CHECKPOINT_STEP", values["checkpoint_step"], minimum=0,
+                                            allow_none=True, hint=" (None: the latest)")
+  return out
 
 
 def _text(ex: Mapping[str, Any], key: str, vocab) -> str:

@@ -15,6 +15,12 @@ text-level methods use the task's vocabulary. `load()` rebuilds the model from
 the run's config.gin (gin is imported there only); token-level use needs
 neither gin, TensorFlow nor seqio.
 
+Prompts are encoded as the training pipeline encodes its inputs
+(`encode_prompt`, `fit_to_length`): a leading UL2 mode token becomes its own
+id followed by the ids of the text, and an over-long sequence is trimmed to
+length - 1 before EOS is appended (seqio's `append_eos_after_trim`), so it
+still ends with EOS.
+
 Multi-process: every process calls each jitted step with its own rows
 (`Partitioner.global_batch`) and gets its own rows back; the processes agree
 on the number of batches first, so an uneven split cannot hang.
@@ -34,12 +40,125 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5lite import checkpointing, partitioning, trainer
+from t5lite import checkpointing, checks, partitioning, trainer
 from t5lite.models.model import BaseModel, DecodeOptions, DecoderOnlyModel, EncoderDecoderModel
 
 PyTree = Any
 logger = logging.getLogger(__name__)
 LONG_INPUT_POLICIES = ("truncate", "error")
+EOS_ID = 1
+# The UL2 mode tokens (t5lite.data.vocab.UL2_MODE_TOKENS, not imported here so
+# that token-level use needs neither sentencepiece nor seqio).
+UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
+
+
+# ----------------------------------------------------------------------------
+# Decoding options given as keyword arguments or gin settings.
+# ----------------------------------------------------------------------------
+# DecodeOptions field -> its check (t5lite.checks: no bools, no floats for
+# integers, no NaN or infinity). DecodeOptions checks the fields its method
+# uses; an option the user sets explicitly is checked whatever the method.
+_DECODE_CHECKS = {
+    "max_decode_len": lambda n, v: checks.check_int(n, v, minimum=1),
+    "beam_size": lambda n, v: checks.check_int(n, v, minimum=1),
+    "alpha": lambda n, v: checks.check_float(n, v, minimum=0.0, hint=" (the GNMT length penalty; 0: none)"),
+    "temperature": lambda n, v: checks.check_float(n, v, minimum=0.0, hint=" (0: greedy)"),
+    "top_k": lambda n, v: checks.check_int(n, v, minimum=0, hint=" (0: no top-k filtering)"),
+    "top_p": lambda n, v: checks.check_float(n, v, minimum=0.0, maximum=1.0, min_open=True,
+                                             hint=" (1: no nucleus filtering)"),
+}
+
+
+def check_decode_settings(settings: Mapping[str, Any], names: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+  """Checks DecodeOptions fields given as keyword arguments or gin settings.
+
+  Args:
+    settings: field name -> value (method, max_decode_len, beam_size, alpha,
+      temperature, top_k, top_p, eos_id).
+    names: field name -> the name to use in messages (the gin macro, such as
+      'BEAM_SIZE'); the field name by default.
+
+  Returns:
+    The settings, numbers normalised (numpy ints -> int).
+
+  Raises:
+    ValueError: an unknown field; checks.SettingError (a ValueError) for a
+      value of the wrong type or range (a bool, a float for an integer, NaN,
+      infinity, beam_size 0, top_p 2, ...), naming the setting.
+  """
+  fields = [f.name for f in dataclasses.fields(DecodeOptions)]
+  names = names or {}
+  out = {}
+  for key, value in settings.items():
+    if key not in fields:
+      raise ValueError(f"unknown decoding option {key!r}; valid options are {fields}")
+    check = _DECODE_CHECKS.get(key)
+    out[key] = check(names.get(key, key), value) if check else value
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Text -> token ids, as the training pipeline makes them.
+# ----------------------------------------------------------------------------
+def mode_token_ids(vocabulary: Any) -> dict[str, int]:
+  """{mode token: id} of the UL2 mode tokens that are single pieces of
+  `vocabulary` ({} for a vocabulary without them, e.g. bytes)."""
+  tokenizer = getattr(vocabulary, "tokenizer", None)
+  if tokenizer is None:
+    return {}
+  ids = {t: tokenizer.piece_to_id(t) for t in UL2_MODE_TOKENS}
+  return {t: i for t, i in ids.items() if i != tokenizer.unk_id()}
+
+
+def encode_prompt(vocabulary: Any, text: str, label: str = "input 0",
+                  mode_ids: Optional[Mapping[str, int]] = None) -> list[int]:
+  """Token ids of one prompt (no EOS), as UL2 training would give them.
+
+  A prompt that starts with a UL2 mode token of the vocabulary ("[NLU] The
+  function ...") is `[mode id] + encode(rest)`, the rest stripped of leading
+  spaces: training prepends the mode id to the ids of the text
+  (`objectives.denoise`, `objectives.prefix_lm`), whereas SentencePiece alone
+  would put a dummy-prefix piece '▁' before the mode piece. Other prompts are
+  `vocabulary.encode(text)`.
+
+  Args:
+    vocabulary: a seqio vocabulary.
+    text: the prompt.
+    label: how errors name this prompt ('input 3', 'data.jsonl:11').
+    mode_ids: `mode_token_ids(vocabulary)`, when the caller has it already.
+
+  Raises:
+    ValueError: `text` is not a string, is empty or blank, or is a mode token
+      with no text after it.
+  """
+  if not isinstance(text, str):
+    raise ValueError(f"{label} is {type(text).__name__}, not a string")
+  if not text.strip():
+    raise ValueError(f"{label} is empty; give at least one non-space character")
+  mode_ids = mode_token_ids(vocabulary) if mode_ids is None else mode_ids
+  stripped = text.lstrip()
+  for token, token_id in mode_ids.items():
+    if stripped.startswith(token):
+      rest = stripped[len(token):].lstrip()
+      if not rest:
+        raise ValueError(f"{label} is only the UL2 mode token {token}; give the text to {token} after it")
+      return [token_id] + list(vocabulary.encode(rest))
+  return list(vocabulary.encode(text))
+
+
+def fit_to_length(ids: Sequence[int], length: Optional[int], *, append_eos: bool) -> tuple[list[int], bool]:
+  """(ids as the training pipeline cuts them to `length`, whether they were cut).
+
+  With `append_eos`, seqio's `append_eos_after_trim`: trimmed to length - 1,
+  then EOS, so a cut sequence still ends with EOS; without, trimmed to
+  `length` (what the feature converter does). `length` None: no limit.
+  """
+  ids = list(ids) + ([EOS_ID] if append_eos else [])
+  if length is None or len(ids) <= length:
+    return ids, False
+  if append_eos:
+    return ids[: length - 1] + [EOS_ID], True
+  return ids[:length], True
 
 
 def _agreed_count(n_local: int) -> int:
@@ -83,8 +202,12 @@ class Predictor:
       seed: int = 0,
       step: Optional[int] = None,
   ):
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-      raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = checks.check_int("batch_size", batch_size, minimum=1)
+    seed = checks.check_int("seed", seed, minimum=0)
+    if not isinstance(options, DecodeOptions):
+      raise ValueError(f"options must be a DecodeOptions, got {type(options).__name__}")
+    if task_feature_lengths:
+      task_feature_lengths = checks.check_lengths("task_feature_lengths", task_feature_lengths)
     if on_long_input not in LONG_INPUT_POLICIES:
       raise ValueError(f"on_long_input={on_long_input!r}; valid values are {LONG_INPUT_POLICIES}")
     self.model = model
@@ -171,6 +294,7 @@ class Predictor:
     with fold_in(key(seed), i), so a fixed seed gives the same outputs.
     """
     options = options or self.options
+    seed = checks.check_int("seed", seed, minimum=0, allow_none=True)
     inputs = np.asarray(inputs, np.int32)
     if inputs.ndim != 2:
       raise ValueError(f"inputs must be a 2-D array [examples, length], got shape {inputs.shape}")
@@ -200,19 +324,30 @@ class Predictor:
     return np.concatenate(out)[:n] if out else np.zeros((0,), np.float32)
 
   # ---- features ------------------------------------------------------------
-  def fit_length(self, ids: Sequence[int], length: Optional[int], what: str, index: int) -> list[int]:
-    """Applies the long-input policy to one token sequence."""
-    ids = list(ids)
-    if length is None or len(ids) <= length:
-      return ids
+  def fit_length(self, ids: Sequence[int], what: str, label: str, *, append_eos: bool) -> list[int]:
+    """One token sequence (without EOS) as the training pipeline cuts it.
+
+    `what` is the feature ('inputs' or 'targets', whose task length applies);
+    with `append_eos` EOS is appended after trimming to length - 1 (see
+    `fit_to_length`). A sequence longer than the length is cut with a warning
+    (counted in `self.truncated`) or, with on_long_input='error', refused.
+
+    Raises:
+      ValueError: too long and on_long_input='error'; names `label`.
+    """
+    length = self.task_feature_lengths.get(what)
+    out, cut = fit_to_length(ids, length, append_eos=append_eos)
+    if not cut:
+      return out
+    n = len(ids) + int(append_eos)
     if self.on_long_input == "error":
       raise ValueError(
-          f"{what} {index} has {len(ids)} tokens, more than the model's {what} length {length}; shorten it, "
-          f"raise TASK_FEATURE_LENGTHS['{what}'] or use on_long_input='truncate'."
+          f"{label} has {n} tokens{' (EOS included)' if append_eos else ''}, more than the model's {what} length "
+          f"{length}; shorten it, raise TASK_FEATURE_LENGTHS['{what}'] or use on_long_input='truncate'."
       )
-    logger.warning("%s %d has %d tokens; truncated to the model's length %d", what, index, len(ids), length)
+    logger.warning("%s has %d tokens; truncated to the model's %s length %d", label, n, what, length)
     self.truncated += 1
-    return ids[:length]
+    return out
 
   def pad(self, seqs: Sequence[Sequence[int]], length: Optional[int] = None) -> np.ndarray:
     length = length or max([len(s) for s in seqs] + [1])
@@ -252,22 +387,40 @@ class Predictor:
       raise ValueError("this Predictor has no vocabulary: pass vocabulary=... or use inference.load(run_dir)")
     return self.vocabulary
 
-  def encode_inputs(self, texts: Sequence[str]) -> list[list[int]]:
+  def encode_inputs(self, texts: Sequence[str], labels: Optional[Sequence[str]] = None) -> list[list[int]]:
+    """Model inputs of prompts, as training makes them: `encode_prompt` (UL2
+    mode tokens), then EOS if the task adds it, trimmed to the inputs length
+    with EOS kept last. `labels` name the prompts in errors ('input i' by
+    default). Predict and score both encode through here.
+
+    Raises:
+      ValueError: a prompt that is not a string, empty, only a mode token, or
+        too long with on_long_input='error'.
+    """
+    vocab = self._vocab()
+    mode_ids = mode_token_ids(vocab)
+    out = []
+    for i, text in enumerate(texts):
+      label = labels[i] if labels is not None else f"input {i}"
+      ids = encode_prompt(vocab, text, label, mode_ids)
+      out.append(self.fit_length(ids, "inputs", label, append_eos=self.add_eos_to_inputs))
+    return out
+
+  def encode_targets(self, texts: Sequence[str], labels: Optional[Sequence[str]] = None) -> list[list[int]]:
+    """Targets to score: ids + EOS, trimmed to the targets length with EOS kept last.
+
+    Raises:
+      ValueError: a target that is not a string, or too long with
+        on_long_input='error'.
+    """
     vocab = self._vocab()
     out = []
     for i, text in enumerate(texts):
+      label = labels[i] if labels is not None else f"target {i}"
       if not isinstance(text, str):
-        raise ValueError(f"input {i} is {type(text).__name__}, not a string")
-      if not text.strip():
-        raise ValueError(f"input {i} is empty; give at least one non-space character")
-      ids = list(vocab.encode(text)) + ([1] if self.add_eos_to_inputs else [])
-      out.append(self.fit_length(ids, self.task_feature_lengths.get("inputs"), "inputs", i))
+        raise ValueError(f"{label} is {type(text).__name__}, not a string")
+      out.append(self.fit_length(vocab.encode(text), "targets", label, append_eos=True))
     return out
-
-  def encode_targets(self, texts: Sequence[str]) -> list[list[int]]:
-    vocab = self._vocab()
-    return [self.fit_length(list(vocab.encode(t)) + [1], self.task_feature_lengths.get("targets"), "targets", i)
-            for i, t in enumerate(texts)]
 
   def decode_tokens(self, tokens: np.ndarray) -> list[str]:
     """Text of each row, up to (not including) the first EOS."""
@@ -280,7 +433,8 @@ class Predictor:
     return out
 
   def _options(self, overrides: Mapping[str, Any]) -> DecodeOptions:
-    return dataclasses.replace(self.options, **overrides) if overrides else self.options
+    """self.options with keyword overrides, each checked (a ValueError names it)."""
+    return dataclasses.replace(self.options, **check_decode_settings(overrides)) if overrides else self.options
 
   def predict_with_scores(self, texts: Sequence[str], **decode_options) -> tuple[list[str], list[float]]:
     if isinstance(texts, str):
@@ -300,6 +454,8 @@ class Predictor:
     """Log-likelihood (natural log, summed over target tokens incl. EOS) of each target."""
     if isinstance(inputs, str):
       inputs, targets = [inputs], [targets]
+    if len(inputs) != len(targets):
+      raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets; give one target per input")
     feats = self.score_features(self.encode_inputs(inputs), self.encode_targets(targets))
     return [float(s) for s in self.score_examples(feats)]
 
@@ -356,6 +512,8 @@ def load(run_dir: str, *, step: Optional[int] = None, batch_size: int = 8,
          **kwargs) -> Predictor:
   """A Predictor for a training run directory: its model (config.gin), its
   latest (or `step`'s) checkpoint and its task's vocabulary and lengths."""
+  batch_size = checks.check_int("batch_size", batch_size, minimum=1)
+  step = checks.check_int("step", step, minimum=0, allow_none=True, hint=" (None: the latest checkpoint)")
   cfg = read_run_config(run_dir)
   if vocabulary is None and cfg["mixture_or_task_name"]:
     vocabulary = task_vocabulary(cfg["mixture_or_task_name"])

@@ -7,14 +7,19 @@ match during training.
 """
 
 import json
+import math
 import os
 
 import jax
 import numpy as np
 import pytest
+import seqio
+import tensorflow as tf
+from pydoc_data.topics import topics
 
 from t5lite import checkpointing, eval as eval_lib, infer as infer_lib, inference, partitioning
 from t5lite import train as train_lib
+from t5lite.data import registration, vocab as vocab_lib
 from t5lite.models import decoder_only, model as model_lib, t5
 
 STEPS = 400
@@ -55,11 +60,154 @@ def test_predictor_rejects_bad_settings():
   params = _sharded_params(model, part)
   with pytest.raises(ValueError, match="on_long_input='cut'"):
     inference.Predictor(model, params, partitioner=part, on_long_input="cut")
-  with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+  with pytest.raises(ValueError, match="batch_size=0 must be an integer >= 1"):
     inference.Predictor(model, params, partitioner=part, batch_size=0)
   pred = inference.Predictor(model, params, partitioner=part)
   with pytest.raises(ValueError, match="has no vocabulary"):
     pred.predict(["hello"])
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+  """A tiny T5 with random parameters on one device (for checks that run no step)."""
+  model = model_lib.EncoderDecoderModel(config=t5.t5_config("tiny", vocab_size=128))
+  part = partitioning.Partitioner(num_devices=1)
+  return model, _sharded_params(model, part), part
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": True}, "batch_size=True must be an integer >= 1, not a bool"),
+    ({"batch_size": math.nan}, "batch_size=nan must be an integer >= 1, not a float"),
+    ({"seed": -1}, "seed=-1 must be an integer >= 0"),
+    ({"task_feature_lengths": {"inputs": 0}}, "task_feature_lengths['inputs']=0 must be an integer >= 1"),
+])
+def test_predictor_settings_name_the_bad_value(tiny_params, kwargs, message):
+  model, params, part = tiny_params
+  with pytest.raises(ValueError) as e:
+    inference.Predictor(model, params, partitioner=part, **kwargs)
+  assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"top_p": math.nan}, "top_p=nan must be a finite number in (0.0, 1.0] (1: no nucleus filtering)"),
+    ({"temperature": math.inf}, "temperature=inf must be a finite number >= 0.0 (0: greedy)"),
+    ({"max_decode_len": math.inf}, "max_decode_len=inf must be an integer >= 1, not a float"),
+    ({"max_decode_len": True}, "max_decode_len=True must be an integer >= 1, not a bool"),
+    ({"beam_size": 2.5, "method": "beam"}, "beam_size=2.5 must be an integer >= 1, not a float"),
+    ({"beam_size": 0}, "beam_size=0 must be an integer >= 1"),  # set explicitly: checked for greedy too
+    ({"top_k": -3}, "top_k=-3 must be an integer >= 0 (0: no top-k filtering)"),
+    ({"alpha": math.nan}, "alpha=nan must be a finite number >= 0.0 (the GNMT length penalty; 0: none)"),
+    ({"beams": 4}, "unknown decoding option 'beams'; valid options are ['method', 'max_decode_len', 'beam_size', "
+     "'alpha', 'temperature', 'top_k', 'top_p', 'eos_id']"),
+])
+def test_decode_overrides_are_checked(tiny_params, overrides, message):
+  model, params, part = tiny_params
+  pred = inference.Predictor(model, params, partitioner=part)
+  with pytest.raises(ValueError) as e:
+    pred.predict(["reverse: a b"], **overrides)  # checked before the prompt is encoded (no vocabulary here)
+  assert str(e.value).startswith(message)
+  assert inference.check_decode_settings({"max_decode_len": np.int64(8), "top_k": 3}) == {"max_decode_len": 8,
+                                                                                         "top_k": 3}
+
+
+# ----------------------------------------------------------------------------
+# Prompts encode as training encodes its inputs (a real SentencePiece model).
+# ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sp_vocab(tmp_path_factory):
+  """A 1,000-piece unigram model with the UL2 mode tokens, trained on pydoc's topics."""
+  path = str(tmp_path_factory.mktemp("spm") / "topics.model")
+  texts = [topics[k] for k in sorted(topics)]
+  return vocab_lib.sentencepiece_vocabulary(vocab_lib.train_sentencepiece(texts, path, vocab_size=1000))
+
+
+def _text_predictor(tiny_params, vocab, lengths, **kwargs):
+  model, params, part = tiny_params
+  return inference.Predictor(model, params, partitioner=part, vocabulary=vocab, task_feature_lengths=lengths,
+                             **kwargs)
+
+
+def _seqio_features(vocab, texts, key, length, add_eos=True):
+  """What seqio's training pipeline gives: tokenize, append_eos_after_trim, trim_and_pad."""
+  feats = {key: seqio.Feature(vocab, add_eos=add_eos)}
+  ds = tf.data.Dataset.from_tensor_slices({key: list(texts)})
+  ds = seqio.preprocessors.tokenize(ds, feats)
+  ds = seqio.preprocessors.append_eos_after_trim(ds, feats, {key: length})
+  ds = seqio.utils.trim_and_pad_dataset(ds, {key: length})
+  return np.stack([x[key] for x in ds.as_numpy_iterator()])
+
+
+def test_long_prompt_and_target_end_with_eos_as_in_training(tiny_params, sp_vocab):
+  words = "the function returns a new list whose items are sorted by the key".split()
+  # Prompts of 14, 15, 16 and 22 tokens for an inputs length of 16 (EOS makes 15, 16, 17, 23).
+  prompts = []
+  for n in (14, 15, 16, 22):
+    text = " ".join(words[:n] if n <= len(words) else words + words[: n - len(words)])
+    while len(sp_vocab.encode(text)) > n:
+      text = text.rsplit(" ", 1)[0]
+    while len(sp_vocab.encode(text)) < n:
+      text += " x"
+    assert len(sp_vocab.encode(text)) == n
+    prompts.append(text)
+  pred = _text_predictor(tiny_params, sp_vocab, {"inputs": 16, "targets": 16})
+  ids = pred.encode_inputs(prompts)
+  assert [len(x) for x in ids] == [15, 16, 16, 16]
+  assert all(x[-1] == 1 for x in ids)  # EOS stays last (before the fix the last two ended without it)
+  assert ids[3][:15] == list(sp_vocab.encode(prompts[3]))[:15]
+  np.testing.assert_array_equal(pred.pad(ids, 16), _seqio_features(sp_vocab, prompts, "inputs", 16))
+  assert pred.truncated == 2  # 16 + EOS and 22 + EOS were cut
+  # Score mode: targets are cut the same way.
+  targets = pred.encode_targets(prompts)
+  np.testing.assert_array_equal(pred.pad(targets, 16), _seqio_features(sp_vocab, prompts, "targets", 16))
+  feats = pred.score_features(ids, targets)
+  assert feats["decoder_target_tokens"][3, -1] == 1 and feats["decoder_loss_weights"][3].sum() == 16
+  # A feature without EOS (decoder-only inputs) is cut to the length, as the feature converter does.
+  no_eos = _text_predictor(tiny_params, sp_vocab, {"inputs": 16, "targets": 16}, add_eos_to_inputs=False)
+  np.testing.assert_array_equal(no_eos.pad(no_eos.encode_inputs(prompts), 16),
+                                _seqio_features(sp_vocab, prompts, "inputs", 16, add_eos=False))
+  assert inference.fit_to_length([5, 6, 7], 2, append_eos=True) == ([5, 1], True)
+  assert inference.fit_to_length([5, 6, 7], 3, append_eos=False) == ([5, 6, 7], False)
+
+
+def test_ul2_mode_token_prompts_encode_as_ul2_training(tiny_params, sp_vocab):
+  # Words that are one piece each, so the text of a training example encodes back to its ids.
+  candidates = ("the of and to a in is that for it as with be by this are or an not on function "
+                "value return list object class name module type from at if which when").split()
+  words = [w for w in candidates if len(sp_vocab.encode(w)) == 1]
+  assert len(words) >= 20
+  doc = " ".join((words * 4)[:90])
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({"text": [doc]})
+
+  registration.register_pretraining_tasks("tinfer", seqio.FunctionDataSource(dataset_fn, splits=["train"]), sp_vocab)
+  lengths = {"inputs": 128, "targets": 128}
+  pred = _text_predictor(tiny_params, sp_vocab, lengths)
+  mode_ids = {t: sp_vocab.tokenizer.piece_to_id(t) for t in vocab_lib.UL2_MODE_TOKENS}
+  assert inference.mode_token_ids(sp_vocab) == mode_ids  # inference keeps its own copy of the tokens
+  underline = sp_vocab.tokenizer.piece_to_id("\u2581")
+  for denoiser, token in (("r_3_15", "[NLU]"), ("x_3_50", "[NLG]"), ("s", "[S2S]")):
+    task = seqio.get_mixture_or_task(f"tinfer_ul2_{denoiser}")
+    ex = next(task.get_dataset(lengths, split="train", shuffle=False, seed=3).as_numpy_iterator())
+    trained = ex["inputs"].tolist()  # [mode id] + text ids (sentinels for R/X) + EOS
+    assert trained[0] == mode_ids[token] and trained[-1] == 1
+    body = sp_vocab.decode(trained[1:-1])
+    assert ("<extra_id_0>" in body) == (denoiser != "s")
+    prompt = f"{token} {body}"
+    # SentencePiece alone puts a dummy-prefix piece before the mode token.
+    assert list(sp_vocab.encode(prompt))[:2] == [underline, mode_ids[token]]
+    assert pred.encode_inputs([prompt]) == [trained]
+    # The same prompt typed without the space, or with leading spaces.
+    assert pred.encode_inputs([f"{token}{body}", f"  {token}   {body}"]) == [trained, trained]
+    assert inference.encode_prompt(sp_vocab, prompt) == trained[:-1]
+  # A mode token inside the text is text; a mode token alone is refused.
+  assert inference.encode_prompt(sp_vocab, "the [NLU] value") == list(sp_vocab.encode("the [NLU] value"))
+  with pytest.raises(ValueError, match=r"input 1 is only the UL2 mode token \[S2S\]; give the text"):
+    pred.encode_inputs(["[NLU] the value", " [S2S]  "])
+  # A vocabulary without the mode pieces encodes the prompt as plain text.
+  byte_vocab = seqio.ByteVocabulary()
+  assert inference.encode_prompt(byte_vocab, "[NLU] a") == list(byte_vocab.encode("[NLU] a"))
 
 
 def test_checkpoint_directory_without_a_checkpoint_is_refused(tmp_path):
@@ -113,13 +261,13 @@ def test_api_predict_and_score(predictor):
     predictor.predict(["reverse: a", "  "])
   long_input = "reverse: " + " ".join("abcdefghijklmnopqrstuvwxyz" * 2)
   predictor.on_long_input = "error"
-  with pytest.raises(ValueError, match=r"inputs 0 has \d+ tokens, more than the model's inputs length 32"):
+  with pytest.raises(ValueError, match=r"input 0 has \d+ tokens \(EOS included\), more than the model's inputs length 32"):
     predictor.predict([long_input])
   predictor.on_long_input = "truncate"
   before = predictor.truncated
   assert len(predictor.predict([long_input])) == 1
   assert predictor.truncated == before + 1
-  with pytest.raises(ValueError, match="top_p must be in"):
+  with pytest.raises(ValueError, match=r"top_p=2.0 must be a finite number in \(0.0, 1.0\]"):
     predictor.predict(["reverse: a b"], method="sample", top_p=2.0)
 
 

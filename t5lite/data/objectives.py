@@ -8,6 +8,11 @@ of tokenized documents, concatenate documents and split them into chunks whose
 raw length is computed from the task's feature lengths (T5's rule: inputs 512
 need 568 raw tokens and give 114 targets), so nothing is ever truncated.
 
+Each preprocessor checks the features it reads from `dataset.element_spec`
+when it is applied (`check_token_feature`): raw text, a missing 'targets' key
+or batched examples are a ValueError naming the preprocessor, the feature,
+what was found and what to put before it, not a TensorFlow error at iteration.
+
 seqio provides the plumbing (per-example random seeds, tokenizing, EOS); the
 masking, the length rules and the denoiser definitions are written here because
 seqio does not ship T5's objectives (they live in the unmaintained `t5` package).
@@ -100,6 +105,76 @@ def _feature_length(sequence_length: Optional[Mapping[str, int]], key: str) -> O
   return sequence_length[key]
 
 
+def check_token_feature(
+    dataset: tf.data.Dataset,
+    preprocessor: str,
+    feature: str = "targets",
+    tokenizer: str = "seqio.preprocessors.tokenize (with_eos=False)",
+) -> None:
+  """Raises a ValueError unless `dataset` has a 1-D integer feature `feature`.
+
+  The objectives read token ids; fed raw text (a string feature) or the wrong
+  key, TensorFlow fails only later, deep inside a traced map function or when
+  the dataset is iterated ("Cast string to int32 is not supported", a traced
+  KeyError). This check runs when the preprocessor is applied, from
+  `dataset.element_spec`, and says what to put before the objective.
+
+  Args:
+    dataset: the dataset the preprocessor was given.
+    preprocessor: the preprocessor's name, for the message.
+    feature: the feature it reads (token ids, int32 or int64, shape [length]).
+    tokenizer: the tokenizing preprocessor that should come before it.
+
+  Raises:
+    ValueError: `feature` is missing, is not an integer tensor, or is not 1-D.
+  """
+  spec = dataset.element_spec
+  if not isinstance(spec, Mapping):
+    raise ValueError(
+        f"{preprocessor} needs a dataset of feature dicts with a '{feature}' feature of token ids; got elements "
+        f"of type {spec}. Put the source's text in a dict (seqio sources give dicts) and {tokenizer} before "
+        f"{preprocessor}."
+    )
+  if feature not in spec:
+    strings = sorted(k for k, v in spec.items() if getattr(v, "dtype", None) == tf.string)
+    rekey = (f" For example functools.partial(seqio.preprocessors.rekey, key_map={{'{feature}': "
+             f"'{strings[0]}'}}), then {tokenizer}; register_pretraining_tasks(..., text_key='{strings[0]}') "
+             "does both.") if strings else ""
+    raise ValueError(
+        f"{preprocessor} reads the feature '{feature}' (the tokenized documents), but the dataset has only "
+        f"{sorted(spec)}. Map your text feature to '{feature}' and tokenize it before {preprocessor}.{rekey}"
+    )
+  s = spec[feature]
+  dtype = getattr(s, "dtype", None)
+  if dtype is None or not dtype.is_integer:
+    if dtype == tf.string:
+      fix = f"Put {tokenizer} before {preprocessor} in the Task's preprocessors."
+    else:
+      fix = (f"Give it token ids (int32 or int64), as {tokenizer} produces; "
+             f"cast them with tf.cast(x, tf.int32) if they are ids stored as another type.")
+    raise ValueError(
+        f"{preprocessor} reads '{feature}' as token ids (int32 or int64), but it is "
+        f"{dtype.name if dtype is not None else type(s).__name__}: {s}. {fix}"
+    )
+  rank = s.shape.rank
+  if rank is not None and rank != 1:
+    raise ValueError(
+        f"{preprocessor} reads '{feature}' as one document of token ids per example (shape [length]), but its "
+        f"shape is {s.shape}; apply {preprocessor} before batching (or unbatch first)."
+    )
+
+
+def _check_output_features(output_features: Mapping[str, seqio.Feature], preprocessor: str,
+                           needed: Sequence[str]) -> None:
+  """Raises a ValueError naming the Task output features `preprocessor` needs and lacks."""
+  missing = [k for k in needed if k not in (output_features or {})]
+  if missing:
+    raise ValueError(
+        f"{preprocessor} needs the output feature(s) {missing} in the Task's output_features (for their "
+        f"vocabulary); the Task has {sorted(output_features or {})}."
+    )
+
+
 def _mode_prefix(output_features, mode_token: Optional[str]) -> Optional[int]:
   if mode_token is None:
     return None
@@ -124,6 +199,7 @@ def concatenate_and_split(
   """
   if chunk_length < 1:
     raise ValueError(f"chunk_length={chunk_length} must be positive.")
+  check_token_feature(dataset, "concatenate_and_split", feature_key)
   ds = dataset.map(lambda x: tf.cast(x[feature_key], tf.int32), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.ragged_batch(concat_docs)
 
@@ -222,16 +298,27 @@ def denoise(
     noise_density: float = 0.15,
     mean_noise_span_length: float = 3.0,
     mode_token: Optional[str] = None,
+    name: Optional[str] = None,
 ) -> tf.data.Dataset:
   """Span corruption over concatenated documents (any R/X denoiser).
 
-  Expects tokenized 'targets' without EOS; returns 'inputs' and 'targets'
-  without EOS (add it with `seqio.preprocessors.append_eos_after_trim`). The
-  chunk length is the longest that fits `sequence_length` with the EOS and the
-  optional mode token, so with the defaults and inputs 512 each chunk holds 568
-  tokens and the targets are 114 long.
+  Expects tokenized 'targets' without EOS (int32/int64 [length]); returns
+  'inputs' and 'targets' without EOS (add it with
+  `seqio.preprocessors.append_eos_after_trim`). The chunk length is the longest
+  that fits `sequence_length` with the EOS and the optional mode token, so with
+  the defaults and inputs 512 each chunk holds 568 tokens and the targets are
+  114 long. `name` is what errors call this preprocessor.
+
+  Raises:
+    ValueError (when applied, before any data is read): bad noise settings, a
+      missing or non-integer 'targets' feature (raw text: tokenize first), a
+      vocabulary without sentinels, lengths too short for one noise span.
   """
+  name = name or (f"denoise(noise_density={noise_density}, mean_noise_span_length={mean_noise_span_length}"
+                  f"{'' if mode_token is None else f', mode_token={mode_token!r}'})")
   _check_denoiser_args(noise_density, mean_noise_span_length)
+  check_token_feature(dataset, name)
+  _check_output_features(output_features, name, ["targets"] + (["inputs"] if mode_token is not None else []))
   vocabulary = output_features["targets"].vocabulary
   if vocabulary.extra_ids < 1:
     raise ValueError(
@@ -257,8 +344,14 @@ def denoise(
   )
 
 
-span_corruption = functools.partial(denoise, noise_density=0.15, mean_noise_span_length=3.0)
-span_corruption.__doc__ = "T5 span corruption: noise density 0.15, mean noise span 3."
+def span_corruption(
+    dataset: tf.data.Dataset,
+    sequence_length: Mapping[str, int],
+    output_features: Mapping[str, seqio.Feature],
+) -> tf.data.Dataset:
+  """T5 span corruption: `denoise` with noise density 0.15, mean noise span 3."""
+  return denoise(dataset, sequence_length, output_features, noise_density=0.15, mean_noise_span_length=3.0,
+                 name="span_corruption")
 
 
 # --------------------------------------------------------------------------- #
@@ -298,6 +391,7 @@ def prefix_lm(
     *,
     mean_target_fraction: float = 0.5,
     mode_token: Optional[str] = None,
+    name: str = "prefix_lm",
 ) -> tf.data.Dataset:
   """Prefix LM: a chunk of text split at a random point into inputs and targets.
 
@@ -306,7 +400,16 @@ def prefix_lm(
   length), so its mean is `mean_target_fraction` of the chunk. 0.5 gives a
   uniformly random split point; UL2's S-denoiser uses 0.25. The output suits
   both the encoder-decoder and the decoder-only (PrefixLM) feature converters.
+  Expects tokenized 'targets' without EOS (int32/int64 [length]); `name` is
+  what errors call this preprocessor.
+
+  Raises:
+    ValueError (when applied): a missing or non-integer 'targets' feature,
+      mean_target_fraction outside (0, 0.5], lengths too short.
   """
+  check_token_feature(dataset, name)
+  if mode_token is not None:
+    _check_output_features(output_features, name, ["inputs"])
   chunk, max_target = prefix_lm_lengths(
       _feature_length(sequence_length, "inputs"),
       _feature_length(sequence_length, "targets"),
@@ -328,8 +431,13 @@ def causal_lm(
   Expects 'targets' tokenized WITH a trailing EOS per document (use
   `seqio.preprocessors.tokenize_and_append_eos`), so document boundaries stay
   visible in the packed stream and no position is wasted on padding.
+
+  Raises:
+    ValueError (when applied): a missing or non-integer 'targets' feature, a
+      targets length under 2.
   """
   del output_features
+  check_token_feature(dataset, "causal_lm", tokenizer="seqio.preprocessors.tokenize_and_append_eos")
   length = _feature_length(sequence_length, "targets")
   if length < 2:
     raise ValueError(f"targets length {length} is too short for causal LM: the minimum is 2.")
@@ -353,13 +461,15 @@ class Denoiser:
   def preprocessor(self):
     if self.prefix_lm:
       return functools.partial(
-          prefix_lm, mean_target_fraction=self.mean_target_fraction, mode_token=self.mode_token
+          prefix_lm, mean_target_fraction=self.mean_target_fraction, mode_token=self.mode_token,
+          name=f"UL2 denoiser {self.name!r} (prefix_lm)",
       )
     return functools.partial(
         denoise,
         noise_density=self.noise_density,
         mean_noise_span_length=self.mean_noise_span_length,
         mode_token=self.mode_token,
+        name=f"UL2 denoiser {self.name!r} (denoise)",
     )
 
 

@@ -227,3 +227,61 @@ def test_noise_mask_is_deterministic_per_seed():
   c = objectives.noise_span_mask(100, 0.15, 3.0, [tf.constant([5, 6]), tf.constant([3, 4])]).numpy()
   assert a.sum() == 15 and (a == b).all() and not (a == c).all()
   assert not a[0] and a[-1]  # starts clean, ends with noise
+
+
+# --------------------------------------------------------------------------- #
+# Untokenized or misnamed features: errors when the preprocessor is applied.
+# --------------------------------------------------------------------------- #
+BYTE_FEATS = {k: seqio.Feature(seqio.ByteVocabulary(extra_ids=100)) for k in ("inputs", "targets")}
+
+
+def test_span_corruption_on_text_names_the_tokenizer():
+  ds = tf.data.Dataset.from_tensor_slices({"targets": ["The function returns a value.", "Another document."]})
+  # Raised when applied (before this fix: "Cast string to int32 is not supported" once iterated).
+  with pytest.raises(ValueError) as e:
+    objectives.span_corruption(ds, LENGTHS, BYTE_FEATS)
+  msg = str(e.value)
+  assert msg.startswith("span_corruption reads 'targets' as token ids (int32 or int64), but it is string")
+  assert "Put seqio.preprocessors.tokenize (with_eos=False) before span_corruption" in msg
+
+
+def test_missing_key_lists_the_features_and_the_rekey():
+  ds = tf.data.Dataset.from_tensor_slices({"text": ["a b c"], "name": ["doc0"]})
+  with pytest.raises(ValueError) as e:
+    objectives.span_corruption(ds, LENGTHS, BYTE_FEATS)
+  msg = str(e.value)
+  assert "span_corruption reads the feature 'targets'" in msg
+  assert "the dataset has only ['name', 'text']" in msg
+  assert "key_map={'targets': 'name'}" in msg or "key_map={'targets': 'text'}" in msg
+  # Through a seqio Task: the error comes from get_dataset, before any example is read.
+  registration._register(  # pylint: disable=protected-access
+      "tbad_no_tokenize", source=make_source(["a b c"], name_key=True),
+      preprocessors=[objectives.span_corruption], output_features=BYTE_FEATS, metric_fns=[])
+  with pytest.raises(ValueError, match=r"span_corruption reads the feature 'targets'.*only \['name', 'text'\]"):
+    seqio.get_mixture_or_task("tbad_no_tokenize").get_dataset(LENGTHS, split="train", shuffle=False)
+
+
+@pytest.mark.parametrize("denoiser", [objectives.UL2_DENOISERS[0], objectives.UL2_DENOISERS[-1]], ids=lambda d: d.name)
+def test_ul2_denoiser_on_float_features(denoiser):
+  ds = tf.data.Dataset.from_tensor_slices({"targets": np.ones((3, 40), np.float32)})
+  with pytest.raises(ValueError) as e:
+    denoiser.preprocessor()(ds, LENGTHS, BYTE_FEATS)
+  msg = str(e.value)
+  assert msg.startswith(f"UL2 denoiser '{denoiser.name}' (")
+  assert "reads 'targets' as token ids (int32 or int64), but it is float32" in msg
+
+
+def test_prefix_and_causal_lm_check_their_inputs():
+  with pytest.raises(ValueError, match=r"^prefix_lm reads 'targets' as token ids \(int32 or int64\), but it is bool"):
+    objectives.prefix_lm(tf.data.Dataset.from_tensor_slices({"targets": np.ones((2, 9), bool)}), LENGTHS, BYTE_FEATS)
+  batched = tf.data.Dataset.from_tensor_slices({"targets": np.ones((4, 9), np.int32)}).batch(2)
+  with pytest.raises(ValueError, match=r"causal_lm reads 'targets' as one document .* shape is \(None, 9\)"):
+    objectives.causal_lm(batched, {"targets": 8}, BYTE_FEATS)
+  text = tf.data.Dataset.from_tensor_slices({"targets": ["a b"]})
+  with pytest.raises(ValueError, match=r"Put seqio.preprocessors.tokenize_and_append_eos before causal_lm"):
+    objectives.causal_lm(text, {"targets": 8}, BYTE_FEATS)
+  # int64 ids (as some tokenizers give) are accepted and give the same chunks as int32.
+  ids = np.arange(3, 23)
+  out64 = objectives.causal_lm(tf.data.Dataset.from_tensors({"targets": ids.astype(np.int64)}), {"targets": 8}, {})
+  assert [x["targets"].tolist() for x in out64.as_numpy_iterator()] == [
+      list(range(3, 11)), list(range(11, 19)), [19, 20, 21, 22]]
