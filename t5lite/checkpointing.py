@@ -7,12 +7,21 @@ meta item lets a run refuse, with a clear message, to resume from a
 checkpoint of another model shape instead of failing inside orbax or, worse,
 overwriting it. Orbax does the saving (asynchronously), the keep-last-K
 policy and the atomic step directories.
+
+A damaged step (files truncated by a partial copy or a full disk) is told
+apart from an incompatible one: an incompatible checkpoint (other parameter
+shapes, another optimizer state layout) is read from metadata and refused;
+a step whose metadata or data cannot be read is damaged. `restore_latest`
+then warns, moves the damaged step out of orbax's way (to
+MODEL_DIR/damaged_checkpoints/, never deleted) and restores the newest
+readable one.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+import time
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -20,6 +29,11 @@ import orbax.checkpoint as ocp
 
 PyTree = Any
 ITEMS = ("params", "opt_state", "meta")
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+class DamagedCheckpointError(ValueError):
+  """No checkpoint in a directory could be read (each one is damaged)."""
 
 
 def param_shapes(params: PyTree) -> dict[str, list[int]]:
@@ -50,7 +64,9 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -75,6 +91,10 @@ class Checkpointer:
   def check_compatible(self, step: int, abstract_params: PyTree) -> dict:
     """Raises if the checkpoint at `step` holds another model shape; returns its meta."""
     meta = self.read_meta(step)
+    self._check_param_shapes(step, meta, abstract_params)
+    return meta
+
+  def _check_param_shapes(self, step: int, meta: Mapping[str, Any], abstract_params: PyTree) -> None:
     wanted = param_shapes(abstract_params)
     if meta.get("param_shapes") != wanted:
       raise ValueError(
@@ -82,17 +102,45 @@ class Checkpointer:
           f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}. Nothing was overwritten; "
           "use a new MODEL_DIR, or the same model configuration to resume."
       )
-    return meta
 
-  def restore(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree):
-    """(params, opt_state, meta) at `step`, placed like the abstract targets."""
-    meta = self.check_compatible(step, abstract_params)
-    mismatch = (
-        "does not match this run's optimizer (another optimizer or optimizer settings, or a "
+  def _opt_mismatch(self, step: int, detail: str) -> ValueError:
+    return ValueError(
+        f"{self.directory} holds a checkpoint (step {step}) of this model whose optimizer state "
+        f"({detail}) does not match this run's optimizer (another optimizer or optimizer settings, or a "
         "checkpoint written before Adafactor factored the attention kernels, 2026-11-29). "
         "Nothing was overwritten; resume with the optimizer it was written with, or start a new "
         f"MODEL_DIR with INITIAL_CHECKPOINT_PATH={self.directory}/{step} (parameters only)."
     )
+
+  def newest_readable_meta(self, abstract_params: PyTree) -> Optional[tuple[int, dict]]:
+    """(step, meta) of the newest step whose meta can be read, checked against this model.
+
+    Cheap (reads JSON only): the early refusal of a MODEL_DIR of another model.
+    Raises ValueError on another model shape; None when there is no step."""
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        meta = self.read_meta(step)
+      except Exception:  # pylint: disable=broad-except  # damaged: restore_latest says so
+        continue
+      self._check_param_shapes(step, meta, abstract_params)
+      return step, meta
+    return None
+
+  def _read_checked(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree):
+    """Restores `step`; raises ValueError when incompatible, _Damaged when unreadable."""
+    try:
+      meta = self.read_meta(step)
+      item_meta = self._manager.item_metadata(step)
+      saved_opt = item_meta["opt_state"]
+      saved_opt = getattr(saved_opt, "tree", saved_opt)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Damaged(f"its metadata cannot be read ({_first_line(e)})") from e
+    self._check_param_shapes(step, meta, abstract_params)
+    if saved_opt is not None:
+      saved = sorted(tuple(getattr(x, "shape", ())) for x in jax.tree.leaves(saved_opt))
+      wanted = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract_opt_state))
+      if saved != wanted:
+        raise self._opt_mismatch(step, f"{len(saved)} arrays saved, {len(wanted)} expected, shapes differ")
     try:
       out = self._manager.restore(
           step,
@@ -101,21 +149,75 @@ class Checkpointer:
               opt_state=ocp.args.StandardRestore(abstract_opt_state),
           ),
       )
-    except (ValueError, TypeError, KeyError) as e:
-      raise ValueError(
-          f"{self.directory} holds a checkpoint (step {step}) of this model whose optimizer state "
-          f"{mismatch} Restore error: {str(e)[:500]}"
-      ) from e
+    except Exception as e:  # pylint: disable=broad-except
+      _collect_abandoned_reads()
+      raise _Damaged(f"its arrays cannot be read ({_first_line(e)}): a data file is truncated or corrupt") from e
     # orbax restores an array with the shape it was saved with, whatever the target's.
     got = [tuple(x.shape) for x in jax.tree.leaves(out["opt_state"])]
     want = [tuple(x.shape) for x in jax.tree.leaves(abstract_opt_state)]
     if got != want:
       diff = next(((g, w) for g, w in zip(got, want) if g != w), (len(got), len(want)))
-      raise ValueError(
-          f"{self.directory} holds a checkpoint (step {step}) of this model whose optimizer state "
-          f"(first difference: {diff[0]} saved, {diff[1]} expected) {mismatch}"
-      )
+      raise self._opt_mismatch(step, f"first difference: {diff[0]} saved, {diff[1]} expected")
     return out["params"], out["opt_state"], meta
+
+  def restore(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree):
+    """(params, opt_state, meta) at `step`, placed like the abstract targets.
+
+    Raises ValueError when the step holds another model or optimizer layout,
+    DamagedCheckpointError when it cannot be read."""
+    try:
+      return self._read_checked(step, abstract_params, abstract_opt_state)
+    except _Damaged as e:
+      raise DamagedCheckpointError(f"checkpoint step {step} in {self.directory} is damaged: {e}") from e
+
+  def restore_latest(self, abstract_params: PyTree, abstract_opt_state: PyTree,
+                     warn: Callable[[str], None] = print):
+    """(step, params, opt_state, meta) of the newest readable step; None when there is none.
+
+    A damaged step is reported through `warn`, moved to
+    MODEL_DIR/damaged_checkpoints/STEP (by process 0; never deleted) so that
+    new saves do not collide with it, and the next older step is tried.
+    Raises ValueError for an incompatible step (nothing is moved) and
+    DamagedCheckpointError, naming every step and what is wrong with it, when
+    no step is readable (then nothing is moved either).
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    damaged = []
+    for step in steps:
+      try:
+        params, opt_state, meta = self._read_checked(step, abstract_params, abstract_opt_state)
+      except _Damaged as e:
+        damaged.append((step, str(e)))
+        continue
+      for bad, why in damaged:
+        moved = self._move_aside(bad, why)
+        warn(f"warning: checkpoint step {bad} in {self.directory} is damaged: {why}. It was moved to "
+             f"{moved}; resuming from step {step} instead.")
+      if damaged:
+        self._manager.reload()
+      return step, params, opt_state, meta
+    if damaged:
+      what = "; ".join(f"step {s}: {why}" for s, why in damaged)
+      raise DamagedCheckpointError(
+          f"no checkpoint in {self.directory} can be read ({what}). Nothing was moved or deleted; restore "
+          "the files (a complete copy of the directory) or use a new MODEL_DIR."
+      )
+    return None
+
+  def _move_aside(self, step: int, why: str) -> str:
+    """Moves a damaged step directory to MODEL_DIR/damaged_checkpoints/ (process 0)."""
+    target_dir = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+    target = os.path.join(target_dir, str(step))
+    if os.path.exists(target):
+      target = f"{target}.{time.strftime('%Y%m%d-%H%M%S')}"
+    _sync(f"t5lite_damaged_{step}_before")
+    if jax.process_index() == 0:
+      os.makedirs(target_dir, exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), target)
+      with open(os.path.join(target, "DAMAGED.txt"), "w", encoding="utf-8") as f:
+        f.write(f"step {step} moved here from {self.directory} on {time.strftime('%Y-%m-%d %H:%M:%S')}: {why}\n")
+    _sync(f"t5lite_damaged_{step}_after")
+    return target
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -123,6 +225,48 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class _Damaged(Exception):
+  """A step that cannot be read (internal; see DamagedCheckpointError)."""
+
+
+def _collect_abandoned_reads() -> None:
+  """Collects the read coroutines a failed orbax restore left behind, silently.
+
+  When one array of a damaged step fails, orbax abandons the reads of the
+  others; each reports its own failure as an "Exception ignored in
+  <coroutine ...>" traceback when it is garbage collected, at some later
+  moment. Collecting them here, with those reports dropped, keeps the
+  console to the one warning that names the damaged step.
+  """
+  import gc  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  def hook(unraisable):
+    if not inspect.iscoroutine(unraisable.object):
+      previous(unraisable)
+
+  previous = sys.unraisablehook
+  sys.unraisablehook = hook
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = previous
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+  text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  text = text.split(". See full TensorStore details")[0]
+  return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    multihost_utils.sync_global_devices(name)
 
 
 def list_checkpoints(path: str) -> list[tuple[int, str]]:

@@ -1,8 +1,9 @@
 """A tiny byte-vocabulary task for multi-process tests (imported by a gin file).
 
-Examples are the synthetic reversal pairs; with shuffling and packing off, the
-rows two processes load (seqio shards 0 and 1) are a permutation of the rows
-one process loads, so the losses must agree.
+Examples are the synthetic reversal pairs. The global batches are a function
+of the seed alone (t5lite.data.pipeline.host_batches), so with shuffling and
+packing on, two processes train on the same batches as one and the losses
+agree.
 """
 import seqio
 import tensorflow as tf

@@ -31,8 +31,8 @@ SUMMARY_EVERY = 1
 CHECKPOINT_EVERY = 4
 LEARNING_RATE = 0.01
 WARMUP_STEPS = 1
-train_lib.train.shuffle = False
-train_lib.train.pack = False
+train_lib.train.shuffle = True
+train_lib.train.pack = True
 train_lib.train.progress = False
 """
 
@@ -80,8 +80,8 @@ def test_two_processes_match_one_process_and_checkpoint_restores_elsewhere(tmp_p
     cfg = trainer_lib.TrainerConfig(train_steps=4, batch_size=8, task_feature_lengths=lengths, progress=False)
     tr = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path / run),
                              partitioner=partitioning.Partitioner(*mesh))
-    state, consumed = tr.restore_or_init()
-    assert consumed == 4 and int(state.step) == 4
+    state, rows = tr.restore_or_init()
+    assert rows == 4 * 8 and int(state.step) == 4
     states.append(state)
     tr.close()
   for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):

@@ -4,6 +4,16 @@ seqio does the work (its EncDec, LM and PrefixLM feature converters pack
 examples into rows with segment ids and positions); this module picks the
 converter for a model type, validates names and lengths early, and yields
 numpy batches of this process's shard.
+
+The training data order (`host_batches`) is a function of the task, the
+lengths, the converter, packing, shuffling and the seed, and of nothing else:
+every process reads the same stream of model-ready rows (packed sequences)
+from its beginning, cuts it into global batches, and keeps its own rows of
+each. The number of processes, and the batch size, only decide how the one
+stream is cut, so a run gives the same global batches on 1 or N hosts and a
+resume continues at a row of that stream (`start_row`). The price: each
+process prepares the whole stream, N times the host work of reading disjoint
+shards (seqio's `ShardInfo`, which T5X uses and whose order depends on N).
 """
 
 from __future__ import annotations
@@ -81,3 +91,55 @@ def get_dataset(
 def numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
   """Iterates a dataset as dicts of numpy arrays."""
   return ds.as_numpy_iterator()
+
+
+def host_batches(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    *,
+    global_batch_size: int,
+    split: str = "train",
+    converter: str = "enc_dec",
+    pack: bool = True,
+    shuffle: bool = True,
+    seed: Optional[int] = 0,
+    num_epochs: Optional[int] = None,
+    start_row: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+  """This process's rows of each global batch of the one stream (module doc).
+
+  Global batch k holds rows [start_row + k * B, start_row + (k + 1) * B) of
+  the stream of model-ready rows, B = global_batch_size; process p gets its
+  rows [p * B / P, (p + 1) * B / P) of it (P = process_count). Batches are
+  full (drop_remainder), so every process yields the same number of them.
+
+  Raises:
+    ValueError: a global batch size not divisible by the number of
+      processes, a negative start_row, a process index out of range, or the
+      errors of `get_dataset`.
+  """
+  if not isinstance(process_count, int) or process_count < 1:
+    raise ValueError(f"process_count={process_count!r} must be a positive int.")
+  if not isinstance(process_index, int) or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index!r} must be in [0, {process_count}).")
+  if not isinstance(global_batch_size, int) or isinstance(global_batch_size, bool) or global_batch_size <= 0:
+    raise ValueError(f"BATCH_SIZE={global_batch_size!r} must be a positive int.")
+  if global_batch_size % process_count:
+    raise ValueError(
+        f"BATCH_SIZE={global_batch_size} is not divisible by the {process_count} processes; use a multiple "
+        f"of {process_count}."
+    )
+  if not isinstance(start_row, int) or start_row < 0:
+    raise ValueError(f"start_row={start_row!r} must be a non-negative int.")
+  ds = get_dataset(
+      mixture_or_task_name, task_feature_lengths, split=split, batch_size=None, converter=converter, pack=pack,
+      shuffle=shuffle, seed=seed, shard_info=None, num_epochs=num_epochs,
+  )
+  ds = ds.skip(start_row).batch(global_batch_size, drop_remainder=True)
+  if process_count > 1:
+    local = global_batch_size // process_count
+    lo = process_index * local
+    ds = ds.map(lambda batch: {k: v[lo:lo + local] for k, v in batch.items()})
+  return ds.prefetch(tf.data.AUTOTUNE)

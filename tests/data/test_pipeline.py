@@ -120,3 +120,58 @@ def test_bad_lengths_and_converter(tiny_pairs):
     pipeline.get_dataset(tiny_pairs, {"inputs": 8, "targets": 8}, converter="encdec")
   with pytest.raises(ValueError, match="Split 'test' is not in 'tpairs'"):
     pipeline.get_dataset(tiny_pairs, {"inputs": 8, "targets": 8}, split="test")
+
+
+@pytest.fixture(scope="module")
+def topics_task(byte_vocab):
+  # Short pairs of varied lengths: several examples pack into each row.
+  pairs = [(" ".join(TOPIC_TEXTS[i % 50].split()[i % 7: i % 7 + 2 + i % 5]), str(i)) for i in range(400)]
+  registration.register_text_to_text_task("torder", _pairs_source(pairs), byte_vocab)
+  return "torder"
+
+
+def _host_rows(task, batch, nproc, steps, start_row=0, seed=3, lengths=None):
+  """The global batches two or more processes assemble, built from each process's part."""
+  lengths = lengths or {"inputs": 48, "targets": 12}
+  parts = [
+      list(pipeline.host_batches(task, lengths, global_batch_size=batch, shuffle=True, pack=True, seed=seed,
+                                 start_row=start_row, process_index=p, process_count=nproc)
+           .take(steps).as_numpy_iterator())
+      for p in range(nproc)
+  ]
+  return [{k: np.concatenate([parts[p][i][k] for p in range(nproc)]) for k in parts[0][i]} for i in range(steps)]
+
+
+def test_global_batches_do_not_depend_on_the_number_of_processes(topics_task):
+  one = _host_rows(topics_task, 8, 1, 3)
+  for nproc in (2, 4, 8):
+    many = _host_rows(topics_task, 8, nproc, 3)
+    for a, b in zip(one, many):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{nproc} processes, {k}")
+  # Shuffled and packed: rows are packed (several segments) and another seed gives other rows.
+  assert one[0]["encoder_segment_ids"].max() > 1
+  other = _host_rows(topics_task, 8, 1, 1, seed=4)
+  assert not np.array_equal(other[0]["encoder_input_tokens"], one[0]["encoder_input_tokens"])
+
+
+def test_a_row_position_continues_the_same_stream_at_another_batch_size(topics_task):
+  # Two batches of 4 then batches of 8 from row 8: rows 8..15 come next, none skipped.
+  small = _host_rows(topics_task, 4, 2, 4)
+  big = _host_rows(topics_task, 8, 2, 1, start_row=8)
+  for k in big[0]:
+    np.testing.assert_array_equal(big[0][k], np.concatenate([small[2][k], small[3][k]]))
+  # A row position that is not a multiple of the batch size works too (batch 6 after 10 rows).
+  odd = _host_rows(topics_task, 6, 3, 1, start_row=10)
+  rows = np.concatenate([b["encoder_input_tokens"] for b in small])  # rows 0..15
+  np.testing.assert_array_equal(odd[0]["encoder_input_tokens"], rows[10:16])
+
+
+def test_host_batches_errors(topics_task):
+  with pytest.raises(ValueError, match="BATCH_SIZE=6 is not divisible by the 4 processes"):
+    pipeline.host_batches(topics_task, {"inputs": 48, "targets": 12}, global_batch_size=6, process_count=4)
+  with pytest.raises(ValueError, match=r"process_index=2 must be in \[0, 2\)"):
+    pipeline.host_batches(topics_task, {"inputs": 48, "targets": 12}, global_batch_size=8, process_index=2,
+                          process_count=2)
+  with pytest.raises(ValueError, match="start_row=-1 must be a non-negative int"):
+    pipeline.host_batches(topics_task, {"inputs": 48, "targets": 12}, global_batch_size=8, start_row=-1)
