@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from t5lite import checks
+
 PREVIEW_TASKS = (
     ("pydocs_span_corruption", {"inputs": 512, "targets": 114}),
     ("pydocs_prefix_lm", {"inputs": 256, "targets": 256}),
@@ -39,7 +41,9 @@ def _vocab_train(args) -> int:
   from t5lite.data import vocab  # pylint: disable=g-import-not-at-top
 
   if bool(args.files) == bool(args.source):
-    raise SystemExit("t5lite vocab train: give exactly one of --files GLOB or --source NAME.")
+    raise ValueError("give exactly one of --files GLOB or --source NAME")
+  checks.check_int("--vocab_size", args.vocab_size, minimum=1)
+  checks.check_float("--character_coverage", args.character_coverage, minimum=0.0, maximum=1.0, min_open=True)
   if args.files:
     texts = vocab.texts_from_files(args.files, text_key=args.text_key)
   else:
@@ -80,6 +84,7 @@ def _data_prepare(args) -> int:
 
 
 def _data_preview(args) -> int:
+  checks.check_int("--examples", args.examples, minimum=1)
   if args.data_dir:
     from t5lite.data import sources  # pylint: disable=g-import-not-at-top
 
@@ -148,8 +153,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"t5lite: error: {e}", file=sys.stderr)
+  except (ValueError, FileNotFoundError) as e:  # checks.SettingError is a ValueError
+    message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    print(f"t5lite {args.command} {args.sub}: error: {message}", file=sys.stderr)
     return 2
 
 

@@ -28,6 +28,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from t5lite import checks
+
 PyTree = Any
 MESH_AXES = ("data", "fsdp", "model", "expert")
 BATCH_MESH_AXES = ("data", "fsdp")
@@ -59,12 +61,18 @@ DEFAULT_RULES = "fsdp_tensor_parallel"
 
 
 def resolve_mesh_shape(data: int = -1, fsdp: int = 1, model: int = 1, num_devices: Optional[int] = None) -> dict[str, int]:
-  """Mesh axis sizes with at most one -1 ('all the devices left') filled in."""
+  """Mesh axis sizes with at most one -1 ('all the devices left') filled in.
+
+  Raises:
+    ValueError: a size that is not -1 or an integer in [1, devices] (a bool,
+      a float, 0, ...), two -1 sizes, or sizes that do not fit the devices.
+  """
   n = num_devices or jax.device_count()
-  sizes = {"data": data, "fsdp": fsdp, "model": model}
-  for k, v in sizes.items():
-    if not isinstance(v, int) or (v < 1 and v != -1):
-      raise ValueError(f"{k.upper()}_PARALLELISM={v!r} must be a positive int or -1 (all remaining devices).")
+  sizes = {
+      k: checks.check_int(f"{k.upper()}_PARALLELISM", v, minimum=1, maximum=n, also=(-1,),
+                          hint=f" (-1: all devices left; there are {n} devices)")
+      for k, v in {"data": data, "fsdp": fsdp, "model": model}.items()
+  }
   free = [k for k, v in sizes.items() if v == -1]
   if len(free) > 1:
     raise ValueError(f"Only one of DATA/FSDP/MODEL_PARALLELISM may be -1; got {sizes}.")
@@ -103,9 +111,14 @@ def get_rules(rules: Union[str, Rules, None]) -> tuple:
     if rules not in RULE_PRESETS:
       raise ValueError(f"Unknown logical-axis rules preset {rules!r}; valid: {sorted(RULE_PRESETS)}.")
     return tuple(RULE_PRESETS[rules])
+  if not isinstance(rules, (list, tuple)):
+    raise ValueError(
+        f"LOGICAL_AXIS_RULES={rules!r} must be a preset name ({sorted(RULE_PRESETS)}) or a list of "
+        "(logical_name, mesh_axes) pairs."
+    )
   out = []
   for entry in rules:
-    if len(entry) != 2 or not isinstance(entry[0], str):
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
       raise ValueError(f"A logical-axis rule must be (logical_name, mesh_axes); got {entry!r}.")
     axes = entry[1]
     for a in (axes if isinstance(axes, (tuple, list)) else [axes]):
@@ -167,7 +180,11 @@ def specs_for(logical_axes: PyTree, rules: Rules) -> PyTree:
 
 @dataclasses.dataclass
 class Partitioner:
-  """Holds the mesh and the rules; turns logical names into shardings."""
+  """Holds the mesh and the rules; turns logical names into shardings.
+
+  Raises ValueError on construction for NUM_DEVICES other than None or an
+  integer in [1, jax.device_count()], and for mesh sizes or rules that
+  `resolve_mesh_shape` / `get_rules` refuse."""
 
   data: int = -1
   fsdp: int = 1
@@ -176,6 +193,9 @@ class Partitioner:
   num_devices: Optional[int] = None  # the first N devices only (tests, benchmarks)
 
   def __post_init__(self):
+    count = jax.device_count()
+    self.num_devices = checks.check_int("NUM_DEVICES", self.num_devices, minimum=1, maximum=count, allow_none=True,
+                                        hint=f" (None: all {count} devices)")
     devices = jax.devices()[: self.num_devices] if self.num_devices else None
     self.mesh = create_mesh(self.data, self.fsdp, self.model, devices)
     self.base_rules = get_rules(self.rules)

@@ -115,7 +115,14 @@ def make_optimizer(optimizer_factory: Callable[..., optax.GradientTransformation
 
 @dataclasses.dataclass
 class TrainerConfig:
-  """How long and how often; validated before any work starts."""
+  """How long and how often; validated before any work starts.
+
+  Fields are named in errors by the gin macros that set them (TRAIN_STEPS,
+  BATCH_SIZE, ...). Raises ValueError (checks.SettingError) for a value of
+  the wrong type (a bool, a float, a string) or outside its range: steps,
+  sizes and intervals >= 1, EVAL_EVERY >= 0 (0: never), KEEP_CHECKPOINTS
+  None (all) or >= 1, SEED in [0, 2**32 - 1], and a BATCH_SIZE that
+  NUM_MICROBATCHES does not divide."""
 
   train_steps: int
   batch_size: int
@@ -131,13 +138,19 @@ class TrainerConfig:
   progress: bool = True
 
   def __post_init__(self):
-    for name in ("train_steps", "batch_size", "num_microbatches", "summary_every", "checkpoint_every"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive int.")
+    from t5lite import checks  # pylint: disable=g-import-not-at-top
+
+    for name in ("train_steps", "batch_size", "eval_steps", "checkpoint_every", "summary_every", "num_microbatches"):
+      setattr(self, name, checks.check_int(name.upper(), getattr(self, name), minimum=1))
+    self.eval_every = checks.check_int("EVAL_EVERY", self.eval_every, minimum=0, hint=" (0: never)")
+    self.keep_checkpoints = checks.check_int("KEEP_CHECKPOINTS", self.keep_checkpoints, minimum=1, allow_none=True,
+                                             hint=" (None: keep all)")
+    self.seed = checks.check_int("SEED", self.seed, minimum=0, maximum=2**32 - 1)
+    self.task_feature_lengths = checks.check_lengths("TASK_FEATURE_LENGTHS", self.task_feature_lengths)
     if self.batch_size % self.num_microbatches:
-      raise ValueError(
-          f"BATCH_SIZE={self.batch_size} is not divisible by num_microbatches={self.num_microbatches}."
+      raise checks.SettingError(
+          f"BATCH_SIZE={self.batch_size} is not divisible by NUM_MICROBATCHES={self.num_microbatches}; "
+          f"use a multiple of {self.num_microbatches}."
       )
 
 

@@ -135,3 +135,48 @@ def test_fsdp_shards_params_and_optimizer_state_and_restores_anywhere(tmp_path):
     leaf = jax.tree.leaves(state.params)[0]
     assert len(leaf.sharding.device_set) == (8 if n is None else 1)
     other.close()
+
+
+@pytest.mark.parametrize("num_devices", [16, 9, -1, 0])
+def test_num_devices_outside_the_devices_is_an_error(num_devices):
+  """16 on 8 devices used to run on 8, and -1 on 7 (jax.devices()[:-1])."""
+  assert jax.device_count() == 8
+  with pytest.raises(ValueError) as e:
+    partitioning.Partitioner(num_devices=num_devices)
+  assert str(e.value) == f"NUM_DEVICES={num_devices} must be None or an integer in [1, 8] (None: all 8 devices)"
+
+
+@pytest.mark.parametrize("num_devices, note", [(True, "not a bool"), (2.5, "not a float"), (4.0, "not a float"),
+                                               ("8", "not a string")])
+def test_num_devices_of_the_wrong_type_is_an_error(num_devices, note):
+  with pytest.raises(ValueError, match=f"NUM_DEVICES={num_devices!r} must be None or an integer in \\[1, 8\\], {note}"):
+    partitioning.Partitioner(num_devices=num_devices)
+
+
+def test_num_devices_in_range_takes_the_first_devices():
+  assert partitioning.Partitioner(num_devices=8).mesh.devices.size == 8
+  assert partitioning.Partitioner(num_devices=1).mesh.devices.size == 1
+  assert partitioning.Partitioner(num_devices=None).mesh.devices.size == 8
+  part = partitioning.Partitioner(data=2, num_devices=2)
+  assert list(part.mesh.devices.flat) == jax.devices()[:2]
+
+
+@pytest.mark.parametrize("sizes, message", [
+    (dict(data=0), r"DATA_PARALLELISM=0 must be -1 or an integer in \[1, 8\] \(-1: all devices left; there are 8"),
+    (dict(fsdp=True), "FSDP_PARALLELISM=True must be -1 or an integer in .*, not a bool"),
+    (dict(model=2.0), "MODEL_PARALLELISM=2.0 must be -1 or an integer in .*, not a float"),
+    (dict(data=16), r"DATA_PARALLELISM=16 must be -1 or an integer in \[1, 8\]"),
+    (dict(data=-2), "DATA_PARALLELISM=-2 must be"),
+])
+def test_parallelism_sizes_are_checked(sizes, message):
+  with pytest.raises(ValueError, match=message):
+    partitioning.Partitioner(**sizes)
+  with pytest.raises(ValueError, match=message):
+    partitioning.resolve_mesh_shape(**{"data": -1, "fsdp": 1, "model": 1, **sizes}, num_devices=8)
+
+
+def test_rules_of_the_wrong_shape_are_value_errors():
+  with pytest.raises(ValueError, match=r"LOGICAL_AXIS_RULES=5 must be a preset name \(\['data_parallel'"):
+    partitioning.get_rules(5)
+  with pytest.raises(ValueError, match=r"A logical-axis rule must be \(logical_name, mesh_axes\); got 'embed'"):
+    partitioning.get_rules(["embed"])

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
 
+from t5lite import checks
+
 Array = jax.Array
 DType = Any
 PyTree = Any
@@ -87,25 +89,28 @@ def remat_policy(name: str) -> Optional[Callable[..., bool]]:
 def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
     """Shared __post_init__ checks for the model config dataclasses.
 
-    Normalises `dtype` to its string name and `remat_policy=None` to 'none'
-    (the configs are frozen, hence object.__setattr__).
+    Normalises `dtype` to its string name, `remat_policy=None` to 'none' and
+    numbers to Python ints and floats (the configs are frozen, hence
+    object.__setattr__).
+
+    Raises:
+      ValueError: sizes that are not integers >= 1 (bools, floats and strings
+        included), dropout_rate outside [0, 1), relative_attention_num_buckets
+        < 4, relative_attention_max_distance <= num_buckets // 2,
+        layer_norm_epsilon not > 0, NaN or infinity, an unknown attention,
+        remat policy or dtype.
     """
     cls = type(cfg).__name__
     positive = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", *layer_fields)
     for field in positive:
-        value = getattr(cfg, field)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{cls}.{field} must be a positive integer, got {value!r}")
-    if not 0.0 <= float(cfg.dropout_rate) < 1.0:
-        raise ValueError(f"{cls}.dropout_rate must be in [0, 1), got {cfg.dropout_rate!r}")
-    nb, md = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
-    if not isinstance(nb, (int, np.integer)) or nb < 4:
-        raise ValueError(f"{cls}.relative_attention_num_buckets must be an integer >= 4, got {nb!r}")
-    if not isinstance(md, (int, np.integer)) or md <= nb // 2:
-        raise ValueError(
-            f"{cls}.relative_attention_max_distance must be an integer > "
-            f"relative_attention_num_buckets // 2 = {nb // 2}, got {md!r}"
-        )
+        object.__setattr__(cfg, field, checks.check_int(f"{cls}.{field}", getattr(cfg, field), minimum=1))
+    dropout = checks.check_float(f"{cls}.dropout_rate", cfg.dropout_rate, minimum=0.0, maximum=1.0, max_open=True)
+    object.__setattr__(cfg, "dropout_rate", dropout)
+    nb = checks.check_int(f"{cls}.relative_attention_num_buckets", cfg.relative_attention_num_buckets, minimum=4)
+    md = checks.check_int(f"{cls}.relative_attention_max_distance", cfg.relative_attention_max_distance,
+                          minimum=nb // 2 + 1, hint=f" (> relative_attention_num_buckets // 2 = {nb // 2})")
+    object.__setattr__(cfg, "relative_attention_num_buckets", nb)
+    object.__setattr__(cfg, "relative_attention_max_distance", md)
     if cfg.attention not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(
             f"{cls}.attention: unknown attention implementation {cfg.attention!r}; "
@@ -122,8 +127,8 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
         object.__setattr__(cfg, "dtype", dtype_name(cfg.dtype))
     except ValueError as e:
         raise ValueError(f"{cls}.dtype: {e}") from None
-    if cfg.layer_norm_epsilon <= 0:
-        raise ValueError(f"{cls}.layer_norm_epsilon must be > 0, got {cfg.layer_norm_epsilon!r}")
+    epsilon = checks.check_float(f"{cls}.layer_norm_epsilon", cfg.layer_norm_epsilon, minimum=0.0, min_open=True)
+    object.__setattr__(cfg, "layer_norm_epsilon", epsilon)
 
 
 # --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from flax.core import meta
 import jax
 import jax.numpy as jnp
 
-from t5lite import decoding, losses
+from t5lite import checks, decoding, losses
 from t5lite.models import decoder_only, layers, t5
 
 Array = jax.Array
@@ -44,21 +44,29 @@ class DecodeOptions:
   eos_id: int = 1
 
   def __post_init__(self):
+    """Checks the method and the settings it uses (the others are kept as given).
+
+    Raises:
+      ValueError (checks.SettingError): an unknown method; max_decode_len or
+        (for 'beam') beam_size not an integer >= 1; (for 'beam') alpha not a
+        finite number >= 0; (for 'sample') temperature not a finite number
+        >= 0, top_k not an integer >= 0, top_p outside (0, 1]; eos_id not an
+        integer >= -1 (-1: no EOS). Bools, floats for integers and strings are refused.
+    """
     if self.method not in DECODE_METHODS:
       raise ValueError(f"unknown decoding method {self.method!r}; valid methods are {DECODE_METHODS}")
-    if isinstance(self.max_decode_len, bool) or int(self.max_decode_len) != self.max_decode_len \
-        or self.max_decode_len < 1:
-      raise ValueError(f"max_decode_len must be an integer >= 1, got {self.max_decode_len!r}")
-    if self.method == "beam" and (isinstance(self.beam_size, bool) or int(self.beam_size) != self.beam_size
-                                  or self.beam_size < 1):
-      raise ValueError(f"beam_size must be an integer >= 1, got {self.beam_size!r}")
+    fields = {"max_decode_len": checks.check_int("max_decode_len", self.max_decode_len, minimum=1),
+              "eos_id": checks.check_int("eos_id", self.eos_id, minimum=-1, hint=" (-1: no EOS)")}
+    if self.method == "beam":
+      fields["beam_size"] = checks.check_int("beam_size", self.beam_size, minimum=1)
+      fields["alpha"] = checks.check_float("alpha", self.alpha, minimum=0.0, hint=" (the GNMT length penalty; 0: none)")
     if self.method == "sample":
-      if not 0.0 < self.top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 means no nucleus filtering), got {self.top_p!r}")
-      if isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 means no top-k filtering), got {self.top_k!r}")
-      if not self.temperature >= 0.0 or self.temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature!r}")
+      fields["temperature"] = checks.check_float("temperature", self.temperature, minimum=0.0, hint=" (0: greedy)")
+      fields["top_k"] = checks.check_int("top_k", self.top_k, minimum=0, hint=" (0: no top-k filtering)")
+      fields["top_p"] = checks.check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, min_open=True,
+                                           hint=" (1: no nucleus filtering)")
+    for name, value in fields.items():
+      object.__setattr__(self, name, value)
 
 
 @dataclasses.dataclass
@@ -73,10 +81,11 @@ class BaseModel:
   module: nn.Module = dataclasses.field(init=False)
 
   def __post_init__(self):
-    if not 0.0 <= self.label_smoothing < 1.0:
-      raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1).")
-    if self.z_loss < 0:
-      raise ValueError(f"z_loss={self.z_loss} must be >= 0.")
+    """Raises ValueError for label_smoothing outside [0, 1), z_loss < 0 (NaN and
+    infinity included) or an unknown loss_normalizing_factor."""
+    self.label_smoothing = checks.check_float("label_smoothing", self.label_smoothing, minimum=0.0, maximum=1.0,
+                                              max_open=True)
+    self.z_loss = checks.check_float("z_loss", self.z_loss, minimum=0.0)
     losses._as_normalizer(self.loss_normalizing_factor)  # pylint: disable=protected-access  # validates
 
   # ---- parameters ----------------------------------------------------------

@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5lite import checks
+
 LAYERS_AXIS = "layers"
 
 PyTree = Any
@@ -250,15 +252,14 @@ def scale_by_factored_rms_with_axes(
     reduction, so each layer of a stacked parameter has its own statistics.
     `logical_axes` is the per-parameter axis-names tree (see module docstring);
     without it, the two largest dims are factored.
+
+    Raises ValueError for decay_rate outside (0, 1], epsilon < 0 (or not
+    finite), min_dim_size_to_factor < 1 or decay_offset < 0.
     """
-    if not decay_rate > 0:
-        raise ValueError(f"decay_rate must be > 0, got {decay_rate}.")
-    if epsilon < 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}.")
-    if min_dim_size_to_factor < 1:
-        raise ValueError(f"min_dim_size_to_factor must be >= 1, got {min_dim_size_to_factor}.")
-    if decay_offset < 0:
-        raise ValueError(f"decay_offset must be >= 0, got {decay_offset}.")
+    decay_rate = checks.check_float("decay_rate", decay_rate, minimum=0.0, maximum=1.0, min_open=True)
+    epsilon = checks.check_float("epsilon", epsilon, minimum=0.0)
+    min_dim_size_to_factor = checks.check_int("min_dim_size_to_factor", min_dim_size_to_factor, minimum=1)
+    decay_offset = checks.check_int("decay_offset", decay_offset, minimum=0)
 
     def init_fn(params: PyTree) -> FactoredRmsState:
         leaves, treedef = jax.tree.flatten(params)
@@ -437,15 +438,28 @@ def adafactor(
 
     Returns:
       An optax GradientTransformation; `update` needs `params`.
+
+    Raises:
+      ValueError (checks.SettingError): a setting of the wrong type or range:
+        learning_rate not > 0, decay_rate outside (0, 1], clipping_threshold
+        not > 0 (or None), epsilons < 0, NaN or infinite, momentum outside
+        [0, 1), weight_decay_rate < 0, min_dim_size_to_factor < 1.
     """
-    if clipping_threshold is not None and not clipping_threshold > 0:
-        raise ValueError(f"clipping_threshold must be > 0 or None, got {clipping_threshold}.")
-    if epsilon2 < 0:
-        raise ValueError(f"epsilon2 must be >= 0, got {epsilon2}.")
-    if momentum is not None and not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1) or None, got {momentum}.")
+    name = "adafactor.adafactor."  # errors name the gin binding
     if learning_rate is None:
         raise ValueError("learning_rate is required (a float or a schedule).")
+    learning_rate = checks.check_rate(name + "learning_rate", learning_rate)
+    decay_rate = checks.check_float(name + "decay_rate", decay_rate, minimum=0.0, maximum=1.0, min_open=True)
+    clipping_threshold = checks.check_float(name + "clipping_threshold", clipping_threshold, minimum=0.0,
+                                            min_open=True, allow_none=True, hint=" (None: no clipping)")
+    epsilon1 = checks.check_float(name + "epsilon1", epsilon1, minimum=0.0)
+    epsilon2 = checks.check_float(name + "epsilon2", epsilon2, minimum=0.0)
+    min_dim_size_to_factor = checks.check_int(name + "min_dim_size_to_factor", min_dim_size_to_factor, minimum=1)
+    momentum = checks.check_float(name + "momentum", momentum, minimum=0.0, maximum=1.0, max_open=True,
+                                  allow_none=True, hint=" (None: no momentum)")
+    if weight_decay_rate is not None:
+        weight_decay_rate = checks.check_rate(name + "weight_decay_rate", weight_decay_rate, min_open=False)
+    decay_offset = checks.check_int(name + "decay_offset", decay_offset, minimum=0)
     _batch_names(batch_axis_names)  # rejects a bare string
     batch_axis_names = tuple(batch_axis_names)
 

@@ -11,6 +11,7 @@ from typing import Any, Optional, Union
 
 import optax
 
+from t5lite import checks
 from t5lite.optim.adafactor import adafactor_state_logical_axes
 
 PyTree = Any
@@ -37,16 +38,22 @@ def adamw(
         norm is at most this value.
       weight_decay_mask: optional optax mask (tree of bools or callable) selecting
         the params that are decayed.
+
+    Raises:
+      ValueError (checks.SettingError): learning_rate not > 0, b1 or b2
+        outside [0, 1), eps or weight_decay < 0, global_norm_clip not > 0 (or
+        None); NaN, infinity, bools and strings everywhere.
     """
+    name = "adamw.adamw."  # errors name the gin binding
     if learning_rate is None:
         raise ValueError("learning_rate is required (a float or a schedule).")
-    for name, value in (("b1", b1), ("b2", b2)):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value}.")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}.")
-    if global_norm_clip is not None and not global_norm_clip > 0:
-        raise ValueError(f"global_norm_clip must be > 0 or None, got {global_norm_clip}.")
+    learning_rate = checks.check_rate(name + "learning_rate", learning_rate)
+    b1 = checks.check_float(name + "b1", b1, minimum=0.0, maximum=1.0, max_open=True)
+    b2 = checks.check_float(name + "b2", b2, minimum=0.0, maximum=1.0, max_open=True)
+    eps = checks.check_float(name + "eps", eps, minimum=0.0)
+    weight_decay = checks.check_rate(name + "weight_decay", weight_decay, min_open=False)
+    global_norm_clip = checks.check_float(name + "global_norm_clip", global_norm_clip, minimum=0.0, min_open=True,
+                                          allow_none=True, hint=" (None: no clipping)")
 
     core = optax.adamw(
         learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask

@@ -3,42 +3,35 @@
 T5's inverse-square-root schedule, linear warmup, linear / cosine decay with
 optional warmup, Smith's triangular cyclical schedule and a constant, plus
 `create_schedule(name, **kwargs)` for selecting one from configuration.
-Arguments are checked when the schedule is built so bad configs fail early.
+Arguments are checked when the schedule is built so bad configs fail early
+(t5lite.checks: a peak or base rate must be a finite number > 0, an initial or
+end rate >= 0, step counts integers; errors name the gin binding).
 Where optax has the schedule (linear, cosine, joins) we use it.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 
 import jax.numpy as jnp
 import optax
 
-
-def _check_steps(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
+from t5lite import checks
 
 
-def _check_value(name: str, value: object, *, nonnegative: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}.")
-    if nonnegative and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}.")
-    return value
+def _steps(schedule: str, name: str, value: object, *, minimum: int) -> int:
+    """A step count as an int >= minimum, named by its gin binding (schedules.rsqrt.warmup_steps)."""
+    return checks.check_int(f"schedules.{schedule}.{name}", value, minimum=minimum)
+
+
+def _rate(schedule: str, name: str, value: object, *, positive: bool = True) -> float:
+    """A learning rate as a finite float, > 0 (`positive`) or >= 0."""
+    return checks.check_float(f"schedules.{schedule}.{name}", value, minimum=0.0, min_open=positive)
 
 
 def constant(value: float) -> optax.Schedule:
     """lr(step) = value."""
-    return optax.constant_schedule(_check_value("value", value))
+    return optax.constant_schedule(_rate("constant", "value", value))
 
 
 def rsqrt(base_learning_rate: float = 1.0, warmup_steps: int = 10000) -> optax.Schedule:
@@ -48,8 +41,8 @@ def rsqrt(base_learning_rate: float = 1.0, warmup_steps: int = 10000) -> optax.S
     inverse-square-root decay.  warmup_steps must be >= 1 (0 would give an
     infinite rate at step 0).
     """
-    base = _check_value("base_learning_rate", base_learning_rate)
-    warmup = _check_steps("warmup_steps", warmup_steps, minimum=1)
+    base = _rate("rsqrt", "base_learning_rate", base_learning_rate)
+    warmup = _steps("rsqrt", "warmup_steps", warmup_steps, minimum=1)
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
@@ -60,21 +53,21 @@ def rsqrt(base_learning_rate: float = 1.0, warmup_steps: int = 10000) -> optax.S
 
 def linear_warmup(peak_value: float, warmup_steps: int, init_value: float = 0.0) -> optax.Schedule:
     """Linear ramp from init_value (step 0) to peak_value (step warmup_steps), then constant."""
-    peak = _check_value("peak_value", peak_value)
-    init = _check_value("init_value", init_value)
-    warmup = _check_steps("warmup_steps", warmup_steps, minimum=0)
+    peak = _rate("linear_warmup", "peak_value", peak_value)
+    init = _rate("linear_warmup", "init_value", init_value, positive=False)
+    warmup = _steps("linear_warmup", "warmup_steps", warmup_steps, minimum=0)
     if warmup == 0:
         return optax.constant_schedule(peak)
     return optax.linear_schedule(init_value=init, end_value=peak, transition_steps=warmup)
 
 
-def _check_decay_args(decay_steps: int, warmup_steps: int) -> tuple[int, int]:
-    warmup = _check_steps("warmup_steps", warmup_steps, minimum=0)
-    decay = _check_steps("decay_steps", decay_steps, minimum=1)
+def _check_decay_args(schedule: str, decay_steps: int, warmup_steps: int) -> tuple[int, int]:
+    warmup = _steps(schedule, "warmup_steps", warmup_steps, minimum=0)
+    decay = _steps(schedule, "decay_steps", decay_steps, minimum=1)
     if decay <= warmup:
-        raise ValueError(
-            f"decay_steps (total length, warmup included) must be > warmup_steps, got "
-            f"decay_steps={decay}, warmup_steps={warmup}."
+        raise checks.SettingError(
+            f"schedules.{schedule}.decay_steps={decay} (the total length, warmup included) must be > "
+            f"warmup_steps={warmup}."
         )
     return decay, warmup
 
@@ -89,10 +82,10 @@ def linear_decay(
     """Optional linear warmup init_value -> peak_value over warmup_steps, then linear
     decay to end_value, reached at step decay_steps (the total length, warmup
     included, as in optax.warmup_cosine_decay_schedule); end_value afterwards."""
-    peak = _check_value("peak_value", peak_value)
-    end = _check_value("end_value", end_value)
-    init = _check_value("init_value", init_value)
-    decay, warmup = _check_decay_args(decay_steps, warmup_steps)
+    peak = _rate("linear_decay", "peak_value", peak_value)
+    end = _rate("linear_decay", "end_value", end_value, positive=False)
+    init = _rate("linear_decay", "init_value", init_value, positive=False)
+    decay, warmup = _check_decay_args("linear_decay", decay_steps, warmup_steps)
     decay_part = optax.linear_schedule(init_value=peak, end_value=end, transition_steps=decay - warmup)
     if warmup == 0:
         return decay_part
@@ -111,11 +104,11 @@ def cosine_decay(
     """Optional linear warmup init_value -> peak_value over warmup_steps, then cosine
     decay to end_value, reached at step decay_steps (total length, warmup included);
     end_value afterwards."""
-    peak = _check_value("peak_value", peak_value)
-    end = _check_value("end_value", end_value)
-    init = _check_value("init_value", init_value)
-    exponent = _check_value("exponent", exponent)
-    decay, warmup = _check_decay_args(decay_steps, warmup_steps)
+    peak = _rate("cosine_decay", "peak_value", peak_value)
+    end = _rate("cosine_decay", "end_value", end_value, positive=False)
+    init = _rate("cosine_decay", "init_value", init_value, positive=False)
+    exponent = checks.check_float("schedules.cosine_decay.exponent", exponent, minimum=0.0, min_open=True)
+    decay, warmup = _check_decay_args("cosine_decay", decay_steps, warmup_steps)
     if warmup == 0:
         alpha = 0.0 if peak == 0.0 else end / peak
         return optax.cosine_decay_schedule(init_value=peak, decay_steps=decay, alpha=alpha, exponent=exponent)
@@ -137,11 +130,11 @@ def triangular(base_lr: float, max_lr: float, step_size: int) -> optax.Schedule:
       cycle = floor(1 + step / (2 step_size)); x = |step / step_size - 2 cycle + 1|
       lr = base_lr + (max_lr - base_lr) * max(0, 1 - x)
     """
-    base = _check_value("base_lr", base_lr)
-    top = _check_value("max_lr", max_lr)
+    base = _rate("triangular", "base_lr", base_lr, positive=False)
+    top = _rate("triangular", "max_lr", max_lr)
     if top < base:
-        raise ValueError(f"max_lr must be >= base_lr, got base_lr={base}, max_lr={top}.")
-    size = _check_steps("step_size", step_size, minimum=1)
+        raise checks.SettingError(f"schedules.triangular.max_lr={top} must be >= base_lr={base}.")
+    size = _steps("triangular", "step_size", step_size, minimum=1)
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)

@@ -147,7 +147,7 @@ def test_scan_with_remat_matches_unscanned(params):
 
 
 def test_config_validation_and_presets():
-    with pytest.raises(ValueError, match="num_layers must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="DecoderOnlyConfig.num_layers=0 must be an integer >= 1"):
         make_config(num_layers=0)
     with pytest.raises(ValueError, match="'cudnn'.*valid options are \\('xla', 'dot_product'\\)"):
         make_config(attention="cudnn")

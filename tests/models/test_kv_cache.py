@@ -133,12 +133,20 @@ def test_decoder_only_sampling_with_a_fixed_seed_is_reproducible():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(method="beam", beam_size=0), "beam_size must be an integer >= 1, got 0"),
-    (dict(method="sample", top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(method="sample", top_p=0.0), r"top_p must be in \(0, 1\]"),
-    (dict(method="sample", temperature=-1.0), "temperature must be"),
+    (dict(method="beam", beam_size=0), "beam_size=0 must be an integer >= 1"),
+    (dict(method="sample", top_p=1.5), r"top_p=1.5 must be a finite number in \(0.0, 1.0\]"),
+    (dict(method="sample", top_p=0.0), r"top_p=0.0 must be a finite number in \(0.0, 1.0\]"),
+    (dict(method="sample", temperature=-1.0), "temperature=-1.0 must be a finite number >= 0.0"),
     (dict(method="nucleus"), "unknown decoding method 'nucleus'"),
-    (dict(max_decode_len=0), "max_decode_len must be an integer >= 1"),
+    (dict(max_decode_len=0), "max_decode_len=0 must be an integer >= 1"),
+    # Types, NaN and infinity (validation of the fields each method uses).
+    (dict(max_decode_len=8.0), "max_decode_len=8.0 must be an integer >= 1, not a float"),
+    (dict(max_decode_len=True), "max_decode_len=True must be an integer >= 1, not a bool"),
+    (dict(method="beam", beam_size="4"), "beam_size='4' must be an integer >= 1, not a string"),
+    (dict(method="beam", alpha=float("nan")), r"alpha=nan must be a finite number >= 0.0 \(the GNMT"),
+    (dict(method="sample", temperature=float("inf")), "temperature=inf must be a finite number >= 0.0"),
+    (dict(method="sample", top_k=2.5), "top_k=2.5 must be an integer >= 0"),
+    (dict(eos_id=-2), r"eos_id=-2 must be an integer >= -1 \(-1: no EOS\)"),
 ])
 def test_bad_decode_options_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):

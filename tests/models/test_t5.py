@@ -289,7 +289,7 @@ def test_initial_loss_is_near_log_vocab():
 def test_config_validation_and_presets():
     with pytest.raises(ValueError, match="unknown attention implementation 'flash'.*'xla', 'dot_product'"):
         make_config(attention="flash")
-    with pytest.raises(ValueError, match="d_model must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="T5Config.d_model=0 must be an integer >= 1"):
         make_config(d_model=0)
     with pytest.raises(ValueError, match="unknown remat policy 'some'.*'none', 'full'"):
         make_config(remat_policy="some")
@@ -303,6 +303,33 @@ def test_config_validation_and_presets():
     assert (cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.num_encoder_layers) == (768, 2048, 12, 12)
     assert cfg.activation_dtype == jnp.bfloat16 and cfg.remat_policy == "none"
     assert make_config(remat_policy=None).remat_policy == "none"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(d_model=-1), "T5Config.d_model=-1 must be an integer >= 1"),
+        (dict(num_heads=True), "T5Config.num_heads=True must be an integer >= 1, not a bool"),
+        (dict(d_ff=1024.0), "T5Config.d_ff=1024.0 must be an integer >= 1, not a float"),
+        (dict(vocab_size="32128"), "T5Config.vocab_size='32128' must be an integer >= 1, not a string"),
+        (dict(num_decoder_layers=0), "T5Config.num_decoder_layers=0 must be an integer >= 1"),
+        (dict(dropout_rate=float("nan")), "T5Config.dropout_rate=nan must be a finite number in [0.0, 1.0)"),
+        (dict(dropout_rate=-0.1), "T5Config.dropout_rate=-0.1 must be a finite number in [0.0, 1.0)"),
+        (dict(layer_norm_epsilon=0.0), "T5Config.layer_norm_epsilon=0.0 must be a finite number > 0.0"),
+        (dict(layer_norm_epsilon=float("inf")), "T5Config.layer_norm_epsilon=inf must be a finite number > 0.0"),
+        (dict(relative_attention_num_buckets=3), "T5Config.relative_attention_num_buckets=3 must be an integer >= 4"),
+        (dict(relative_attention_max_distance=16),
+         "T5Config.relative_attention_max_distance=16 must be an integer >= 17 (> relative_attention_num_buckets // 2 = 16)"),
+    ],
+)
+def test_config_numbers_are_checked(overrides, message):
+    """Sizes are positive ints (not bools, floats or strings), rates and epsilons finite and in range."""
+    with pytest.raises(ValueError) as e:
+        t5.T5Config(**overrides)
+    assert str(e.value).startswith(message), str(e.value)
+    cfg = t5.T5Config(d_model=np.int64(64), dropout_rate=0, layer_norm_epsilon=1)
+    assert (cfg.d_model, cfg.dropout_rate, cfg.layer_norm_epsilon) == (64, 0.0, 1.0)
+    assert (type(cfg.d_model), type(cfg.dropout_rate)) == (int, float)
 
 
 def test_gin_presets_match_python_presets():

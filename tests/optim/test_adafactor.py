@@ -323,6 +323,45 @@ def test_argument_validation():
         af.adafactor(0.1, batch_axis_names="experts")
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(learning_rate=0.0), "adafactor.adafactor.learning_rate=0.0 must be a finite number > 0.0 (or a schedule"),
+        (dict(learning_rate=float("nan")), "adafactor.adafactor.learning_rate=nan must be a finite number > 0.0"),
+        (dict(decay_rate=0.0), "adafactor.adafactor.decay_rate=0.0 must be a finite number in (0.0, 1.0]"),
+        (dict(decay_rate=1.5), "adafactor.adafactor.decay_rate=1.5 must be a finite number in (0.0, 1.0]"),
+        (dict(decay_rate=True), "adafactor.adafactor.decay_rate=True must be a finite number in (0.0, 1.0], not a bool"),
+        (dict(clipping_threshold=-1.0), "adafactor.adafactor.clipping_threshold=-1.0 must be None or a finite number > 0.0"),
+        (dict(clipping_threshold=float("inf")), "adafactor.adafactor.clipping_threshold=inf must be None or a finite"),
+        (dict(epsilon1=-1e-30), "adafactor.adafactor.epsilon1=-1e-30 must be a finite number >= 0.0"),
+        (dict(epsilon2=float("nan")), "adafactor.adafactor.epsilon2=nan must be a finite number >= 0.0"),
+        (dict(epsilon2="1e-3"), "adafactor.adafactor.epsilon2='1e-3' must be a finite number >= 0.0, not a string"),
+        (dict(min_dim_size_to_factor=0), "adafactor.adafactor.min_dim_size_to_factor=0 must be an integer >= 1"),
+        (dict(min_dim_size_to_factor=128.0), "adafactor.adafactor.min_dim_size_to_factor=128.0 must be an integer >= 1, not a float"),
+        (dict(momentum=1.0), "adafactor.adafactor.momentum=1.0 must be None or a finite number in [0.0, 1.0) (None: no momentum)"),
+        (dict(weight_decay_rate=-0.1), "adafactor.adafactor.weight_decay_rate=-0.1 must be a finite number >= 0.0"),
+        (dict(decay_offset=-1), "adafactor.adafactor.decay_offset=-1 must be an integer >= 0"),
+    ],
+)
+def test_hyper_parameters_are_checked(kwargs, message):
+    """Ranges, NaN, infinity and types; messages name the gin binding."""
+    kwargs = {"learning_rate": 0.1, **kwargs}
+    with pytest.raises(ValueError) as e:
+        af.adafactor(**kwargs)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_boundary_hyper_parameters_are_accepted():
+    params = {"w": jnp.ones((4, 6))}
+    for kwargs in (dict(decay_rate=1.0), dict(clipping_threshold=None), dict(epsilon1=0.0, epsilon2=0.0),
+                   dict(momentum=0.0), dict(weight_decay_rate=0.0), dict(learning_rate=schedules.constant(0.1))):
+        tx = af.adafactor(**{"learning_rate": 0.1, **kwargs})
+        updates, _ = tx.update({"w": jnp.ones((4, 6))}, tx.init(params), params)
+        assert bool(jnp.all(jnp.isfinite(updates["w"]))), kwargs
+    with pytest.raises(ValueError, match=r"^decay_rate=2 must be a finite number in \(0.0, 1.0\]"):
+        af.scale_by_factored_rms_with_axes(decay_rate=2)
+
+
 # ---------------------------------------------------------------------------
 # AdamW wrapper (kept here: it has no test file of its own)
 # ---------------------------------------------------------------------------
@@ -349,6 +388,27 @@ def test_adamw_matches_optax_and_clips():
     assert adam_state.count == ()
     with pytest.raises(ValueError, match="b2"):
         adamw_lib.adamw(1e-3, b2=1.0)
+
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(learning_rate=-1e-3), "adamw.adamw.learning_rate=-0.001 must be a finite number > 0.0 (or a schedule"),
+        (dict(b1=1.0), "adamw.adamw.b1=1.0 must be a finite number in [0.0, 1.0)"),
+        (dict(b2=float("nan")), "adamw.adamw.b2=nan must be a finite number in [0.0, 1.0)"),
+        (dict(eps=-1e-8), "adamw.adamw.eps=-1e-08 must be a finite number >= 0.0"),
+        (dict(eps=float("inf")), "adamw.adamw.eps=inf must be a finite number >= 0.0"),
+        (dict(weight_decay=-0.1), "adamw.adamw.weight_decay=-0.1 must be a finite number >= 0.0 (or a schedule"),
+        (dict(weight_decay=True), "adamw.adamw.weight_decay=True must be a finite number >= 0.0, not a bool"),
+        (dict(global_norm_clip=0.0), "adamw.adamw.global_norm_clip=0.0 must be None or a finite number > 0.0"),
+    ],
+)
+def test_adamw_hyper_parameters_are_checked(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        adamw_lib.adamw(**{"learning_rate": 1e-3, **kwargs})
+    assert str(e.value).startswith(message), str(e.value)
+    adamw_lib.adamw(1e-3, b1=0.0, eps=0.0, weight_decay=0.0, global_norm_clip=None)  # boundaries are valid
 
 
 def test_per_slice_clipping_and_scaling_equal_optax_without_batch_dims():

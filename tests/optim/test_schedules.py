@@ -78,12 +78,12 @@ def test_create_schedule_by_name():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: schedules.rsqrt(1.0, 0), "warmup_steps must be >= 1"),
-        (lambda: schedules.linear_warmup(1.0, -1), "warmup_steps must be >= 0"),
-        (lambda: schedules.triangular(0.0, 1.0, 0), "step_size must be >= 1"),
-        (lambda: schedules.triangular(1.0, 0.5, 2), "max_lr must be >= base_lr"),
+        (lambda: schedules.rsqrt(1.0, 0), "warmup_steps=0 must be an integer >= 1"),
+        (lambda: schedules.linear_warmup(1.0, -1), "warmup_steps=-1 must be an integer >= 0"),
+        (lambda: schedules.triangular(0.0, 1.0, 0), "step_size=0 must be an integer >= 1"),
+        (lambda: schedules.triangular(1.0, 0.5, 2), "max_lr=0.5 must be >= base_lr=1.0"),
         (lambda: schedules.cosine_decay(1.0, decay_steps=10, warmup_steps=10), "decay_steps"),
-        (lambda: schedules.linear_decay(-1.0, decay_steps=10), "peak_value must be >= 0"),
+        (lambda: schedules.linear_decay(-1.0, decay_steps=10), r"peak_value=-1.0 must be a finite number > 0"),
     ],
 )
 def test_argument_validation(build, message):
@@ -92,5 +92,31 @@ def test_argument_validation(build, message):
 
 
 def test_non_integer_steps_rejected():
-    with pytest.raises(TypeError, match="warmup_steps must be an integer"):
+    with pytest.raises(TypeError, match="warmup_steps=2.5 must be an integer >= 0, not a float"):
         schedules.linear_warmup(1.0, 2.5)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: schedules.rsqrt(0.0, 100), "schedules.rsqrt.base_learning_rate=0.0 must be a finite number > 0.0"),
+        (lambda: schedules.rsqrt(math.inf, 100), "schedules.rsqrt.base_learning_rate=inf must be a finite number > 0.0"),
+        (lambda: schedules.constant(math.nan), "schedules.constant.value=nan must be a finite number > 0.0"),
+        (lambda: schedules.constant(True), "schedules.constant.value=True must be a finite number > 0.0, not a bool"),
+        (lambda: schedules.constant("0.1"), "schedules.constant.value='0.1' must be a finite number > 0.0, not a string"),
+        (lambda: schedules.rsqrt(1.0, True), "schedules.rsqrt.warmup_steps=True must be an integer >= 1, not a bool"),
+        (lambda: schedules.linear_warmup(1.0, 10, init_value=-0.1),
+         "schedules.linear_warmup.init_value=-0.1 must be a finite number >= 0.0"),
+        (lambda: schedules.linear_decay(1.0, decay_steps=0), "schedules.linear_decay.decay_steps=0 must be an integer >= 1"),
+        (lambda: schedules.cosine_decay(1.0, 10, end_value=-1.0), "schedules.cosine_decay.end_value=-1.0 must be"),
+        (lambda: schedules.cosine_decay(1.0, 10, exponent=0.0), "schedules.cosine_decay.exponent=0.0 must be"),
+        (lambda: schedules.triangular(-0.1, 1.0, 2), "schedules.triangular.base_lr=-0.1 must be a finite number >= 0.0"),
+        (lambda: schedules.triangular(0.0, 1.0, 2.0), "schedules.triangular.step_size=2.0 must be an integer >= 1"),
+    ],
+)
+def test_rates_and_steps_are_checked(build, message):
+    """Learning rates are finite and > 0 (initial and end values >= 0); steps are
+    integers, not bools or floats; messages name the gin binding."""
+    with pytest.raises(ValueError) as e:
+        build()
+    assert str(e.value).startswith(message), str(e.value)
