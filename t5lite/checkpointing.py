@@ -134,6 +134,7 @@ class Checkpointer:
       saved_opt = item_meta["opt_state"]
       saved_opt = getattr(saved_opt, "tree", saved_opt)
     except Exception as e:  # pylint: disable=broad-except
+      _collect_abandoned_reads()
       raise _Damaged(f"its metadata cannot be read ({_first_line(e)})") from e
     self._check_param_shapes(step, meta, abstract_params)
     if saved_opt is not None:
@@ -231,29 +232,46 @@ class _Damaged(Exception):
   """A step that cannot be read (internal; see DamagedCheckpointError)."""
 
 
-def _collect_abandoned_reads() -> None:
-  """Collects the read coroutines a failed orbax restore left behind, silently.
+def _is_abandoned_read_report(unraisable) -> bool:
+  """An orbax/TensorStore read abandoned after another read of the step failed."""
+  import inspect  # pylint: disable=g-import-not-at-top
 
-  When one array of a damaged step fails, orbax abandons the reads of the
-  others; each reports its own failure as an "Exception ignored in
-  <coroutine ...>" traceback when it is garbage collected, at some later
-  moment. Collecting them here, with those reports dropped, keeps the
-  console to the one warning that names the damaged step.
+  if inspect.iscoroutine(unraisable.object):
+    return True  # "Exception ignored in <coroutine _read_array_index_and_device_put>"
+  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+_QUIET_HOOK_INSTALLED = False
+
+
+def _collect_abandoned_reads() -> None:
+  """Keeps the reports of reads abandoned in a damaged step off the console.
+
+  When one array of a damaged step fails, orbax gives up on the others: their
+  coroutines report their own failure when garbage collected, and TensorStore
+  callbacks that complete after orbax closed its event loop report
+  "RuntimeError: Event loop is closed", each as a traceback through
+  `sys.unraisablehook`, from other threads and at later moments. Once a step
+  was found damaged, a hook that drops exactly those two reports (and passes
+  every other one on) stays installed for the rest of the process, and the
+  abandoned coroutines are collected now. The warning that names the damaged
+  step is what the user sees.
   """
   import gc  # pylint: disable=g-import-not-at-top
-  import inspect  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
-  def hook(unraisable):
-    if not inspect.iscoroutine(unraisable.object):
-      previous(unraisable)
+  global _QUIET_HOOK_INSTALLED
+  if not _QUIET_HOOK_INSTALLED:
+    previous = sys.unraisablehook
 
-  previous = sys.unraisablehook
-  sys.unraisablehook = hook
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = previous
+    def hook(unraisable):
+      if not _is_abandoned_read_report(unraisable):
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    _QUIET_HOOK_INSTALLED = True
+  gc.collect()
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:

@@ -23,42 +23,47 @@ from t5lite.optim import adafactor, schedules
 
 
 def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pack, seed, data_dir, shuffle=True):
-  """Host-local batch iterators for training (with skip) and evaluation."""
+  """This process's batch iterators for training (from a row of the stream) and evaluation.
+
+  Both read one stream for all processes and keep this process's rows of each
+  global batch (`pipeline.host_batches`), so the batches do not depend on the
+  number of processes."""
   from t5lite.data import pipeline, registration, sources  # pylint: disable=g-import-not-at-top
-  import seqio  # pylint: disable=g-import-not-at-top
   import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
 
   if data_dir:
     sources.set_data_dir(data_dir)
   task = registration.get_task_or_mixture(mixture_or_task_name)
-  nproc = jax.process_count()
-  if batch_size % nproc:
-    raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {nproc} processes.")
-  shard = seqio.ShardInfo(jax.process_index(), nproc) if nproc > 1 else None
-  local = batch_size // nproc
+  common = dict(global_batch_size=batch_size, converter=converter, pack=pack, seed=seed,
+                process_index=jax.process_index(), process_count=jax.process_count())
+  if batch_size % jax.process_count():
+    raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {jax.process_count()} processes.")
 
-  def train_batches(skip: int):
-    ds = pipeline.get_dataset(
-        mixture_or_task_name, task_feature_lengths, split="train", batch_size=local,
-        converter=converter, pack=pack, shuffle=shuffle, seed=seed, shard_info=shard, num_epochs=None,
-    )
-    return ds.skip(skip).as_numpy_iterator()
+  def train_batches(start_row: int):
+    return pipeline.host_batches(mixture_or_task_name, task_feature_lengths, shuffle=shuffle, num_epochs=None,
+                                 start_row=start_row, **common).as_numpy_iterator()
 
   def eval_batches_factory(split: str, steps: int):
     if split not in task.splits:
       return None
 
     def eval_batches():
-      ds = pipeline.get_dataset(
-          mixture_or_task_name, task_feature_lengths, split=split, batch_size=local,
-          converter=converter, pack=pack, shuffle=False, seed=seed, shard_info=shard, num_epochs=1,
-      )
+      ds = pipeline.host_batches(mixture_or_task_name, task_feature_lengths, split=split, shuffle=False,
+                                 num_epochs=1, **common)
       return ds.take(steps).as_numpy_iterator()
 
     return eval_batches
 
   vocab_size = max(t.output_features["targets"].vocabulary.vocab_size for t in getattr(task, "tasks", [task]))
   return train_batches, eval_batches_factory, vocab_size
+
+
+def data_spec(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], converter: str, pack: bool,
+              shuffle: bool, seed: int) -> dict[str, Any]:
+  """What the training data stream, and so a saved data position, depends on."""
+  return {"mixture_or_task_name": mixture_or_task_name,
+          "task_feature_lengths": {k: task_feature_lengths[k] for k in sorted(task_feature_lengths)},
+          "feature_converter": converter, "pack": bool(pack), "shuffle": bool(shuffle), "seed": seed}
 
 
 def train(
@@ -122,6 +127,7 @@ def train(
   trainer = trainer_lib.Trainer(
       model, optimizer, learning_rate, config, model_dir, initial_checkpoint_path=initial_checkpoint_path,
       partitioner=partitioner,
+      data_spec=data_spec(mixture_or_task_name, task_feature_lengths, model.FEATURE_CONVERTER, pack, shuffle, seed),
   )
   try:
     eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None
@@ -129,7 +135,8 @@ def train(
     if infer_eval_every:
       metric_eval = _metric_eval_fn(model, trainer, mixture_or_task_name, task_feature_lengths, eval_split,
                                     infer_eval_examples, seed, batch_size)
-    metrics = trainer.train(train_batches, eval_batches, metric_eval=metric_eval, metric_eval_every=infer_eval_every)
+    metrics = trainer.train(train_batches, eval_batches, metric_eval=metric_eval, metric_eval_every=infer_eval_every,
+                            on_start=lambda step: write_config(model_dir, step))
     if metrics and getattr(trainer, "last_metric_eval", None):
       metrics.update({f"infer_eval/{k}": v for k, v in trainer.last_metric_eval.items()})
     return metrics
@@ -483,21 +490,35 @@ class _DropGinPathMisses(logging.Filter):
     return not str(record.msg).startswith("Path not found")
 
 
-def write_config(model_dir: str) -> Optional[str]:
-  """Writes MODEL_DIR/config.gin (all bindings) for a run that starts from scratch."""
+CONFIG_HISTORY_DIR = "config_history"
+_GIN_ENTRY_ACTIVE = False  # True while run_gin_entry calls the configured function
+
+
+def write_config(model_dir: str, start_step: int = 0) -> Optional[str]:
+  """Writes the operative gin config of this start of a run (process 0 only).
+
+  MODEL_DIR/config.gin always holds the config of the latest start, which is
+  what `inference.load` and `--gin_file=MODEL_DIR/config.gin` read; every
+  start also leaves MODEL_DIR/config_history/start_step_N.gin, so a run
+  resumed with other settings keeps the record of each. Called once the
+  checkpoint to resume from has been checked, so a refused resume writes
+  nothing. Returns config.gin's path, or None off process 0 or without gin
+  bindings (train() called from Python, not through a gin entry point)."""
+  if jax.process_index() != 0 or not _GIN_ENTRY_ACTIVE:
+    return None
   import gin  # pylint: disable=g-import-not-at-top
 
-  if jax.process_index() != 0:
+  text = gin.config_str()
+  if not text.strip():
     return None
-  os.makedirs(model_dir, exist_ok=True)
+  history = os.path.join(model_dir, CONFIG_HISTORY_DIR)
+  os.makedirs(history, exist_ok=True)
   path = os.path.join(model_dir, "config.gin")
-  checkpoints = os.path.join(model_dir, "checkpoints")
-  if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
-    return None  # resuming: keep the config of the run that started it
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(gin.config_str())
-  os.replace(tmp, path)
+  for target in (os.path.join(history, f"start_step_{start_step}.gin"), path):
+    tmp = target + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, target)
   return path
 
 
@@ -508,23 +529,29 @@ def run_gin_entry(argv: Optional[Sequence[str]], module_name: str, fn_name: str,
   configured `module_name.fn_name`. Returns (exit code, result); errors in the
   input (flags, gin files, settings) are printed as one line
   `t5lite COMMAND: error: ...` on stderr with exit code 1, no traceback."""
+  global _GIN_ENTRY_ACTIVE
   import importlib  # pylint: disable=g-import-not-at-top
 
   import gin  # pylint: disable=g-import-not-at-top
 
   from t5lite import distributed  # pylint: disable=g-import-not-at-top
 
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # TensorFlow (the data path) host-only and quiet before a gin file's imports start it.
+  from t5lite.data import tensorflow_setup  # pylint: disable=g-import-not-at-top
+
+  tensorflow_setup.setup()
   try:
     files, bindings, paths = parse_flags(sys.argv[1:] if argv is None else argv)
     distributed.maybe_initialize()  # before any jax computation
     configure_gin(files, bindings, paths, required=required, run_file=RUN_FILES.get(command, RUN_FILES["train"]))
-    if command == "train":
-      write_config(gin.query_parameter("%MODEL_DIR"))
     # The module gin configured (not __main__, when run with python -m).
     fn = getattr(importlib.import_module(module_name), fn_name)
     _check_bound(gin, fn, RUN_FILES.get(command, RUN_FILES["train"]))
-    return 0, gin.get_configurable(fn)()
+    _GIN_ENTRY_ACTIVE = True
+    try:
+      return 0, gin.get_configurable(fn)()
+    finally:
+      _GIN_ENTRY_ACTIVE = False
   except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FloatingPointError) as e:
     # checks.SettingTypeError is a ValueError too.
     print(f"t5lite {command}: error: {_with_macro(gin, _one_line(e))}", file=sys.stderr)
@@ -563,7 +590,6 @@ def _with_macro(gin, message: str) -> str:
     if (key == selector or key.endswith("." + selector)) and repr(value).startswith("%"):
       return f"{message} (set by the macro {repr(value)[1:]})"
   return message
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -5,6 +5,12 @@ normalizes the loss over the whole batch (so accumulation does not change the
 result), applies the optax update and returns metrics. `Trainer` is the thin
 object outside jit: it creates or restores the state, feeds batches, writes
 summaries and checkpoints, evaluates, and stops on a NaN loss.
+
+The data position saved with each checkpoint is the number of rows of the
+training data stream consumed so far, with the description of that stream
+(`data_spec`: task, lengths, converter, packing, shuffling, seed). A resume
+refuses another stream and converts a changed batch size (it continues at
+the same row); see docs/architecture.md, "Resuming".
 """
 
 from __future__ import annotations
@@ -166,8 +172,10 @@ class Trainer:
       model_dir: str,
       initial_checkpoint_path: Optional[str] = None,
       partitioner: Optional[partitioning.Partitioner] = None,
+      data_spec: Optional[Mapping[str, Any]] = None,
   ):
     self.model = model
+    self.data_spec = _jsonable(dict(data_spec)) if data_spec is not None else None
     self.config = config
     self.model_dir = os.path.abspath(model_dir)
     self.learning_rate = learning_rate
@@ -202,10 +210,11 @@ class Trainer:
         keep=config.keep_checkpoints,
         async_save=config.async_checkpointing,
     )
-    # Refuse an incompatible MODEL_DIR before anything else happens.
-    latest = self.checkpointer.latest_step()
-    if latest is not None:
-      self.checkpointer.check_compatible(latest, self.abstract_params)
+    # Refuse an incompatible MODEL_DIR (another model, another data stream)
+    # before anything else happens; a damaged step is dealt with at restore.
+    found = self.checkpointer.newest_readable_meta(self.abstract_params)
+    if found is not None:
+      self.check_data_position(*found)
     self.initial_checkpoint_path = initial_checkpoint_path
     self.summaries = summaries.Summaries(self.model_dir, enabled=self.is_primary)
     batch_sharding = part.batch_sharding()
@@ -237,15 +246,55 @@ class Trainer:
     step = jax.device_put(jnp.asarray(0, jnp.int32), self.partitioner.replicated)
     return TrainState(step=step, params=params, opt_state=opt_state)
 
-  def restore_or_init(self) -> tuple[TrainState, int]:
-    """The latest checkpoint in MODEL_DIR, else a fresh (or fine-tuning) state."""
-    latest = self.checkpointer.latest_step()
-    if latest is None:
+  def restore_or_init(self, log: Callable[[str], None] = print) -> tuple[TrainState, int]:
+    """(state, rows of the data stream consumed): the newest readable checkpoint
+    in MODEL_DIR (a damaged newer one is moved aside with a warning, see
+    Checkpointer.restore_latest), else a fresh (or fine-tuning) state at row 0.
+
+    Raises ValueError for a checkpoint of another model, optimizer or data
+    stream, checkpointing.DamagedCheckpointError when no checkpoint is readable."""
+    found = self.checkpointer.restore_latest(self.abstract_params, self.abstract_opt_state, warn=log)
+    if found is None:
       return self._fresh_state(), 0
-    params, opt_state, meta = self.checkpointer.restore(latest, self.abstract_params, self.abstract_opt_state)
+    latest, params, opt_state, meta = found
+    rows = self.check_data_position(latest, meta, log)
     step = jax.device_put(jnp.asarray(latest, jnp.int32), self.partitioner.replicated)
-    state = TrainState(step=step, params=params, opt_state=opt_state)
-    return state, int(meta.get("batches_consumed", latest))
+    return TrainState(step=step, params=params, opt_state=opt_state), rows
+
+  def check_data_position(self, step: int, meta: Mapping[str, Any], log: Optional[Callable[[str], None]] = None) -> int:
+    """Rows consumed at a saved `step`, after checking that this run reads the same stream.
+
+    Another task, lengths, converter, packing, shuffling or seed is another
+    stream, where the saved position means nothing: ValueError naming each
+    difference and the way out. Another batch size is converted (the run
+    continues at the same row) and reported through `log`. A checkpoint saved
+    before positions were recorded in rows (no 'rows_consumed') counts
+    batches_consumed * its batch size, with a note."""
+    cfg = self.config
+    saved = meta.get("data")
+    if self.data_spec is not None and saved is not None and saved != self.data_spec:
+      diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {self.data_spec.get(k)!r}"
+               for k in sorted(set(saved) | set(self.data_spec)) if saved.get(k) != self.data_spec.get(k)]
+      raise ValueError(
+          f"{self.model_dir} was trained on another data stream than this run asks for ({'; '.join(diffs)}). "
+          f"Its data position (step {step}, {meta.get('rows_consumed')} rows consumed) means nothing for "
+          "another stream, so the run was not resumed and nothing was written. Resume with the values of the "
+          "checkpoint, or start a new MODEL_DIR with "
+          f"INITIAL_CHECKPOINT_PATH={self.checkpointer.directory}/{step} to train on the new data from its start."
+      )
+    if "rows_consumed" in meta:
+      rows = int(meta["rows_consumed"])
+    else:
+      saved_batch = int(meta.get("batch_size", cfg.batch_size))
+      rows = int(meta.get("batches_consumed", step)) * saved_batch
+      if log:
+        log(f"note: checkpoint step {step} predates row positions; continuing at row {rows} "
+            f"({meta.get('batches_consumed', step)} batches of {saved_batch}).")
+    saved_batch = meta.get("batch_size")
+    if log and saved_batch is not None and int(saved_batch) != cfg.batch_size:
+      log(f"BATCH_SIZE changed from {saved_batch} to {cfg.batch_size} since step {step}: continuing at row {rows} "
+          "of the same data stream (no example skipped or repeated).")
+    return rows
 
   def model_info(self) -> str:
     """The mesh, the rules, per-device bytes and each parameter's sharding (model-info.txt)."""
@@ -273,13 +322,15 @@ class Trainer:
       with open(os.path.join(self.model_dir, "model-info.txt"), "w", encoding="utf-8") as f:
         f.write(self.model_info())
 
-  def save(self, state: TrainState, batches_consumed: int) -> None:
+  def save(self, state: TrainState, rows_consumed: int) -> None:
+    """Saves the state and the data position (rows of the stream consumed)."""
     step = int(state.step)
-    self.checkpointer.save(
-        step, state.params, state.opt_state,
-        {"batches_consumed": batches_consumed, "seed": self.config.seed,
-         "model": type(self.model).__name__},
-    )
+    meta = {"rows_consumed": int(rows_consumed), "batch_size": self.config.batch_size,
+            "batches_consumed": int(rows_consumed) // self.config.batch_size, "seed": self.config.seed,
+            "process_count": jax.process_count(), "model": type(self.model).__name__}
+    if self.data_spec is not None:
+      meta["data"] = self.data_spec
+    self.checkpointer.save(step, state.params, state.opt_state, meta)
 
   # ---- loop ----------------------------------------------------------------
   def evaluate(self, params: PyTree, batches: Iterator[Batch], step: int) -> dict[str, float]:
@@ -319,8 +370,13 @@ class Trainer:
       log: Callable[[str], None] = print,
       metric_eval: Optional[Callable[[PyTree, int], Mapping[str, Mapping[str, float]]]] = None,
       metric_eval_every: int = 0,
+      on_start: Optional[Callable[[int], None]] = None,
   ) -> dict[str, float]:
-    """Trains to `train_steps`; `train_batches(skip)` yields batches after `skip` ones.
+    """Trains to `train_steps`; `train_batches(start_row)` yields this process's
+    part of each global batch of the data stream from row `start_row` on.
+
+    `on_start(step)` runs once the state is restored (or created) and checked,
+    before the first step (train.py writes the run's config.gin there).
 
     `metric_eval(params, step) -> {task: {metric: value}}` (decoding and the
     task's metrics, see t5lite.eval.MetricEvaluator) runs every
@@ -328,15 +384,17 @@ class Trainer:
     'infer_eval' split of the summaries."""
     cfg = self.config
     self.write_model_info()
-    state, consumed = self.restore_or_init()
+    state, rows = self.restore_or_init(log)
     start_step = int(state.step)
+    if on_start is not None:
+      on_start(start_step)
     if start_step >= cfg.train_steps:
       log(f"{self.model_dir} is already at step {start_step} >= TRAIN_STEPS={cfg.train_steps}; nothing to do.")
       return {}
     if start_step:
       log(f"resuming from step {start_step} in {self.checkpointer.directory}")
     rng = jax.random.key(cfg.seed + 1)
-    batches = train_batches(consumed)
+    batches = train_batches(rows)
     last_metrics: dict[str, float] = {}
     last_saved = start_step if start_step else None
     progress = _progress(start_step, cfg.train_steps, enabled=cfg.progress and self.is_primary)
@@ -347,7 +405,7 @@ class Trainer:
         batch = self.partitioner.global_batch(next(batches), cfg.batch_size)
         with self.partitioner.context():
           state, metrics = self._train_step(state, batch, rng)
-        consumed += 1
+        rows += cfg.batch_size
         step += 1
         window_steps += 1
         if not compile_done:
@@ -379,7 +437,7 @@ class Trainer:
             progress.set_postfix(_postfix(m))
             last_metrics = m
           if is_ckpt:
-            self.save(state, consumed)
+            self.save(state, rows)
             last_saved = step
         if eval_batches is not None and cfg.eval_every and step % cfg.eval_every == 0:
           result = self.evaluate(state.params, eval_batches(), step)
@@ -400,6 +458,13 @@ class Trainer:
   def close(self) -> None:
     self.checkpointer.close()
     self.summaries.close()
+
+
+def _jsonable(value: Any) -> Any:
+  """The data spec as it reads back from the checkpoint's JSON (tuples -> lists)."""
+  import json  # pylint: disable=g-import-not-at-top
+
+  return json.loads(json.dumps(value, sort_keys=True))
 
 
 def _with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:

@@ -128,8 +128,8 @@ def test_fsdp_shards_params_and_optimizer_state_and_restores_anywhere(tmp_path):
     part = partitioning.Partitioner(*mesh, num_devices=n)
     cfg = trainer_lib.TrainerConfig(train_steps=2, batch_size=8, task_feature_lengths=LENGTHS, progress=False)
     other = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path / "fsdp"), partitioner=part)
-    state, consumed = other.restore_or_init()
-    assert consumed == 2 and int(state.step) == 2
+    state, rows = other.restore_or_init()
+    assert rows == 2 * 8 and int(state.step) == 2
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     leaf = jax.tree.leaves(state.params)[0]

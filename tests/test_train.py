@@ -9,6 +9,8 @@ import functools
 import json
 import math
 import os
+import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -219,6 +221,148 @@ def test_gin_includes_work_beside_a_runs_folder(tmp_path, monkeypatch):
 
   assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "synthetic_reverse"
   gin.clear_config()
+
+
+# --------------------------------------------------------------------------- #
+# Resuming with a changed setup, and from a damaged checkpoint.
+# --------------------------------------------------------------------------- #
+def _meta(model_dir, step):
+  return checkpointing.Checkpointer(str(model_dir / "checkpoints")).read_meta(step)
+
+
+def test_resume_with_another_batch_size_continues_at_the_same_row(tmp_path, capsys):
+  run(tmp_path, 2, batch_size=8, checkpoint_every=2)
+  meta = _meta(tmp_path, 2)
+  assert (meta["rows_consumed"], meta["batch_size"]) == (16, 8)
+  assert meta["data"] == {"feature_converter": "enc_dec", "mixture_or_task_name": "ttrain_span_corruption",
+                          "pack": True, "seed": 0, "shuffle": True, "task_feature_lengths": {"inputs": 64, "targets": 16}}
+  capsys.readouterr()
+  run(tmp_path, 3, batch_size=16, checkpoint_every=1)
+  out = capsys.readouterr().out
+  assert "BATCH_SIZE changed from 8 to 16 since step 2: continuing at row 16" in out
+  # Step 3 read rows 16..31 of the stream: 16 + 16 rows consumed, not 3 * 16.
+  assert _meta(tmp_path, 3)["rows_consumed"] == 32 and _meta(tmp_path, 3)["batch_size"] == 16
+
+
+@pytest.mark.parametrize("change,expect", [
+    (dict(seed=1), "seed: checkpoint 0, this run 1"),
+    (dict(task_feature_lengths={"inputs": 64, "targets": 24}),
+     "task_feature_lengths: checkpoint {'inputs': 64, 'targets': 16}, this run {'inputs': 64, 'targets': 24}"),
+    (dict(pack=False), "pack: checkpoint True, this run False"),
+])
+def test_resume_on_another_data_stream_is_refused_and_writes_nothing(tmp_path, change, expect):
+  run(tmp_path, 2, checkpoint_every=2)
+  before = sorted(os.listdir(tmp_path)), (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(ValueError, match="was trained on another data stream") as e:
+    run(tmp_path, 4, **change)
+  assert expect in str(e.value) and "INITIAL_CHECKPOINT_PATH=" in str(e.value)
+  assert (sorted(os.listdir(tmp_path)), (tmp_path / "metrics.jsonl").read_text()) == before
+  assert checkpointing.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
+
+
+@pytest.mark.slow
+def test_config_gin_describes_each_start(tmp_path, capsys):
+  model_dir = tmp_path / "run"
+  flags = [
+      "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/pretrain.gin", f"--gin.MODEL_DIR='{model_dir}'",
+      "--gin.MIXTURE_OR_TASK_NAME='ttrain_span_corruption'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+      "--gin.CHECKPOINT_EVERY=2", "--gin.t5.T5Config.vocab_size=384", "--gin.t5.T5Config.num_encoder_layers=1",
+      "--gin.t5.T5Config.num_decoder_layers=1", "--gin.train_lib.train.progress=False", "--gin.SUMMARY_EVERY=1",
+  ]
+  assert train_lib.main(flags + ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8"]) == 0
+  assert train_lib.main(flags + ["--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=16"]) == 0
+  assert "BATCH_SIZE changed from 8 to 16" in capsys.readouterr().out
+  assert "BATCH_SIZE = 16" in (model_dir / "config.gin").read_text()
+  history = model_dir / train_lib.CONFIG_HISTORY_DIR
+  assert sorted(os.listdir(history)) == ["start_step_0.gin", "start_step_2.gin"]
+  assert "BATCH_SIZE = 8" in (history / "start_step_0.gin").read_text()
+  assert (history / "start_step_2.gin").read_text() == (model_dir / "config.gin").read_text()
+  # A refused resume (another seed) writes no config and says so on one line.
+  assert train_lib.main(flags + ["--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=16", "--gin.SEED=5"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("t5lite train: error:") and "seed: checkpoint 0, this run 5" in err[0]
+  assert sorted(os.listdir(history)) == ["start_step_0.gin", "start_step_2.gin"]
+
+
+def _damage_params(model_dir, step):
+  """Truncates the data files of a step's parameters, as a partial copy leaves them."""
+  root = model_dir / "checkpoints" / str(step) / "params"
+  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if os.path.basename(d) == "d"]
+  assert files
+  for path in files:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+DAMAGE_GIN = """
+from __gin__ import dynamic_registration
+include 'models/t5_1_1/tiny.gin'
+include 'runs/pretrain.gin'
+import tests.multihost_task
+from t5lite.models import t5
+from t5lite import train as train_lib
+
+t5.T5Config.vocab_size = 384
+t5.T5Config.num_encoder_layers = 1
+t5.T5Config.num_decoder_layers = 1
+MIXTURE_OR_TASK_NAME = 'multihost_reverse'
+TASK_FEATURE_LENGTHS = {'inputs': 24, 'targets': 16}
+BATCH_SIZE = 8
+SUMMARY_EVERY = 1
+CHECKPOINT_EVERY = 7
+LEARNING_RATE = 0.01
+WARMUP_STEPS = 1
+train_lib.train.progress = False
+"""
+
+
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
+  # Each run is a new process, as a rerun of the command is (in one process,
+  # TensorStore's cache can still hold the bytes of files damaged after it read them).
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  gin_file = tmp_path / "damage.gin"
+  gin_file.write_text(DAMAGE_GIN)
+  model_dir = tmp_path / "run"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHONPATH=repo + os.pathsep + env.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+
+  def train(steps):
+    return subprocess.run(
+        [sys.executable, "-m", "t5lite.train", f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{model_dir}'",
+         f"--gin.TRAIN_STEPS={steps}"], cwd=repo, capture_output=True, text=True, timeout=600, env=env)
+
+  first = train(14)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert checkpointing.list_checkpoints(str(model_dir))[-1][0] == 14
+  _damage_params(model_dir, 14)
+  second = train(16)
+  assert second.returncode == 0, second.stderr[-3000:]
+  warning = [line for line in second.stdout.splitlines() if line.startswith("warning: checkpoint step 14")]
+  # (truncated data files fail when the array's zarr metadata or its values are read)
+  assert len(warning) == 1 and re.search(r"is damaged: its (arrays|metadata) cannot be read", warning[0])
+  assert "resuming from step 7 instead" in warning[0] and "resuming from step 7 in" in second.stdout
+  assert "Traceback" not in second.stderr and "Exception ignored" not in second.stderr
+  # Never deleted: moved aside with a note; training went on from 7 and saved 14 anew.
+  moved = model_dir / checkpointing.DAMAGED_DIR / "14"
+  assert "DAMAGED.txt" in os.listdir(moved) and "params" in os.listdir(moved)
+  assert [s for s, _ in checkpointing.list_checkpoints(str(model_dir))] == [7, 14, 16]
+  assert [r["step"] for r in read_metrics(model_dir)] == list(range(1, 15)) + list(range(8, 17))
+  # Nothing readable (16's meta cut short, 14's and 7's arrays truncated): one error line, nothing moved.
+  meta_file = model_dir / "checkpoints" / "16" / "meta" / "metadata"
+  meta_file.write_text(meta_file.read_text()[:20])
+  _damage_params(model_dir, 14)
+  _damage_params(model_dir, 7)
+  third = train(18)
+  assert third.returncode == 1
+  err = third.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("t5lite train: error: no checkpoint in"), third.stderr[-3000:]
+  assert "step 16: its metadata cannot be read" in err[0] and "Nothing was moved or deleted" in err[0]
+  assert re.search(r"step 14: its (arrays|metadata) cannot be read.*step 7: its (arrays|metadata) cannot", err[0])
+  assert [s for s, _ in checkpointing.list_checkpoints(str(model_dir))] == [7, 14, 16]
+  assert os.listdir(model_dir / checkpointing.DAMAGED_DIR) == ["14"]
 
 
 # --------------------------------------------------------------------------- #
