@@ -51,8 +51,10 @@ reuse it afterwards; nothing is downloaded.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
+import io
 import json
 import logging
 import os
@@ -652,11 +654,21 @@ def prepare_pydocs(data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
         # Constructed under the lock, so that a builder made after another
         # process finished reads the finished dataset's metadata.
         builder = Pydocs(data_dir=data_dir, config=CONFIG_NAME)
-        builder.download_and_prepare(
-            download_dir=os.path.join(data_dir, "downloads"),
-            download_config=tfds.download.DownloadConfig(
-                try_download_gcs=False,
-                download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
-            ),
-        )
+        if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+            return builder
+        # TFDS announces a build as "Downloading and preparing dataset ..."
+        # with progress bars; nothing is downloaded here, so say what happens.
+        print(f"t5lite: building the pydocs corpus (once) in {builder.data_dir}", file=sys.stderr)
+        tfds.display_progress_bar(False)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                builder.download_and_prepare(
+                    download_dir=os.path.join(data_dir, "downloads"),
+                    download_config=tfds.download.DownloadConfig(
+                        try_download_gcs=False,
+                        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+                    ),
+                )
+        finally:
+            tfds.display_progress_bar(True)
     return builder
