@@ -128,6 +128,7 @@ class Checkpointer:
 
   def _read_checked(self, step: int, abstract_params: PyTree, abstract_opt_state: PyTree):
     """Restores `step`; raises ValueError when incompatible, _Damaged when unreadable."""
+    _quiet_abandoned_reads()
     try:
       meta = self.read_meta(step)
       item_meta = self._manager.item_metadata(step)
@@ -245,32 +246,37 @@ def _is_abandoned_read_report(unraisable) -> bool:
 _QUIET_HOOK_INSTALLED = False
 
 
-def _collect_abandoned_reads() -> None:
+def _quiet_abandoned_reads() -> None:
   """Keeps the reports of reads abandoned in a damaged step off the console.
 
   When one array of a damaged step fails, orbax gives up on the others: their
   coroutines report their own failure when garbage collected, and TensorStore
   callbacks that complete after orbax closed its event loop report
   "RuntimeError: Event loop is closed", each as a traceback through
-  `sys.unraisablehook`, from other threads and at later moments. Once a step
-  was found damaged, a hook that drops exactly those two reports (and passes
-  every other one on) stays installed for the rest of the process, and the
-  abandoned coroutines are collected now. The warning that names the damaged
-  step is what the user sees.
+  `sys.unraisablehook`, from other threads, during the failing call and
+  after it. Before a step is read, a hook that drops exactly those two
+  reports (and passes every other one on) is installed for the rest of the
+  process. The warning that names the damaged step is what the user sees.
   """
-  import gc  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
   global _QUIET_HOOK_INSTALLED
-  if not _QUIET_HOOK_INSTALLED:
-    previous = sys.unraisablehook
+  if _QUIET_HOOK_INSTALLED:
+    return
+  previous = sys.unraisablehook
 
-    def hook(unraisable):
-      if not _is_abandoned_read_report(unraisable):
-        previous(unraisable)
+  def hook(unraisable):
+    if not _is_abandoned_read_report(unraisable):
+      previous(unraisable)
 
-    sys.unraisablehook = hook
-    _QUIET_HOOK_INSTALLED = True
+  sys.unraisablehook = hook
+  _QUIET_HOOK_INSTALLED = True
+
+
+def _collect_abandoned_reads() -> None:
+  """Collects the coroutines a failed read abandoned, now (their reports are dropped)."""
+  import gc  # pylint: disable=g-import-not-at-top
+
   gc.collect()
 
 

@@ -110,10 +110,11 @@ def read_input_file(path: str, mode: str) -> list[tuple[int, str, Optional[str]]
     else:
       examples.append((n, inputs, targets))
   if problems:
-    more = f"\n  ... and {len(problems) - MAX_REPORTED_LINES} more" if len(problems) > MAX_REPORTED_LINES else ""
+    more = f"; ... and {len(problems) - MAX_REPORTED_LINES} more" if len(problems) > MAX_REPORTED_LINES else ""
+    # One line (the entry point prints errors on one line): the bad lines separated by ' | '.
     raise ValueError(
-        f"INFER_INPUT_FILE={path!r} has {len(problems)} bad line(s); nothing was decoded or written:\n  "
-        + "\n  ".join(problems[:MAX_REPORTED_LINES]) + more
+        f"INFER_INPUT_FILE={path!r} has {len(problems)} bad line(s); nothing was decoded or written: "
+        + " | ".join(problems[:MAX_REPORTED_LINES]) + more
     )
   if not examples:
     raise ValueError(f"INFER_INPUT_FILE={path!r} holds no input: give one input per line (.jsonl: {{\"inputs\": ...}}).")

@@ -195,7 +195,7 @@ class Partitioner:
   def __post_init__(self):
     count = jax.device_count()
     self.num_devices = checks.check_int("NUM_DEVICES", self.num_devices, minimum=1, maximum=count, allow_none=True,
-                                        hint=f" (None: all {count} devices)")
+                                        hint=f" (None: all {count} device{'s' if count != 1 else ''})")
     devices = jax.devices()[: self.num_devices] if self.num_devices else None
     self.mesh = create_mesh(self.data, self.fsdp, self.model, devices)
     self.base_rules = get_rules(self.rules)

@@ -104,6 +104,8 @@ def train(
   from t5lite import checks  # pylint: disable=g-import-not-at-top
 
   # Settings nothing below checks before work starts (TrainerConfig, the partitioner and the model check theirs).
+  if not isinstance(model_dir, (str, os.PathLike)) or not str(model_dir).strip():
+    raise ValueError(f"MODEL_DIR={model_dir!r} must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\\"/tmp/run\\\".")
   checks.check_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
   checks.check_int("INFER_EVAL_EVERY", infer_eval_every, minimum=0, hint=" (0: never)")
   checks.check_int("INFER_EVAL_EXAMPLES", infer_eval_examples, minimum=1, allow_none=True, hint=" (None: all)")
@@ -491,7 +493,16 @@ class _DropGinPathMisses(logging.Filter):
 
 
 CONFIG_HISTORY_DIR = "config_history"
-_GIN_ENTRY_ACTIVE = False  # True while run_gin_entry calls the configured function
+# True while run_gin_entry calls the configured function. Read and set on the
+# imported module `t5lite.train` (`_entry_state()`), which is another module
+# object than `__main__` under `python -m t5lite.train`.
+_GIN_ENTRY_ACTIVE = False
+
+
+def _entry_state():
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  return importlib.import_module("t5lite.train")
 
 
 def write_config(model_dir: str, start_step: int = 0) -> Optional[str]:
@@ -499,12 +510,13 @@ def write_config(model_dir: str, start_step: int = 0) -> Optional[str]:
 
   MODEL_DIR/config.gin always holds the config of the latest start, which is
   what `inference.load` and `--gin_file=MODEL_DIR/config.gin` read; every
-  start also leaves MODEL_DIR/config_history/start_step_N.gin, so a run
+  start also leaves MODEL_DIR/config_history/NNN_start_step_S.gin (the
+  NNN-th start, at step S), so a run
   resumed with other settings keeps the record of each. Called once the
   checkpoint to resume from has been checked, so a refused resume writes
   nothing. Returns config.gin's path, or None off process 0 or without gin
   bindings (train() called from Python, not through a gin entry point)."""
-  if jax.process_index() != 0 or not _GIN_ENTRY_ACTIVE:
+  if jax.process_index() != 0 or not _entry_state()._GIN_ENTRY_ACTIVE:  # pylint: disable=protected-access
     return None
   import gin  # pylint: disable=g-import-not-at-top
 
@@ -514,7 +526,8 @@ def write_config(model_dir: str, start_step: int = 0) -> Optional[str]:
   history = os.path.join(model_dir, CONFIG_HISTORY_DIR)
   os.makedirs(history, exist_ok=True)
   path = os.path.join(model_dir, "config.gin")
-  for target in (os.path.join(history, f"start_step_{start_step}.gin"), path):
+  number = 1 + sum(1 for name in os.listdir(history) if name.endswith(".gin"))
+  for target in (os.path.join(history, f"{number:03d}_start_step_{start_step}.gin"), path):
     tmp = target + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(text)
@@ -529,7 +542,6 @@ def run_gin_entry(argv: Optional[Sequence[str]], module_name: str, fn_name: str,
   configured `module_name.fn_name`. Returns (exit code, result); errors in the
   input (flags, gin files, settings) are printed as one line
   `t5lite COMMAND: error: ...` on stderr with exit code 1, no traceback."""
-  global _GIN_ENTRY_ACTIVE
   import importlib  # pylint: disable=g-import-not-at-top
 
   import gin  # pylint: disable=g-import-not-at-top
@@ -547,11 +559,12 @@ def run_gin_entry(argv: Optional[Sequence[str]], module_name: str, fn_name: str,
     # The module gin configured (not __main__, when run with python -m).
     fn = getattr(importlib.import_module(module_name), fn_name)
     _check_bound(gin, fn, RUN_FILES.get(command, RUN_FILES["train"]))
-    _GIN_ENTRY_ACTIVE = True
+    state = _entry_state()
+    state._GIN_ENTRY_ACTIVE = True  # pylint: disable=protected-access
     try:
       return 0, gin.get_configurable(fn)()
     finally:
-      _GIN_ENTRY_ACTIVE = False
+      state._GIN_ENTRY_ACTIVE = False  # pylint: disable=protected-access
   except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FloatingPointError) as e:
     # checks.SettingTypeError is a ValueError too.
     print(f"t5lite {command}: error: {_with_macro(gin, _one_line(e))}", file=sys.stderr)

@@ -246,14 +246,15 @@ class Trainer:
     step = jax.device_put(jnp.asarray(0, jnp.int32), self.partitioner.replicated)
     return TrainState(step=step, params=params, opt_state=opt_state)
 
-  def restore_or_init(self, log: Callable[[str], None] = print) -> tuple[TrainState, int]:
+  def restore_or_init(self, log: Callable[[str], None] = print,
+                      warn: Optional[Callable[[str], None]] = None) -> tuple[TrainState, int]:
     """(state, rows of the data stream consumed): the newest readable checkpoint
     in MODEL_DIR (a damaged newer one is moved aside with a warning, see
     Checkpointer.restore_latest), else a fresh (or fine-tuning) state at row 0.
 
     Raises ValueError for a checkpoint of another model, optimizer or data
     stream, checkpointing.DamagedCheckpointError when no checkpoint is readable."""
-    found = self.checkpointer.restore_latest(self.abstract_params, self.abstract_opt_state, warn=log)
+    found = self.checkpointer.restore_latest(self.abstract_params, self.abstract_opt_state, warn=warn or log)
     if found is None:
       return self._fresh_state(), 0
     latest, params, opt_state, meta = found
@@ -383,8 +384,8 @@ class Trainer:
     `metric_eval_every` steps and at the end; its values are written as the
     'infer_eval' split of the summaries."""
     cfg = self.config
+    state, rows = self.restore_or_init(log, warn=lambda message: print(message, file=sys.stderr))
     self.write_model_info()
-    state, rows = self.restore_or_init(log)
     start_step = int(state.step)
     if on_start is not None:
       on_start(start_step)
@@ -440,12 +441,16 @@ class Trainer:
             self.save(state, rows)
             last_saved = step
         if eval_batches is not None and cfg.eval_every and step % cfg.eval_every == 0:
+          paused = time.perf_counter()
           result = self.evaluate(state.params, eval_batches(), step)
+          window_start += time.perf_counter() - paused  # evaluation is not step time
           if result:
             progress.write(f"step {step}: eval loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}")
         if metric_eval is not None and metric_eval_every and (step % metric_eval_every == 0
                                                               or step == cfg.train_steps):
+          paused = time.perf_counter()
           self._metric_eval(metric_eval, state.params, step, progress.write)
+          window_start += time.perf_counter() - paused
       if eval_batches is not None and cfg.eval_every and step % cfg.eval_every:
         self.evaluate(state.params, eval_batches(), step)
     finally:

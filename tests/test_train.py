@@ -274,14 +274,17 @@ def test_config_gin_describes_each_start(tmp_path, capsys):
   assert "BATCH_SIZE changed from 8 to 16" in capsys.readouterr().out
   assert "BATCH_SIZE = 16" in (model_dir / "config.gin").read_text()
   history = model_dir / train_lib.CONFIG_HISTORY_DIR
-  assert sorted(os.listdir(history)) == ["start_step_0.gin", "start_step_2.gin"]
-  assert "BATCH_SIZE = 8" in (history / "start_step_0.gin").read_text()
-  assert (history / "start_step_2.gin").read_text() == (model_dir / "config.gin").read_text()
+  assert sorted(os.listdir(history)) == ["001_start_step_0.gin", "002_start_step_2.gin"]
+  assert "BATCH_SIZE = 8" in (history / "001_start_step_0.gin").read_text()
+  assert (history / "002_start_step_2.gin").read_text() == (model_dir / "config.gin").read_text()
   # A refused resume (another seed) writes no config and says so on one line.
   assert train_lib.main(flags + ["--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=16", "--gin.SEED=5"]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("t5lite train: error:") and "seed: checkpoint 0, this run 5" in err[0]
-  assert sorted(os.listdir(history)) == ["start_step_0.gin", "start_step_2.gin"]
+  assert sorted(os.listdir(history)) == ["001_start_step_0.gin", "002_start_step_2.gin"]
+  # A second start from the same step keeps the first one's record.
+  assert train_lib.main(flags + ["--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=16"]) == 0
+  assert sorted(os.listdir(history))[-1] == "003_start_step_3.gin"
 
 
 def _damage_params(model_dir, step):
@@ -340,7 +343,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
   _damage_params(model_dir, 14)
   second = train(16)
   assert second.returncode == 0, second.stderr[-3000:]
-  warning = [line for line in second.stdout.splitlines() if line.startswith("warning: checkpoint step 14")]
+  warning = [line for line in second.stderr.splitlines() if line.startswith("warning: checkpoint step 14")]
   # (truncated data files fail when the array's zarr metadata or its values are read)
   assert len(warning) == 1 and re.search(r"is damaged: its (arrays|metadata) cannot be read", warning[0])
   assert "resuming from step 7 instead" in warning[0] and "resuming from step 7 in" in second.stdout
@@ -350,6 +353,10 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
   assert "DAMAGED.txt" in os.listdir(moved) and "params" in os.listdir(moved)
   assert [s for s, _ in checkpointing.list_checkpoints(str(model_dir))] == [7, 14, 16]
   assert [r["step"] for r in read_metrics(model_dir)] == list(range(1, 15)) + list(range(8, 17))
+  # `python -m t5lite.train` records each start's config (config.gin is the latest).
+  history = sorted(os.listdir(model_dir / train_lib.CONFIG_HISTORY_DIR))
+  assert history == ["001_start_step_0.gin", "002_start_step_7.gin"]
+  assert "TRAIN_STEPS = 16" in (model_dir / "config.gin").read_text()
   # Nothing readable (16's meta cut short, 14's and 7's arrays truncated): one error line, nothing moved.
   meta_file = model_dir / "checkpoints" / "16" / "meta" / "metadata"
   meta_file.write_text(meta_file.read_text()[:20])
@@ -363,6 +370,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
   assert re.search(r"step 14: its (arrays|metadata) cannot be read.*step 7: its (arrays|metadata) cannot", err[0])
   assert [s for s, _ in checkpointing.list_checkpoints(str(model_dir))] == [7, 14, 16]
   assert os.listdir(model_dir / checkpointing.DAMAGED_DIR) == ["14"]
+  assert len(os.listdir(model_dir / train_lib.CONFIG_HISTORY_DIR)) == 2  # the refused start wrote none
 
 
 # --------------------------------------------------------------------------- #
@@ -453,6 +461,11 @@ QUICKSTART = ["--gin_file=experiments/quickstart.gin", "--gin.MODEL_DIR='/nonexi
     (QUICKSTART + ["--gin.t5.T5Config.dropout_rate=1.0"], "T5Config.dropout_rate=1.0 must be a finite number in [0.0, 1.0)"),
     (QUICKSTART + ["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 58}"],
      "TASK_FEATURE_LENGTHS['inputs']=0 must be an integer >= 1"),
+    # An empty or missing run directory would train into the working directory or crash.
+    (["--gin_file=experiments/quickstart.gin", "--gin.MODEL_DIR=''"],
+     'MODEL_DIR=\'\' must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\"/tmp/run\\".'),
+    (["--gin_file=experiments/quickstart.gin", "--gin.MODEL_DIR=None"],
+     'MODEL_DIR=None must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\"/tmp/run\\".'),
 ])
 def test_command_line_and_gin_mistakes_are_one_line_errors(flags, message, capsys, no_work):
   assert train_lib.main(flags) == 1
