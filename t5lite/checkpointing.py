@@ -19,6 +19,7 @@ readable one.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Callable, Mapping, Optional
@@ -256,7 +257,8 @@ def _quiet_abandoned_reads() -> None:
   `sys.unraisablehook`, from other threads, during the failing call and
   after it. Before a step is read, a hook that drops exactly those two
   reports (and passes every other one on) is installed for the rest of the
-  process. The warning that names the damaged step is what the user sees.
+  process, with a filter on the `asyncio` logger for the same reads' "Task
+  exception was never retrieved". The warning that names the damaged step is what the user sees.
   """
   import sys  # pylint: disable=g-import-not-at-top
 
@@ -270,7 +272,19 @@ def _quiet_abandoned_reads() -> None:
       previous(unraisable)
 
   sys.unraisablehook = hook
+  # asyncio logs the same abandoned reads as "Task exception was never retrieved".
+  logging.getLogger("asyncio").addFilter(_AbandonedReadLogFilter())
   _QUIET_HOOK_INSTALLED = True
+
+
+class _AbandonedReadLogFilter(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for failed TensorStore reads only."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not str(record.msg).startswith("Task exception was never retrieved"):
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and ("tensorstore_spec" in str(exc) or "TensorStore" in str(exc)))
 
 
 def _collect_abandoned_reads() -> None:
