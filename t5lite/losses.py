@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5lite.kernels import backend, xla_cpu
+
 Array = jax.Array
 
 
@@ -334,41 +336,19 @@ def compute_weighted_cross_entropy(
     return total_loss, total_z_loss, weight_sum
 
 
-def _argmax_block(vocab_size: int) -> Optional[int]:
-    """The divisor of `vocab_size` in [16, 1024] nearest 128 (the smaller on a tie), or None."""
-    divisors = [b for b in range(16, min(1024, vocab_size - 1) + 1) if vocab_size % b == 0]
-    return min(divisors, key=lambda b: (abs(b - 128), b)) if divisors else None
-
-
-def blocked_argmax(x: Array) -> Array:
-    """jnp.argmax(x, axis=-1) for x without NaNs, computed in two levels (ties included).
-
-    XLA's CPU backend runs argmax (a reduction over (value, index) pairs) as a
-    scalar loop: 130 ms for [912, 32128] float32 logits on one core of the dev
-    box, a tenth of a `small` train step's non-matmul time. Here the last axis
-    is cut into blocks: a plain max per block (vectorized), the argmax over the
-    block maxima, then the argmax inside the chosen block only (11 ms). The
-    first block whose maximum is the overall maximum holds the first position
-    of that maximum, so ties still go to the lowest index. With NaNs the index
-    may differ from argmax's (XLA:CPU's vectorized max does not always
-    propagate NaN); a NaN logit makes the loss NaN, which stops training
-    anyway. Falls back to jnp.argmax when the axis has no usable divisor.
-    """
-    vocab = x.shape[-1]
-    block = _argmax_block(vocab)
-    if block is None:
-        return jnp.argmax(x, axis=-1)
-    blocks = x.reshape(x.shape[:-1] + (vocab // block, block))
-    first_block = jnp.argmax(jnp.max(blocks, axis=-1), axis=-1)
-    chosen = jnp.take_along_axis(blocks, first_block[..., None, None], axis=-2)[..., 0, :]
-    return first_block * block + jnp.argmax(chosen, axis=-1)
+def argmax(x: Array) -> Array:
+    """jnp.argmax(x, axis=-1); on the CPU backend computed by `t5lite.kernels.xla_cpu.argmax`
+    (same index for inputs without NaNs, ties to the lowest index)."""
+    if backend.cpu_kernels():
+        return xla_cpu.argmax(x)
+    return jnp.argmax(x, axis=-1)
 
 
 def token_accuracy(logits: Array, targets: Array, weights: Optional[Array] = None) -> tuple[Array, Array]:
     """(weighted number of positions where argmax(logits) == target, sum of weights)."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits shape {logits.shape} must be targets shape {targets.shape} plus a vocab dim.")
-    correct = (blocked_argmax(logits) == targets).astype(jnp.float32)
+    correct = (argmax(logits) == targets).astype(jnp.float32)
     if weights is None:
         weights = jnp.ones(targets.shape, jnp.float32)
     weights = jnp.asarray(weights, jnp.float32)

@@ -111,3 +111,75 @@ def apply_flags(args) -> dict:
     print("warning: jax was imported before the process settings (malloc/XLA_FLAGS) were applied",
           file=sys.stderr)
   return apply_process_settings(malloc=args.malloc == "tuned", xla_cpu_flags=args.xla_cpu_flags)
+
+
+# ---------------------------------------------------------------------------
+# Persistent compilation cache
+# ---------------------------------------------------------------------------
+
+COMPILATION_CACHE_ENV = "T5LITE_COMPILATION_CACHE_DIR"
+_OFF = ("", "none", "off", "0")
+_cache_state: dict = {}
+
+
+def default_compilation_cache_dir() -> str:
+  """$T5LITE_COMPILATION_CACHE_DIR if set, else ~/.cache/t5lite/jax_compilation_cache
+  ($XDG_CACHE_HOME, when set, takes the place of ~/.cache)."""
+  if COMPILATION_CACHE_ENV in os.environ:
+    return os.environ[COMPILATION_CACHE_ENV]
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "t5lite", "jax_compilation_cache")
+
+
+def setup_compilation_cache(directory: "str | None" = None, min_compile_time_s: float = 1.0) -> "str | None":
+  """Turns on JAX's persistent compilation cache in `directory`; returns the
+  directory in use, or None when the cache is off.
+
+  `directory` None means `default_compilation_cache_dir()`; '', 'none', 'off'
+  or '0' turn the cache off. Programs whose compilation took at least
+  `min_compile_time_s` seconds are written there (JAX's
+  `jax_persistent_cache_min_compile_time_secs`), and a later process that
+  compiles the same program on the same backend, jax version and flags loads
+  it instead: a restarted or resumed run skips the train step's compile.
+
+  A directory that cannot be created or written gets one warning on stderr
+  and the run carries on without the cache (nothing raised). Calling again
+  with the same directory does nothing; with another one, switches to it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  path = default_compilation_cache_dir() if directory is None else str(directory)
+  if path.strip().lower() in _OFF:
+    if _cache_state.get("dir"):
+      jax.config.update("jax_enable_compilation_cache", False)
+    _cache_state["dir"] = None
+    return None
+  path = os.path.abspath(os.path.expanduser(path))
+  if _cache_state.get("dir") == path:
+    return path
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    if not _cache_state.get("warned"):
+      print(f"warning: the compilation cache directory {path} cannot be written ({e.strerror or e}); "
+            f"carrying on without a compilation cache (set {COMPILATION_CACHE_ENV} to a writable "
+            "directory, or to 'none' to silence this)", file=sys.stderr)
+      _cache_state["warned"] = True
+    _cache_state["dir"] = None
+    return None
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
+  try:  # JAX sets its cache up once per process; a later directory needs a reset
+    from jax.experimental import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+
+    if _cache_state.get("dir") and hasattr(cc.compilation_cache, "reset_cache"):
+      cc.compilation_cache.reset_cache()
+  except ImportError:
+    pass
+  _cache_state["dir"] = path
+  return path

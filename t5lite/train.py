@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import optax
 
-from t5lite import partitioning
+from t5lite import partitioning, runtime
 from t5lite import trainer as trainer_lib
 from t5lite.models.model import BaseModel
 from t5lite.optim import adafactor, schedules
@@ -93,8 +93,16 @@ def train(
     partitioner: Optional[partitioning.Partitioner] = None,
     infer_eval_every: int = 0,
     infer_eval_examples: Optional[int] = None,
+    compilation_cache_dir: Optional[str] = None,
 ) -> dict[str, float]:
   """Trains `model` on a seqio task or mixture; returns the last train metrics.
+
+  `compilation_cache_dir` (macro COMPILATION_CACHE_DIR): JAX's persistent
+  compilation cache, so that a restarted or resumed run loads its compiled
+  train step instead of compiling it again. None: $T5LITE_COMPILATION_CACHE_DIR
+  or ~/.cache/t5lite/jax_compilation_cache; 'none': off. A directory that
+  cannot be written gets one warning and the run goes on without the cache
+  (see t5lite.runtime.setup_compilation_cache).
 
   With `infer_eval_every`, every so many steps (and at the end) the model
   decodes `infer_eval_examples` examples (None: all) of `eval_split` and the
@@ -111,6 +119,7 @@ def train(
   checks.check_int("INFER_EVAL_EXAMPLES", infer_eval_examples, minimum=1, allow_none=True, hint=" (None: all)")
   trainer_lib.make_optimizer(optimizer, learning_rate or 1.0, None)  # its hyper-parameters, before any data
   learning_rate = learning_rate or schedules.rsqrt(1.0, 10000)
+  runtime.setup_compilation_cache(compilation_cache_dir)
   config = trainer_lib.TrainerConfig(
       train_steps=train_steps, batch_size=batch_size, task_feature_lengths=dict(task_feature_lengths),
       eval_every=eval_every, eval_steps=eval_steps, checkpoint_every=checkpoint_every,

@@ -142,6 +142,7 @@ class TrainerConfig:
   seed: int = 0
   async_checkpointing: bool = True
   progress: bool = True
+  startup_log: bool = True  # where start-up time goes, on stderr
 
   def __post_init__(self):
     from t5lite import checks  # pylint: disable=g-import-not-at-top
@@ -231,20 +232,39 @@ class Trainer:
         functools.partial(eval_step, model=model),
         in_shardings=(self.param_shardings, batch_sharding), out_shardings=part.replicated,
     )
+    self._compiled_step = None
     self.flops_per_step = model.flops_per_step(config.batch_size, config.task_feature_lengths)
     self.tokens_per_step = model.tokens_per_step(config.batch_size, config.task_feature_lengths)
 
   # ---- state ---------------------------------------------------------------
-  def _fresh_state(self) -> TrainState:
-    rng = jax.random.key(self.config.seed)
+  def fresh_state(self) -> TrainState:
+    """A new train state: parameters from the seed (created from their shapes,
+    placed straight into their shardings; see BaseModel.init_params), or from
+    INITIAL_CHECKPOINT_PATH when fine-tuning, the optimizer's initial state and step 0."""
     with self.partitioner.context():
-      init = jax.jit(lambda r: self.model.init_params(r, self.shapes), out_shardings=self.param_shardings)
-      params = init(rng)
       if self.initial_checkpoint_path:
         params = checkpointing.load_params(self.initial_checkpoint_path, self.abstract_params)
+      else:
+        params = self.model.init_params(jax.random.key(self.config.seed), self.shapes, self.param_shardings)
       opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(params)
     step = jax.device_put(jnp.asarray(0, jnp.int32), self.partitioner.replicated)
     return TrainState(step=step, params=params, opt_state=opt_state)
+
+  def compile_train_step(self, state: TrainState, batch: Batch, rng: jax.Array):
+    """Compiles the train step for these arguments' shapes and shardings ahead
+    of time (loaded from the persistent compilation cache when it holds it;
+    see t5lite.runtime.setup_compilation_cache) and keeps it for `train_step`.
+    Returns the compiled step."""
+    with self.partitioner.context():
+      self._compiled_step = self._train_step.lower(state, batch, rng).compile()
+    return self._compiled_step
+
+  def train_step(self, state: TrainState, batch: Batch, rng: jax.Array):
+    """(new state, metrics) of one optimizer step; the state is donated.
+    Uses the step `compile_train_step` compiled, else jit's own."""
+    step = self._compiled_step or self._train_step
+    with self.partitioner.context():
+      return step(state, batch, rng)
 
   def restore_or_init(self, log: Callable[[str], None] = print,
                       warn: Optional[Callable[[str], None]] = None) -> tuple[TrainState, int]:
@@ -256,7 +276,7 @@ class Trainer:
     stream, checkpointing.DamagedCheckpointError when no checkpoint is readable."""
     found = self.checkpointer.restore_latest(self.abstract_params, self.abstract_opt_state, warn=warn or log)
     if found is None:
-      return self._fresh_state(), 0
+      return self.fresh_state(), 0
     latest, params, opt_state, meta = found
     rows = self.check_data_position(latest, meta, log)
     step = jax.device_put(jnp.asarray(latest, jnp.int32), self.partitioner.replicated)
@@ -384,7 +404,13 @@ class Trainer:
     `metric_eval_every` steps and at the end; its values are written as the
     'infer_eval' split of the summaries."""
     cfg = self.config
+    startup = self._startup_log
+    t0 = time.perf_counter()
+    startup("creating or restoring the train state ...")
     state, rows = self.restore_or_init(log, warn=lambda message: print(message, file=sys.stderr))
+    jax.block_until_ready(state)
+    startup(f"train state ready in {time.perf_counter() - t0:.2f} s "
+            f"({'restored step ' + str(int(state.step)) if int(state.step) else 'step 0'})")
     self.write_model_info()
     start_step = int(state.step)
     if on_start is not None:
@@ -403,15 +429,24 @@ class Trainer:
     step = start_step
     try:
       while step < cfg.train_steps:
-        batch = self.partitioner.global_batch(next(batches), cfg.batch_size)
-        with self.partitioner.context():
-          state, metrics = self._train_step(state, batch, rng)
+        if not compile_done:
+          t0 = time.perf_counter()
+          batch = self.partitioner.global_batch(next(batches), cfg.batch_size)
+          startup(f"first batch in {time.perf_counter() - t0:.2f} s; compiling the train step ...")
+          t0 = time.perf_counter()
+          self.compile_train_step(state, batch, rng)
+          startup(f"train step compiled in {time.perf_counter() - t0:.2f} s")
+          t0 = time.perf_counter()
+        else:
+          batch = self.partitioner.global_batch(next(batches), cfg.batch_size)
+        state, metrics = self.train_step(state, batch, rng)
         rows += cfg.batch_size
         step += 1
         window_steps += 1
         if not compile_done:
           jax.block_until_ready(metrics)
           compile_done = True
+          startup(f"first step in {time.perf_counter() - t0:.2f} s")
           window_start, window_steps = time.perf_counter(), 0
         progress.update(1)
         is_summary = step % cfg.summary_every == 0 or step == cfg.train_steps
@@ -459,6 +494,11 @@ class Trainer:
       self.summaries.flush()
     self.state = state
     return last_metrics
+
+  def _startup_log(self, message: str) -> None:
+    """Start-up progress on stderr, as it happens (primary process only)."""
+    if self.is_primary and self.config.startup_log:
+      print(f"startup: {message}", file=sys.stderr, flush=True)
 
   def close(self) -> None:
     self.checkpointer.close()

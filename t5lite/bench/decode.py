@@ -91,7 +91,7 @@ def run(args) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
 
   from t5lite import inference, partitioning  # pylint: disable=g-import-not-at-top
-  from t5lite.models import layers, model as model_lib  # pylint: disable=g-import-not-at-top
+  from t5lite.models import model as model_lib, params as params_lib  # pylint: disable=g-import-not-at-top
 
   methods = parse_methods(args.methods)
   model, shapes = build_model(args)
@@ -106,7 +106,7 @@ def run(args) -> list[dict]:
     params = jax.jit(lambda r: model.init_params(r, shapes), out_shardings=shardings)(key)
   jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
-  n_params = layers.count_params(params)
+  n_params = params_lib.count_params(params)
   predictor = inference.Predictor(model, params, batch_size=args.batch, partitioner=part)
 
   rng = np.random.default_rng(args.seed + 1)

@@ -63,12 +63,12 @@ def run_mesh(model, rules, mesh, batch_size, lengths, steps) -> dict:
                                   progress=False, async_checkpointing=False)
   with tempfile.TemporaryDirectory() as tmp:
     tr = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, tmp, partitioner=part)
-    state = tr._fresh_state()  # pylint: disable=protected-access
+    state = tr.fresh_state()
     batch = part.global_batch(_random_batch(model, batch_size, lengths), batch_size)
     rng = jax.random.key(0)
     t0 = time.perf_counter()
     with part.context():
-      compiled = tr._train_step.lower(state, batch, rng).compile()  # pylint: disable=protected-access
+      compiled = tr.compile_train_step(state, batch, rng)
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):

@@ -17,7 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5lite.models import layers
+from t5lite.models import attention as attention_lib
+from t5lite.models import config as config_lib
+from t5lite.models import embeddings, layers
 
 Array = jax.Array
 
@@ -42,7 +44,7 @@ class DecoderOnlyConfig:
     dtype: Any = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
-    attention: str = "xla"
+    attention: str = "auto"
     logits_via_embedding: bool = False
     float32_attention_logits: bool = True
     layer_norm_epsilon: float = 1e-6
@@ -50,7 +52,7 @@ class DecoderOnlyConfig:
     position_bias_from_positions: bool = False
 
     def __post_init__(self):
-        layers.validate_transformer_config(self, ("num_layers",))
+        config_lib.validate_transformer_config(self, ("num_layers",))
 
     @property
     def activation_dtype(self) -> jnp.dtype:
@@ -89,7 +91,7 @@ class DecoderOnlyTransformer(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.token_embedder = layers.Embed(cfg.vocab_size, cfg.d_model, cfg.activation_dtype)
+        self.token_embedder = embeddings.Embed(cfg.vocab_size, cfg.d_model, cfg.activation_dtype)
         self.decoder = _DecoderStack(cfg, self.token_embedder)
 
     def __call__(
@@ -159,18 +161,18 @@ class _DecoderStack(nn.Module):
         length = tokens.shape[-1]
         # Causal buckets, as in the T5 decoder (also for a bidirectional prefix,
         # where keys to the right of the query share bucket 0, like T5X).
-        relpos = layers.RelativePositionBias(
+        relpos = embeddings.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
             bidirectional=False, name="relpos_bias",
         )
         if decode and self.has_variable("cache", "key_valid"):
-            bias, mask = layers.decode_self_attention_inputs(self, relpos, valid, decode_index, bidirectional_chunk)
+            bias, mask = attention_lib.decode_self_attention_inputs(self, relpos, valid, decode_index, bidirectional_chunk)
             causal = False
         else:
             if decode:
                 self.variable("cache", "key_valid", jnp.zeros, tokens.shape, bool)
-            bias = relpos(length, length, *layers.bias_positions(cfg, positions))
-            mask, causal = layers.decoder_self_attention_mask(segment_ids, causal_attention, length)
+            bias = relpos(length, length, *embeddings.bias_positions(cfg, positions))
+            mask, causal = attention_lib.decoder_self_attention_mask(segment_ids, causal_attention, length)
         y = layers.apply_layer_stack(
             cfg, cfg.num_layers, y, bias, mask, causal=causal, deterministic=deterministic, decode=decode,
             decode_index=decode_index,
@@ -180,7 +182,7 @@ class _DecoderStack(nn.Module):
         if cfg.logits_via_embedding:
             logits = self.shared_embedding.attend(y) / jnp.sqrt(jnp.float32(cfg.d_model))
         else:
-            logits = layers.OutputDense(cfg.vocab_size, dt, name="logits_dense")(y)
+            logits = embeddings.OutputDense(cfg.vocab_size, dt, name="logits_dense")(y)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 

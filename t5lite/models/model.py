@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from t5lite import checks, decoding, losses
-from t5lite.models import decoder_only, layers, t5
+from t5lite.models import decoder_only, t5
+from t5lite.models import params as params_lib
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -97,16 +98,31 @@ class BaseModel:
     batch = {k: jnp.ones((1,) + tuple(v[1:]), jnp.int32) for k, v in shapes.items()}
     return self.module.init({"params": rng, "dropout": rng}, **self._module_inputs(batch))["params"]
 
+  def _traced(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[PyTree, dict]:
+    """(boxed abstract params, {path: (initialiser, shape)}), traced once per input shapes."""
+    key = tuple(sorted((k, tuple(v[1:])) for k, v in shapes.items()))
+    cache = self.__dict__.setdefault("_abstract_cache", {})
+    if key not in cache:
+      with params_lib.record_initializers() as initializers:
+        abstract = jax.eval_shape(lambda rng: self._init_boxed(rng, shapes), jax.random.key(0))
+      cache[key] = (abstract, dict(initializers))
+    return cache[key]
+
   def abstract_params(self, shapes: Mapping[str, tuple[int, ...]]) -> PyTree:
-    """Boxed (logically annotated) ShapeDtypeStructs of the parameters."""
-    return jax.eval_shape(lambda rng: self._init_boxed(rng, shapes), jax.random.key(0))
+    """Boxed (logically annotated) ShapeDtypeStructs of the parameters (traced once, cached)."""
+    return self._traced(shapes)[0]
 
   def param_logical_axes(self, shapes: Mapping[str, tuple[int, ...]]) -> PyTree:
-    return layers.logical_axes_tree(self.abstract_params(shapes))
+    return params_lib.logical_axes_tree(self.abstract_params(shapes))
 
-  def init_params(self, rng: Array, shapes: Mapping[str, tuple[int, ...]]) -> PyTree:
-    """Unboxed float32 parameters (call under jit with out_shardings to shard)."""
-    return meta.unbox(self._init_boxed(rng, shapes))
+  def init_params(self, rng: Array, shapes: Mapping[str, tuple[int, ...]], shardings: Optional[PyTree] = None) -> PyTree:
+    """Unboxed float32 parameters for PRNG key `rng`, created from their shapes
+    (t5lite.models.params.init_params: no compile of the model, one small
+    program per initialiser and shape), placed with `shardings` (a tree of
+    jax Shardings like the params; None: the default device). Deterministic
+    for a key. Call outside jit."""
+    abstract, initializers = self._traced(shapes)
+    return params_lib.init_params(rng, meta.unbox(abstract), initializers, shardings)
 
   # ---- loss ----------------------------------------------------------------
   def _module_inputs(self, batch: Batch) -> dict[str, Array]:

@@ -26,7 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5lite.models import layers
+from t5lite.models import attention as attention_lib
+from t5lite.models import config as config_lib
+from t5lite.models import embeddings, layers
 
 Array = jax.Array
 
@@ -39,9 +41,10 @@ class T5Config:
       stored as its string name). Parameters are always float32.
     scan_layers: run each stack with nn.scan (params get a leading 'layers' axis).
     remat_policy: 'none', 'full', 'dots_saveable' or 'minimal' (see
-      layers.remat_policy).
-    attention: 'xla' (einsum + float32 softmax) or 'dot_product'
-      (jax.nn.dot_product_attention; cuDNN on GPU with bf16/fp16).
+      t5lite.models.config.remat_policy).
+    attention: 'auto' (the fastest on this backend), 'dot_product' (plain einsum,
+      float32 softmax), 'cudnn_flash_jax' (cuDNN fused attention, GPU) or
+      'cpu_dot_product' (the XLA:CPU kernels); see t5lite.kernels.backend.
     position_bias_from_positions: False (as T5X): relative positions are
       differences of token indices, one [1, heads, q, k] bias for the batch.
       For packed batches whose `*_positions` count up by one within each
@@ -65,14 +68,14 @@ class T5Config:
     dtype: Any = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"
-    attention: str = "xla"
+    attention: str = "auto"
     logits_via_embedding: bool = False
     float32_attention_logits: bool = True
     layer_norm_epsilon: float = 1e-6
     position_bias_from_positions: bool = False
 
     def __post_init__(self):
-        layers.validate_transformer_config(self, ("num_encoder_layers", "num_decoder_layers"))
+        config_lib.validate_transformer_config(self, ("num_encoder_layers", "num_decoder_layers"))
 
     @property
     def activation_dtype(self) -> jnp.dtype:
@@ -125,11 +128,11 @@ class Encoder(nn.Module):
         x = dropout(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         length = tokens.shape[-1]
-        bias = layers.RelativePositionBias(
+        bias = embeddings.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
             bidirectional=True, name="relpos_bias",
-        )(length, length, *layers.bias_positions(cfg, positions))
-        mask = layers.encoder_self_attention_mask(tokens, segment_ids)
+        )(length, length, *embeddings.bias_positions(cfg, positions))
+        mask = attention_lib.encoder_self_attention_mask(tokens, segment_ids)
         x = layers.apply_layer_stack(
             cfg, cfg.num_encoder_layers, x, bias, mask, causal=False, deterministic=deterministic
         )
@@ -170,13 +173,13 @@ class Decoder(nn.Module):
         y = dropout(y, deterministic=deterministic)
         y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
         length = decoder_tokens.shape[-1]
-        relpos = layers.RelativePositionBias(
+        relpos = embeddings.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
             bidirectional=False, name="relpos_bias",
         )
         if decode and self.has_variable("cache", "key_valid"):
             valid = jnp.ones(decoder_tokens.shape, bool)
-            bias, self_mask = layers.decode_self_attention_inputs(self, relpos, valid, decode_index)
+            bias, self_mask = attention_lib.decode_self_attention_inputs(self, relpos, valid, decode_index)
             causal = False
             cross_mask = self.get_variable("cache", "encoder_valid")[:, None, None, :]
         else:
@@ -185,9 +188,9 @@ class Decoder(nn.Module):
                     raise ValueError("the first decode call needs the encoder output and the encoder tokens")
                 self.variable("cache", "key_valid", jnp.zeros, decoder_tokens.shape, bool)
                 self.variable("cache", "encoder_valid", lambda: encoder_tokens > 0)
-            bias = relpos(length, length, *layers.bias_positions(cfg, decoder_positions))
-            self_mask, causal = layers.decoder_self_attention_mask(decoder_segment_ids)
-            cross_mask = layers.encoder_decoder_attention_mask(
+            bias = relpos(length, length, *embeddings.bias_positions(cfg, decoder_positions))
+            self_mask, causal = attention_lib.decoder_self_attention_mask(decoder_segment_ids)
+            cross_mask = attention_lib.encoder_decoder_attention_mask(
                 encoder_tokens, encoder_segment_ids, decoder_segment_ids
             )
         y = layers.apply_layer_stack(
@@ -200,7 +203,7 @@ class Decoder(nn.Module):
         if cfg.logits_via_embedding:
             logits = self.shared_embedding.attend(y) / jnp.sqrt(jnp.float32(cfg.d_model))
         else:
-            logits = layers.OutputDense(cfg.vocab_size, dt, name="logits_dense")(y)
+            logits = embeddings.OutputDense(cfg.vocab_size, dt, name="logits_dense")(y)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
@@ -216,7 +219,7 @@ class T5Transformer(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.token_embedder = layers.Embed(cfg.vocab_size, cfg.d_model, cfg.activation_dtype)
+        self.token_embedder = embeddings.Embed(cfg.vocab_size, cfg.d_model, cfg.activation_dtype)
         self.encoder = Encoder(cfg, self.token_embedder)
         self.decoder = Decoder(cfg, self.token_embedder)
 
@@ -291,7 +294,7 @@ def example_inputs(batch_size: int = 1, input_length: int = 8, target_length: in
 def abstract_variables(config: T5Config, batch_size: int = 1, input_length: int = 8,
                        target_length: int = 8) -> Any:
     """Boxed variables as ShapeDtypeStructs (no memory, no compute): feed to
-    layers.count_params, layers.logical_axes_tree or nn.get_partition_spec."""
+    t5lite.models.params.count_params, .logical_axes_tree or nn.get_partition_spec."""
     model = T5Transformer(config)
     return jax.eval_shape(
         lambda rng: model.init(rng, **example_inputs(batch_size, input_length, target_length)),

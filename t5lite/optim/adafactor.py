@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from t5lite import checks
+from t5lite.kernels import backend, xla_cpu
 
 LAYERS_AXIS = "layers"
 
@@ -172,23 +173,11 @@ def _drop(seq: Sequence[Any], dims: Sequence[int]) -> tuple[Any, ...]:
 
 
 def _mean(x: jax.Array, axes: Sequence[int]) -> jax.Array:
-    """jnp.mean(x, axes) (same result up to float rounding).
-
-    Over trailing dims this is jnp.mean. Over other dims it is a contraction
-    with a block of 1/n: XLA's CPU backend reduces a large array over a major
-    dim (e.g. the (embed, vocab) output kernel over embed) many times slower
-    than it runs the equivalent matrix-vector product.
-    """
-    axes = tuple(sorted(a % x.ndim for a in axes))
-    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
-        return jnp.mean(x, axis=axes)
-    sizes = tuple(x.shape[a] for a in axes)
-    # HIGHEST: full float32 products on every backend (TPU/GPU may otherwise use
-    # bf16/tf32 passes for float32 dots).
-    return jnp.tensordot(
-        jnp.full(sizes, 1.0 / math.prod(sizes), x.dtype), x,
-        axes=(tuple(range(len(axes))), axes), precision=jax.lax.Precision.HIGHEST,
-    )
+    """jnp.mean(x, axes); on the CPU backend `t5lite.kernels.xla_cpu.mean` (a contraction,
+    equal up to float rounding)."""
+    if backend.cpu_kernels():
+        return xla_cpu.mean(x, axes)
+    return jnp.mean(x, axis=tuple(axes))
 
 
 def _stats_dtype(dtype: Any) -> Any:

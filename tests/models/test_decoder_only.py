@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from t5lite.models import decoder_only, layers
+from t5lite.models import decoder_only
+from t5lite.models import params as params_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VOCAB = 89
@@ -52,7 +53,7 @@ def fake_params(abstract, seed=0):
         return jnp.asarray(v, jnp.float32)
 
     params = nn.unbox(abstract)["params"]
-    return {"params": jax.tree_util.tree_map_with_path(make, params, layers.logical_axes_tree(abstract["params"]))}
+    return {"params": jax.tree_util.tree_map_with_path(make, params, params_lib.logical_axes_tree(abstract["params"]))}
 
 
 @functools.cache
@@ -73,7 +74,7 @@ def test_shapes_axes_and_preset_counts(params):
     x = tokens(np.random.default_rng(0), 2, LEN)
     logits = jitted(make_config())(params, x)
     assert logits.shape == (2, LEN, VOCAB) and logits.dtype == jnp.float32
-    axes = layers.logical_axes_tree(decoder_only.abstract_variables(make_config()))["params"]
+    axes = params_lib.logical_axes_tree(decoder_only.abstract_variables(make_config()))["params"]
     assert set(axes) == {"token_embedder", "decoder"}
     assert axes["decoder"]["logits_dense"]["kernel"] == ("embed", "vocab")
     assert axes["decoder"]["relpos_bias"]["rel_embedding"] == ("heads", "relpos_buckets")
@@ -81,7 +82,7 @@ def test_shapes_axes_and_preset_counts(params):
     # tiny: embeddings + logits + relpos + final norm + 4 x (attention, MLP, 2 norms).
     d, f, hk = 128, 512, 4 * 32
     tiny = 2 * 32128 * d + 4 * 32 + d + 4 * (4 * d * hk + 3 * d * f + 2 * d)
-    count = lambda name: layers.count_params(  # noqa: E731
+    count = lambda name: params_lib.count_params(  # noqa: E731
         decoder_only.abstract_variables(decoder_only.decoder_only_config(name, scan_layers=True)))
     assert count("tiny") == tiny == 9_274_624
     assert abs(count("1b") - 1e9) / 1e9 < 0.01
@@ -114,7 +115,7 @@ def test_prefix_lm_attention(params):
         jitted(make_config(allow_prefix_lm=False))(params, x, decoder_causal_attention=prefix)
 
 
-def test_packed_prefix_lm_matches_separate_examples_and_fused_attention(params):
+def test_packed_prefix_lm_matches_separate_examples_and_plain_attention(params):
     rng = np.random.default_rng(3)
     a, b = tokens(rng, 3), tokens(rng, 4)
     pad = lambda v: jnp.concatenate([v, jnp.zeros(LEN - v.shape[0], v.dtype)])  # noqa: E731
@@ -130,8 +131,10 @@ def test_packed_prefix_lm_matches_separate_examples_and_fused_attention(params):
     logits, single = fn(params, **packed), fn(params, **alone)
     np.testing.assert_allclose(logits[0, :3], single[0, :3], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logits[0, 3:7], single[1, :4], rtol=1e-5, atol=1e-5)
-    fused = jitted(make_config(attention="dot_product"))
-    np.testing.assert_allclose(fused(params, **packed), logits, rtol=1e-5, atol=1e-5)
+    # The default on CPU (cpu_dot_product) against the plain einsum (dot_product).
+    assert make_config().attention == "auto"
+    plain = jitted(make_config(attention="dot_product"))
+    np.testing.assert_allclose(plain(params, **packed), logits, rtol=1e-5, atol=1e-5)
 
 
 def test_scan_with_remat_matches_unscanned(params):
@@ -149,7 +152,7 @@ def test_scan_with_remat_matches_unscanned(params):
 def test_config_validation_and_presets():
     with pytest.raises(ValueError, match="DecoderOnlyConfig.num_layers=0 must be an integer >= 1"):
         make_config(num_layers=0)
-    with pytest.raises(ValueError, match="'cudnn'.*valid options are \\('xla', 'dot_product'\\)"):
+    with pytest.raises(ValueError, match="'cudnn'; valid values are \\('auto', 'dot_product', 'cudnn_flash_jax', 'cpu_dot_product'\\)"):
         make_config(attention="cudnn")
     with pytest.raises(ValueError, match=r"unknown decoder-only preset 'huge'.*\['1b', 'base', 'small', 'tiny'\]"):
         decoder_only.decoder_only_config("huge")

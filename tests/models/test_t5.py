@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from t5lite.models import layers, t5
+from t5lite.models import params as params_lib
+from t5lite.models import t5
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 VOCAB = 97
@@ -56,7 +57,7 @@ def fake_params(abstract, seed=0):
         return jnp.asarray(v, jnp.float32)
 
     params = nn.unbox(abstract)["params"]
-    return {"params": jax.tree_util.tree_map_with_path(make, params, layers.logical_axes_tree(abstract["params"]))}
+    return {"params": jax.tree_util.tree_map_with_path(make, params, params_lib.logical_axes_tree(abstract["params"]))}
 
 
 def tokens(rng, *shape):
@@ -128,7 +129,7 @@ def test_shapes_and_encode_decode_methods(params):
 
 def test_param_tree_and_logical_axes():
     abstract = t5.abstract_variables(make_config())
-    axes = layers.logical_axes_tree(abstract)["params"]
+    axes = params_lib.logical_axes_tree(abstract)["params"]
     assert axes["token_embedder"]["embedding"] == ("vocab", "embed")
     assert axes["decoder"]["logits_dense"]["kernel"] == ("embed", "vocab")
     assert axes["encoder"]["relpos_bias"]["rel_embedding"] == ("heads", "relpos_buckets")
@@ -148,10 +149,10 @@ def test_param_tree_and_logical_axes():
 
 def test_preset_parameter_counts():
     small = t5.abstract_variables(t5.t5_config("small"))
-    assert layers.count_params(small["params"]) == 76_961_152
+    assert params_lib.count_params(small["params"]) == 76_961_152
     # Scanned stacks trace faster and hold the same parameters.
     for name, approx in [("base", 248e6), ("large", 783e6)]:
-        n = layers.count_params(t5.abstract_variables(t5.t5_config(name, scan_layers=True)))
+        n = params_lib.count_params(t5.abstract_variables(t5.t5_config(name, scan_layers=True)))
         assert abs(n - approx) / approx < 0.01, (name, n)
 
 
@@ -183,7 +184,7 @@ def test_encoder_padding_does_not_change_outputs(params):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_dot_product_attention_matches_xla_on_cpu(params):
+def test_plain_attention_matches_the_cpu_kernels(params):
     packed, alone = packed_batch(np.random.default_rng(4))
     fused = jitted(make_config(attention="dot_product"))
     for batch in (packed, alone):
@@ -241,7 +242,7 @@ def test_scan_and_remat_match_unscanned(params):
     stacked = stack_layers(params, 2)
     abstract = t5.abstract_variables(scanned_cfg)
     assert jax.tree.map(lambda s: s.shape, nn.unbox(abstract)) == jax.tree.map(lambda s: s.shape, stacked)
-    axes = layers.logical_axes_tree(abstract)["params"]
+    axes = params_lib.logical_axes_tree(abstract)["params"]
     assert axes["encoder"]["layers"]["self_attention"]["query"] == ("layers", "embed", "heads", "kv")
 
     def loss_and_grad(cfg, p):
@@ -287,7 +288,7 @@ def test_initial_loss_is_near_log_vocab():
 
 
 def test_config_validation_and_presets():
-    with pytest.raises(ValueError, match="unknown attention implementation 'flash'.*'xla', 'dot_product'"):
+    with pytest.raises(ValueError, match="unknown attention implementation 'flash'.*'auto', 'dot_product'"):
         make_config(attention="flash")
     with pytest.raises(ValueError, match="T5Config.d_model=0 must be an integer >= 1"):
         make_config(d_model=0)

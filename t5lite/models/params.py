@@ -1,0 +1,263 @@
+"""Parameters: their initialisers, logical axis names, creation from shapes, and the projection.
+
+Every parameter is float32 and is created through `param`, which annotates it
+with logical axis names (`LOGICAL_AXES`) for the partitioner and notes its
+initialiser, so that `init_params` can create all parameters from their shapes
+without compiling the model: each parameter is drawn by a small jitted program
+cached per (initialiser, shape, sharding), so a T5 base or large model compiles
+a handful of programs instead of one program with a few hundred random draws
+(whose XLA compile took longer than the train step's). Flax's own initialisers
+do the drawing; the random key of each parameter is the run's key folded with
+a hash of the parameter's path, unscanned layer i and layer i of a scanned
+stack getting the same values.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import math
+import os
+import zlib
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
+
+Array = jax.Array
+PyTree = Any
+
+# Logical axis vocabulary used by parameters ('layers' only appears when a
+# stack is scanned) and by activation constraints.
+LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "relpos_buckets", "layers")
+ACTIVATION_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab")
+
+
+# --------------------------------------------------------------------------
+# Initialisers: hashable descriptions, drawn by flax.linen.initializers
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VarianceScaling:
+    """flax.linen.initializers.variance_scaling(scale, mode, distribution, in_axis, out_axis),
+    times `factor`."""
+
+    scale: float
+    mode: str
+    distribution: str
+    in_axis: Any = -2
+    out_axis: Any = -1
+    factor: float = 1.0
+
+    def __call__(self, key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        init = nn.initializers.variance_scaling(self.scale, self.mode, self.distribution, self.in_axis, self.out_axis)
+        value = init(key, shape, dtype)
+        return value if self.factor == 1.0 else value * jnp.asarray(self.factor, dtype)
+
+    def scaled(self, factor: float) -> "VarianceScaling":
+        return dataclasses.replace(self, factor=self.factor * factor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Normal:
+    """N(0, stddev**2) entries."""
+
+    stddev: float = 1.0
+
+    def __call__(self, key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        return nn.initializers.normal(self.stddev)(key, shape, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+    """Every entry `value` (RMSNorm scales: 1)."""
+
+    value: float = 1.0
+
+    def __call__(self, key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        del key
+        return jnp.full(shape, self.value, dtype)
+
+
+def _axes(axis: Any) -> Any:
+    return tuple(axis) if isinstance(axis, (list, tuple)) else axis
+
+
+def kernel_init(in_axis: Any = -2, out_axis: Any = -1) -> VarianceScaling:
+    """Dense kernels: variance scaling on fan-in (the `in_axis` dims) with a truncated normal, as in T5X."""
+    return VarianceScaling(1.0, "fan_in", "truncated_normal", _axes(in_axis), _axes(out_axis))
+
+
+# T5 keeps the full N(0, 1) embedding init; RMSNorm makes the scale harmless.
+embedding_init = Normal(1.0)
+relpos_init = VarianceScaling(1.0, "fan_avg", "uniform")
+ones_init = Constant(1.0)
+
+
+# --------------------------------------------------------------------------
+# Creating parameters inside modules
+# --------------------------------------------------------------------------
+
+_recording: Optional[dict] = None
+
+
+def param(module: nn.Module, name: str, init: Callable, shape: Sequence[int], axes: Sequence[str]) -> Array:
+    """Float32 parameter `name` of `module`, annotated with logical axis names.
+
+    `init` is one of this module's initialisers (hashable: `init_params` caches
+    one compiled program per initialiser and shape). While `record_initializers`
+    is active the parameter's path, initialiser and shape are noted.
+    """
+    if len(axes) != len(shape):
+        raise ValueError(f"parameter {name!r}: {len(shape)} dims {tuple(shape)} but {len(axes)} axis names {axes}")
+    if _recording is not None:
+        _recording[tuple(module.path) + (name,)] = (init, tuple(int(n) for n in shape))
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), jnp.float32)
+
+
+@contextlib.contextmanager
+def record_initializers():
+    """Within the block, `param` notes {path: (initialiser, shape)} in the yielded dict."""
+    global _recording
+    previous, _recording = _recording, {}
+    try:
+        yield _recording
+    finally:
+        _recording = previous
+
+
+def dense(x: Array, kernel: Array, in_dims: int = 1) -> Array:
+    """x [..., *kernel.shape[:in_dims]] @ kernel -> [..., *kernel.shape[in_dims:]].
+
+    One 2-D matmul: the leading dims of `x` and the kernel's input and output
+    dims each flattened (free reshapes of contiguous dims).
+    """
+    in_shape, out_shape = kernel.shape[:in_dims], kernel.shape[in_dims:]
+    lead = x.shape[: x.ndim - in_dims]
+    k_in, k_out = math.prod(in_shape), math.prod(out_shape)
+    y = jnp.dot(x.reshape((-1, k_in)), kernel.reshape((k_in, k_out)))
+    return y.reshape(lead + tuple(out_shape))
+
+
+# --------------------------------------------------------------------------
+# Trees of parameters
+# --------------------------------------------------------------------------
+
+
+def count_params(tree: PyTree) -> int:
+    """Number of scalars in a (boxed or unboxed, concrete or abstract) pytree."""
+    leaves = jax.tree.leaves(meta.unbox(tree))
+    return int(sum(math.prod(x.shape) for x in leaves))
+
+
+def logical_axes_tree(abstract_variables: PyTree) -> PyTree:
+    """Logical axis names of each parameter, as a tree of tuples of strings.
+
+    `abstract_variables` is the boxed output of `module.init` (or of
+    `jax.eval_shape(module.init, ...)`). The result has the structure of
+    `flax.core.meta.unbox(abstract_variables)`, with each array replaced by a
+    tuple of names (one per dimension; None for unannotated variables).
+    Because tuples are pytree nodes, combine it with the params by passing
+    the params first: `jax.tree.map(lambda p, names: ..., params, axes)` hands
+    each whole tuple to the function.
+    """
+
+    def names(x):
+        if isinstance(x, meta.Partitioned):
+            return tuple(x.names)
+        return (None,) * len(getattr(x, "shape", ()))
+
+    return jax.tree.map(names, abstract_variables, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+
+
+def _path_key(path: tuple) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _salt(names: Sequence[str]) -> np.uint32:
+    return np.uint32(zlib.crc32("/".join(names).encode("utf-8")))
+
+
+_compiled: dict = {}
+
+
+def _program(init: Callable, shape: tuple[int, ...], stacked: int, sharding: Any):
+    """jit(key, salt(s) -> init(fold_in(key, salt), shape)), vmapped over `stacked` salts when > 0."""
+
+    def one(key, salt):
+        return init(jax.random.fold_in(key, salt), shape, jnp.float32)
+
+    fn = jax.vmap(one, in_axes=(None, 0)) if stacked else one
+    return jax.jit(fn, out_shardings=sharding)
+
+
+def _compile_all(rng: Array, wanted: list) -> None:
+    """AOT-compiles the programs of `wanted` [(init, shape, stacked, sharding)] not
+    compiled yet, several at a time (XLA compiles without holding the GIL)."""
+    todo = [w for w in dict.fromkeys(wanted) if w not in _compiled]
+    if not todo:
+        return
+
+    def build(w):
+        init, shape, stacked, sharding = w
+        salt = np.zeros((stacked,), np.uint32) if stacked else np.uint32(0)
+        return w, _program(init, shape, stacked, sharding).lower(rng, salt).compile()
+
+    workers = max(1, min(len(todo), os.cpu_count() or 1, 16))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for w, compiled in pool.map(build, todo):
+            _compiled[w] = compiled
+
+
+def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardings: Optional[PyTree] = None) -> PyTree:
+    """Creates parameters from shapes: the tree of `abstract_params` (unboxed
+    ShapeDtypeStructs, e.g. meta.unbox of `jax.eval_shape(module.init, ...)['params']`),
+    float32 arrays drawn by the initialisers noted by `record_initializers`
+    during that trace (`initializers`: path tuple -> (initialiser, shape)).
+
+    `rng`: a jax PRNG key (the run's seed). Parameter p is drawn with
+    fold_in(rng, crc32(p's path joined by '/')); a scanned stack's leading
+    'layers' axis of size n draws layer i with the path of unscanned layer i
+    ('layers' -> 'layers_i'). `shardings`: a matching tree of jax Shardings,
+    or None (default device). Deterministic for a key, whatever the sharding.
+    One program per distinct (initialiser, shape, sharding) is compiled (in
+    parallel threads), and kept for the life of the process. Under a trace
+    (jit, eval_shape) the same programs are traced instead.
+
+    Raises KeyError when a parameter was not created through `param` (no
+    initialiser is known for it), ValueError when a recorded shape does not
+    match the abstract one.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+    shard_leaves = [None] * len(leaves) if shardings is None else jax.tree.leaves(
+        shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    calls = []
+    for (path, leaf), sharding in zip(leaves, shard_leaves):
+        names = _path_key(path)
+        if names not in initializers:
+            raise KeyError(f"parameter {'/'.join(names)} has no recorded initialiser; create it with "
+                           "t5lite.models.params.param")
+        init, shape = initializers[names]
+        shape = tuple(shape)
+        if tuple(leaf.shape) == shape:
+            calls.append(((init, shape, 0, sharding), _salt(names)))
+        elif tuple(leaf.shape[1:]) == shape:
+            n = leaf.shape[0]
+            layer_names = [tuple(f"layers_{i}" if c == "layers" else c for c in names) for i in range(n)]
+            if layer_names[0] == names:  # no 'layers' component: fold the layer index in
+                layer_names = [names + (str(i),) for i in range(n)]
+            calls.append(((init, shape, n, sharding), np.array([_salt(ln) for ln in layer_names], np.uint32)))
+        else:
+            raise ValueError(f"parameter {'/'.join(names)}: abstract shape {tuple(leaf.shape)} does not match "
+                             f"the recorded shape {shape}")
+    if isinstance(rng, jax.core.Tracer):  # called under a trace (jit, eval_shape): stay traceable
+        out = [_program(*w)(rng, salt) for w, salt in calls]
+    else:
+        _compile_all(rng, [w for w, _ in calls])
+        out = [_compiled[w](rng, salt) for w, salt in calls]
+    return jax.tree_util.tree_unflatten(treedef, out)
