@@ -143,8 +143,9 @@ def setup_compilation_cache(directory: "str | None" = None, min_compile_time_s: 
   it instead: a restarted or resumed run skips the train step's compile.
 
   A directory that cannot be created or written gets one warning on stderr
-  and the run carries on without the cache (nothing raised). Calling again
-  with the same directory does nothing; with another one, switches to it.
+  and the run carries on without it (keeping a cache set up before, if any;
+  nothing raised). Calling again with the same directory only updates the
+  threshold; with another one, switches to it.
   """
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -152,10 +153,12 @@ def setup_compilation_cache(directory: "str | None" = None, min_compile_time_s: 
   if path.strip().lower() in _OFF:
     if _cache_state.get("dir"):
       jax.config.update("jax_enable_compilation_cache", False)
+      _reset_jax_cache()
     _cache_state["dir"] = None
     return None
   path = os.path.abspath(os.path.expanduser(path))
   if _cache_state.get("dir") == path:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     return path
   try:
     os.makedirs(path, exist_ok=True)
@@ -169,17 +172,19 @@ def setup_compilation_cache(directory: "str | None" = None, min_compile_time_s: 
             f"carrying on without a compilation cache (set {COMPILATION_CACHE_ENV} to a writable "
             "directory, or to 'none' to silence this)", file=sys.stderr)
       _cache_state["warned"] = True
-    _cache_state["dir"] = None
-    return None
+    return _cache_state.get("dir")
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
-  try:  # JAX sets its cache up once per process; a later directory needs a reset
-    from jax.experimental import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-
-    if _cache_state.get("dir") and hasattr(cc.compilation_cache, "reset_cache"):
-      cc.compilation_cache.reset_cache()
-  except ImportError:
-    pass
+  _reset_jax_cache()  # JAX decides once per process whether its cache is on: ask again
   _cache_state["dir"] = path
   return path
+
+
+def _reset_jax_cache() -> None:
+  try:
+    from jax.experimental import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+
+    cc.compilation_cache.reset_cache()
+  except (ImportError, AttributeError):
+    pass

@@ -276,6 +276,8 @@ class Trainer:
     stream, checkpointing.DamagedCheckpointError when no checkpoint is readable."""
     found = self.checkpointer.restore_latest(self.abstract_params, self.abstract_opt_state, warn=warn or log)
     if found is None:
+      self._startup_log("no checkpoint in MODEL_DIR: creating the train state"
+                        + (" from INITIAL_CHECKPOINT_PATH ..." if self.initial_checkpoint_path else " ..."))
       return self.fresh_state(), 0
     latest, params, opt_state, meta = found
     rows = self.check_data_position(latest, meta, log)
@@ -406,7 +408,6 @@ class Trainer:
     cfg = self.config
     startup = self._startup_log
     t0 = time.perf_counter()
-    startup("creating or restoring the train state ...")
     state, rows = self.restore_or_init(log, warn=lambda message: print(message, file=sys.stderr))
     jax.block_until_ready(state)
     startup(f"train state ready in {time.perf_counter() - t0:.2f} s "

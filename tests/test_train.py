@@ -330,7 +330,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
   gin_file.write_text(DAMAGE_GIN)
   model_dir = tmp_path / "run"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(PYTHONPATH=repo + os.pathsep + env.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+  cache = tmp_path / "compilation_cache"
+  env.update(PYTHONPATH=repo + os.pathsep + env.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
+             T5LITE_COMPILATION_CACHE_DIR=str(cache))
 
   def train(steps):
     return subprocess.run(
@@ -339,6 +341,16 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
 
   first = train(14)
   assert first.returncode == 0, first.stderr[-3000:]
+  # Start-up says where its time went, in order, and the compiled train step went to the cache.
+  startup = [line for line in first.stderr.splitlines() if line.startswith("startup: ")]
+  assert [re.sub(r"[\d.]+ s", "N s", line) for line in startup] == [
+      "startup: no checkpoint in MODEL_DIR: creating the train state ...",
+      "startup: train state ready in N s (step 0)",
+      "startup: first batch in N s; compiling the train step ...",
+      "startup: train step compiled in N s",
+      "startup: first step in N s",
+  ], first.stderr[-3000:]
+  assert any(name.startswith("jit_train_step") for name in os.listdir(cache)), os.listdir(cache)
   assert checkpointing.list_checkpoints(str(model_dir))[-1][0] == 14
   _damage_params(model_dir, 14)
   second = train(16)
@@ -347,6 +359,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
   # (truncated data files fail when the array's zarr metadata or its values are read)
   assert len(warning) == 1 and re.search(r"is damaged: its (arrays|metadata) cannot be read", warning[0])
   assert "resuming from step 7 instead" in warning[0] and "resuming from step 7 in" in second.stdout
+  assert "startup: train state ready in" in second.stderr and "(restored step 7)" in second.stderr
   assert "Traceback" not in second.stderr and "Exception ignored" not in second.stderr
   # Never deleted: moved aside with a note; training went on from 7 and saved 14 anew.
   moved = model_dir / checkpointing.DAMAGED_DIR / "14"

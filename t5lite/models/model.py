@@ -122,7 +122,7 @@ class BaseModel:
     jax Shardings like the params; None: the default device). Deterministic
     for a key. Call outside jit."""
     abstract, initializers = self._traced(shapes)
-    return params_lib.init_params(rng, meta.unbox(abstract), initializers, shardings)
+    return params_lib.init_params(rng, params_lib.strip_boxes(abstract), initializers, shardings)
 
   # ---- loss ----------------------------------------------------------------
   def _module_inputs(self, batch: Batch) -> dict[str, Array]:

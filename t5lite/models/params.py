@@ -175,6 +175,13 @@ def logical_axes_tree(abstract_variables: PyTree) -> PyTree:
     return jax.tree.map(names, abstract_variables, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
 
 
+def strip_boxes(tree: PyTree) -> PyTree:
+    """The values inside flax's axis-metadata boxes, without the sharding constraint
+    that `flax.core.meta.unbox` applies under a mesh (which abstract values cannot take)."""
+    return jax.tree.map(lambda x: x.value if isinstance(x, meta.AxisMetadata) else x, tree,
+                        is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+
+
 def _path_key(path: tuple) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
