@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: train test bench .venv clean
+.PHONY: train test bench bench-gpu .venv clean
 
 $(STAMP): setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python -m t5lite.bench.data --task pydocs_lm --examples 2000
 	$(BIN)/python -m t5lite.bench.train_step --preset tiny --batch 8 --inputs 512 --targets 114 --steps 10
 	$(BIN)/python -m t5lite.bench.decode --preset tiny --batch 8 --inputs 512 --max_decode_len 64 --methods greedy,beam4
+
+# The one-shot GPU benchmark (docs/performance.md); `--smoke` runs it tiny on the CPU.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m t5lite.bench.gpu --output runs/bench-gpu.jsonl
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -9,8 +9,19 @@ with the model's logical axes and a constant learning rate, and jits
 `t5lite.trainer.Trainer` does. Batches are random token ids in [2, vocab) laid
 out like seqio's feature-converter output (EncDec, or LM for decoder-only:
 length = inputs + targets), with segment ids (all 1) and positions, as packed
-training batches have. The first step (compile included) is reported as
-compile_s; the median of the following `--steps` steps gives tokens_per_s.
+training batches have. Reported: init_s (building the state), compile_s (the
+Trainer's ahead-of-time compile of the step), first_step_s (its first run),
+time_to_first_step_s (from the import of this module to the end of that first
+step), and tokens_per_s from the median of the following `--steps` steps.
+Each stage is announced on stderr as it starts and timed when it ends
+(`[train_step] step compile 30.2 s`), so a run cut off shows where it was.
+
+The persistent compilation cache is off by default so that a plain run
+measures a cold compile; `--compilation_cache_dir DIR` turns it on (see
+`t5lite.runtime.setup_compilation_cache`), and a second run with the same DIR
+measures the time to the first step with a warm cache. On GPU/TPU
+`peak_device_bytes` is the device's peak memory in use (null where the backend
+keeps no memory statistics, as on CPU).
 
 Process settings (reported in the JSON; see t5lite.runtime): by default glibc malloc keeps freed memory
 (`--malloc default` leaves it alone) and, on CPU-only hosts, XLA_FLAGS gets
@@ -30,6 +41,7 @@ import platform
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from typing import Mapping, Optional, Sequence
@@ -37,6 +49,33 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from t5lite import runtime
+
+# "Process start" for time_to_first_step_s: this module is imported before
+# jax, so only Python's own start-up (a fraction of a second) is left out.
+_IMPORTED_AT = time.perf_counter()
+
+
+def stage(message: str) -> None:
+  """One progress line on stderr, flushed at once (stdout carries the JSON)."""
+  print(f"[train_step] {message}", file=sys.stderr, flush=True)
+
+
+def attention_implementations() -> tuple[str, ...]:
+  """The model's valid `attention` names, read where the model code keeps them."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  if importlib.util.find_spec("t5lite.models.config") is not None:
+    from t5lite.models import config  # pylint: disable=g-import-not-at-top
+
+    if hasattr(config, "ATTENTION_IMPLEMENTATIONS"):
+      return tuple(config.ATTENTION_IMPLEMENTATIONS)
+  from t5lite.models import layers  # pylint: disable=g-import-not-at-top
+
+  return tuple(layers.ATTENTION_IMPLEMENTATIONS)
+
+
+def default_attention(names: Sequence[str]) -> str:
+  return "auto" if "auto" in names else ("xla" if "xla" in names else names[0])
 
 
 def make_batches(
@@ -101,7 +140,9 @@ def build_model(args):
 
 
 class StepRunner:
-  """The benchmark's model, state and batches; `step(i)` runs batch i (0 compiles).
+  """The benchmark's model, state and batches; `compile()` compiles the step
+  ahead of time and `step(i)` runs batch i (compiling first if `compile()` was
+  not called).
 
   Shared with t5lite.bench.paired, which interleaves these steps with another
   implementation's.
@@ -111,9 +152,9 @@ class StepRunner:
     import jax  # pylint: disable=g-import-not-at-top
 
     from t5lite import partitioning, trainer  # pylint: disable=g-import-not-at-top
-    from t5lite.models import layers  # pylint: disable=g-import-not-at-top
     from t5lite.optim import adafactor, schedules  # pylint: disable=g-import-not-at-top
 
+    stage(f"building {args.model} {args.preset} and its trainer ...")
     self.model, self.lengths = build_model(args)
     # Exactly what `t5lite train` runs: the Trainer's jitted step (in/out
     # shardings, donated state) on a Partitioner's mesh, called inside the
@@ -126,12 +167,15 @@ class StepRunner:
     self.workdir = tempfile.mkdtemp(prefix="t5lite-bench-")
     self.trainer = trainer.Trainer(self.model, adafactor.adafactor, schedules.constant(args.learning_rate), config,
                                    self.workdir, partitioner=self.part)
+    stage("initialising the state ...")
     t0 = time.perf_counter()
-    self.state = self.trainer._fresh_state()  # pylint: disable=protected-access
+    self.state = self.trainer.fresh_state()
     jax.block_until_ready(self.state)
     self.init_s = time.perf_counter() - t0
-    self.n_params = layers.count_params(self.state.params)
+    stage(f"state init {self.init_s:.2f} s")
+    self.n_params = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
 
+    stage("making the batches ...")
     kind = "encoder_decoder" if args.model == "encoder_decoder" else "decoder_only"
     host_batches = make_batches(kind, args.batch, args.inputs, args.targets, args.vocab_size, 1 + args.steps,
                                 seed=args.seed + 1)
@@ -139,15 +183,28 @@ class StepRunner:
     jax.block_until_ready(self.batches)
     self.step_rng = jax.random.key(args.seed + 1)
     self.losses: list[float] = []
+    self.compile_s: Optional[float] = None
+
+  def compile(self) -> float:
+    """Lowers and compiles the train step for these shapes; returns seconds."""
+    stage("compiling the train step ...")
+    t0 = time.perf_counter()
+    self.trainer.compile_train_step(self.state, self.batches[0], self.step_rng)
+    self.compile_s = time.perf_counter() - t0
+    stage(f"step compile {self.compile_s:.2f} s")
+    return self.compile_s
 
   def step(self, i: int) -> tuple[float, float]:
-    """Runs batch i to completion; returns (wall seconds, process CPU seconds)."""
+    """Runs batch i to completion; returns (wall seconds, process CPU seconds).
+
+    Without a `compile()` before, step 0's time includes the compile.
+    """
     import jax  # pylint: disable=g-import-not-at-top
 
     t0, c0 = time.perf_counter(), time.process_time()
-    with self.part.context():
-      self.state, metrics = self.trainer._train_step(  # pylint: disable=protected-access
-          self.state, self.batches[i], self.step_rng)
+    if self.compile_s is None:
+      self.compile()
+    self.state, metrics = self.trainer.train_step(self.state, self.batches[i], self.step_rng)
     jax.block_until_ready((self.state, metrics))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     self.losses.append(float(metrics["loss"]))
@@ -158,17 +215,46 @@ class StepRunner:
     shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def peak_device_bytes() -> Optional[int]:
+  """Peak bytes in use on the first device, where the backend keeps memory
+  statistics (GPU, TPU); None elsewhere (CPU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except  # backends without the statistics raise
+    return None
+  return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def setup_compilation_cache(directory: str, min_compile_time_s: float) -> Optional[str]:
+  """Turns the persistent compilation cache on in `directory`, or off for
+  'none'; returns the directory in use or None."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  path = runtime.setup_compilation_cache(directory, min_compile_time_s=min_compile_time_s)
+  if path is None:  # off also when JAX_COMPILATION_CACHE_DIR is set: a cold compile is measured
+    jax.config.update("jax_enable_compilation_cache", False)
+  return path
+
+
 def run(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
 
   from t5lite import throughput  # pylint: disable=g-import-not-at-top
 
+  cache_dir = setup_compilation_cache(args.compilation_cache_dir, args.compilation_cache_min_compile_s)
   runner = StepRunner(args)
   model, lengths, part = runner.model, runner.lengths, runner.part
   init_s, n_params = runner.init_s, runner.n_params
 
   load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-  compile_s = runner.step(0)[0]
+  compile_s = runner.compile()
+  stage("running the first step ...")
+  first_step_s = runner.step(0)[0]
+  time_to_first_step_s = time.perf_counter() - _IMPORTED_AT
+  stage(f"first step {first_step_s:.2f} s (time to first step {time_to_first_step_s:.2f} s)")
+  stage(f"timing {args.steps} steps ...")
   times, cpu = [], []
   for i in range(1, 1 + args.steps):
     wall, c = runner.step(i)
@@ -178,6 +264,7 @@ def run(args) -> dict:
   runner.close()
 
   median = statistics.median(times)
+  stage(f"{args.steps} steps, median {median:.4f} s")
   tokens_per_step = model.tokens_per_step(args.batch, lengths)
   flops_per_step = model.flops_per_step(args.batch, lengths)
   flops_per_s = flops_per_step / median
@@ -194,10 +281,14 @@ def run(args) -> dict:
       "median_step_s": round(median, 4),
       "min_step_s": round(min(times), 4),
       "mean_step_s": round(sum(times) / len(times), 4),
-      "compile_s": round(compile_s, 2),
-      "init_s": round(init_s, 2),
+      "compile_s": round(compile_s, 3),
+      "init_s": round(init_s, 3),
+      "first_step_s": round(first_step_s, 3),
+      "time_to_first_step_s": round(time_to_first_step_s, 2),
+      "compilation_cache_dir": cache_dir,
       "params": n_params,
       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+      "peak_device_bytes": peak_device_bytes(),
       "mfu": throughput.mfu(flops_per_s),
       "flops_per_s": round(flops_per_s, 1),
       "flops_per_step": flops_per_step,
@@ -240,7 +331,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p.add_argument("--microbatches", type=int, default=1)
   p.add_argument("--scan_layers", action="store_true")
   p.add_argument("--remat_policy", default="none", choices=("none", "full", "dots_saveable", "minimal"))
-  p.add_argument("--attention", choices=("xla", "dot_product"), default="xla")
+  names = attention_implementations()
+  p.add_argument("--attention", choices=names, default=default_attention(names))
+  p.add_argument("--compilation_cache_dir", default="none",
+                 help="persistent compilation cache directory; 'none' (default) measures a cold compile")
+  p.add_argument("--compilation_cache_min_compile_s", type=float, default=1.0,
+                 help="programs that took at least this long to compile are cached (jax's "
+                      "jax_persistent_cache_min_compile_time_secs; 0 caches every program)")
   p.add_argument("--vocab_size", type=int, default=32128)
   p.add_argument("--learning_rate", type=float, default=1e-3)
   p.add_argument("--seed", type=int, default=0)
@@ -254,8 +351,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+  # The process settings go first: parse_args reads the attention names from
+  # the model code, which imports jax.
+  early = argparse.ArgumentParser(add_help=False)
+  runtime.add_flags(early)
+  malloc_tuned = runtime.apply_flags(early.parse_known_args(argv)[0])["malloc_tuned"]
   args = parse_args(argv)
-  args.malloc_tuned = runtime.apply_flags(args)["malloc_tuned"]  # before JAX starts
+  args.malloc_tuned = malloc_tuned
   print(json.dumps(run(args)), flush=True)
 
 
