@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from t5lite.kernels import backend
 from t5lite.models import params as params_lib
 from t5lite.models import t5
 
@@ -185,11 +186,28 @@ def test_encoder_padding_does_not_change_outputs(params):
 
 
 def test_plain_attention_matches_the_cpu_kernels(params):
+    """attention='dot_product' (plain einsum, autodiff) against the CPU default
+    ('auto' = 'cpu_dot_product': folded masks, hand-written backward): the same logits
+    and the same gradients of every parameter, packed (segment masks, causal decoder)
+    and padded."""
     packed, alone = packed_batch(np.random.default_rng(4))
-    fused = jitted(make_config(attention="dot_product"))
+    assert backend.resolve_attention(make_config().attention) == "cpu_dot_product"
+    cot = jnp.asarray(np.random.default_rng(5).normal(size=(2, DEC_LEN, VOCAB)), jnp.float32)
+
+    def grads(cfg):
+        model = t5.T5Transformer(cfg)
+        return jax.jit(jax.value_and_grad(lambda p, b: jnp.sum(model.apply(p, **b) * cot)))
+
+    plain, cpu = grads(make_config(attention="dot_product")), grads(make_config())
     for batch in (packed, alone):
-        np.testing.assert_allclose(fused(params, **batch), jitted(make_config())(params, **batch),
-                                   rtol=1e-5, atol=1e-5)
+        (v_plain, g_plain), (v_cpu, g_cpu) = plain(params, batch), cpu(params, batch)
+        np.testing.assert_allclose(v_plain, v_cpu, rtol=1e-5)
+        np.testing.assert_allclose(jitted(make_config(attention="dot_product"))(params, **batch),
+                                   jitted(make_config())(params, **batch), rtol=1e-5, atol=1e-5)
+        flat_plain = jax.tree_util.tree_leaves_with_path(g_plain)
+        for (path, a), b in zip(flat_plain, jax.tree.leaves(g_cpu)):
+            scale = float(np.abs(a).max())
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
 
 
 def test_bfloat16_activations(params):
