@@ -123,10 +123,11 @@ _cache_state: dict = {}
 
 
 def default_compilation_cache_dir() -> str:
-  """$T5LITE_COMPILATION_CACHE_DIR if set, else ~/.cache/t5lite/jax_compilation_cache
-  ($XDG_CACHE_HOME, when set, takes the place of ~/.cache)."""
-  if COMPILATION_CACHE_ENV in os.environ:
-    return os.environ[COMPILATION_CACHE_ENV]
+  """$T5LITE_COMPILATION_CACHE_DIR if set, else JAX's own $JAX_COMPILATION_CACHE_DIR if set,
+  else ~/.cache/t5lite/jax_compilation_cache ($XDG_CACHE_HOME, when set, takes the place of ~/.cache)."""
+  for name in (COMPILATION_CACHE_ENV, "JAX_COMPILATION_CACHE_DIR"):
+    if name in os.environ:
+      return os.environ[name]
   cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(cache, "t5lite", "jax_compilation_cache")
 
@@ -169,8 +170,8 @@ def setup_compilation_cache(directory: "str | None" = None, min_compile_time_s: 
   except OSError as e:
     if not _cache_state.get("warned"):
       print(f"warning: the compilation cache directory {path} cannot be written ({e.strerror or e}); "
-            f"carrying on without a compilation cache (set {COMPILATION_CACHE_ENV} to a writable "
-            "directory, or to 'none' to silence this)", file=sys.stderr)
+            f"carrying on without a compilation cache (set COMPILATION_CACHE_DIR or {COMPILATION_CACHE_ENV} "
+            "to a writable directory, or to 'none' to silence this)", file=sys.stderr)
       _cache_state["warned"] = True
     return _cache_state.get("dir")
   jax.config.update("jax_enable_compilation_cache", True)

@@ -261,10 +261,18 @@ class Trainer:
 
   def train_step(self, state: TrainState, batch: Batch, rng: jax.Array):
     """(new state, metrics) of one optimizer step; the state is donated.
-    Uses the step `compile_train_step` compiled, else jit's own."""
-    step = self._compiled_step or self._train_step
+
+    Uses the step `compile_train_step` compiled; arguments it was not compiled
+    for (another batch shape, dtype or sharding: the compiled step refuses them
+    before running, with a TypeError or ValueError) go through the jitted step,
+    which compiles what it needs."""
     with self.partitioner.context():
-      return step(state, batch, rng)
+      if self._compiled_step is not None:
+        try:
+          return self._compiled_step(state, batch, rng)
+        except (TypeError, ValueError):
+          pass
+      return self._train_step(state, batch, rng)
 
   def restore_or_init(self, log: Callable[[str], None] = print,
                       warn: Optional[Callable[[str], None]] = None) -> tuple[TrainState, int]:

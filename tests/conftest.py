@@ -11,3 +11,6 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Runs inside tests do not fill the user's compilation cache (~/.cache/t5lite); the
+# tests of the cache give their own directory.
+os.environ["T5LITE_COMPILATION_CACHE_DIR"] = "none"

@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory):
 
   registration.register_text_to_text_task(TASK, seqio.FunctionDataSource(dataset_fn, splits=["validation"]), vocab)
   model = model_lib.EncoderDecoderModel(config=t5.t5_config("tiny", vocab_size=vocab.vocab_size))
-  params = jax.jit(lambda r: model.init_params(r, model.input_shapes(1, LENGTHS)))(jax.random.key(0))
+  params = model.init_params(jax.random.key(0), model.input_shapes(1, LENGTHS))
   ckpt = checkpointing.Checkpointer(str(root / "checkpoints"), async_save=False)
   ckpt.save(1, params, {"count": jax.numpy.zeros((), jax.numpy.int32)}, {})  # inference reads only params
   ckpt.close()

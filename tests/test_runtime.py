@@ -31,6 +31,7 @@ def test_compilation_cache_writes_programs_and_an_unwritable_directory_only_warn
     monkeypatch.setenv("T5LITE_COMPILATION_CACHE_DIR", str(tmp_path / "from_env"))
     assert runtime.default_compilation_cache_dir() == str(tmp_path / "from_env")
     monkeypatch.delenv("T5LITE_COMPILATION_CACHE_DIR")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert runtime.default_compilation_cache_dir() == str(tmp_path / "xdg" / "t5lite" / "jax_compilation_cache")
     # A writable one receives the compiled program.

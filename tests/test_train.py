@@ -96,7 +96,7 @@ def test_gradient_accumulation_matches_one_batch():
   from t5lite.data import pipeline
 
   batch = next(pipeline.get_dataset("ttrain_span_corruption", LENGTHS, batch_size=8, shuffle=False).as_numpy_iterator())
-  params = jax.jit(lambda r: model.init_params(r, shapes))(jax.random.key(0))
+  params = model.init_params(jax.random.key(0), shapes)
   opt = adafactor.adafactor(0.01, logical_axes=model.param_logical_axes(shapes))
   state = trainer_lib.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
   outs = []
@@ -578,3 +578,25 @@ def test_train_checks_its_own_settings_before_any_work(tmp_path, kwargs, message
     run(tmp_path, 5, **kwargs)
   assert str(e.value).startswith(message), str(e.value)
   assert os.listdir(tmp_path) == []
+
+
+def test_train_step_takes_arguments_the_compiled_step_was_not_compiled_for(tmp_path):
+  from t5lite.bench import train_step as bench  # pylint: disable=g-import-not-at-top
+
+  cfg = trainer_lib.TrainerConfig(train_steps=3, batch_size=8, task_feature_lengths=LENGTHS, progress=False,
+                                  async_checkpointing=False)
+  tr = trainer_lib.Trainer(tiny_model(), adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path))
+  try:
+    state = tr.fresh_state()
+    rng = jax.random.key(1)
+    full, short = (tr.partitioner.global_batch(bench.make_batches("encoder_decoder", 8, n, 16, 384, 1)[0], 8)
+                   for n in (64, 32))
+    tr.compile_train_step(state, full, rng)
+    state, m1 = tr.train_step(state, full, rng)
+    # Shorter inputs: the compiled step refuses them before running (nothing donated), jit compiles them.
+    state, m2 = tr.train_step(state, short, rng)
+    state, m3 = tr.train_step(state, full, rng)
+    assert int(state.step) == 3
+    assert all(math.isfinite(float(m["loss"])) for m in (m1, m2, m3))
+  finally:
+    tr.close()

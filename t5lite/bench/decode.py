@@ -103,7 +103,7 @@ def run(args) -> list[dict]:
   t0 = time.perf_counter()
   key = jax.random.key(args.seed, impl=args.prng_impl or None)
   with part.context():
-    params = jax.jit(lambda r: model.init_params(r, shapes), out_shardings=shardings)(key)
+    params = model.init_params(key, shapes, shardings)
   jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
   n_params = params_lib.count_params(params)

@@ -66,9 +66,10 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
       ValueError: sizes that are not integers >= 1 (bools, floats and strings
         included), dropout_rate outside [0, 1), relative_attention_num_buckets
         < 4, relative_attention_max_distance <= num_buckets // 2,
-        layer_norm_epsilon not > 0, NaN or infinity, an unknown remat policy or
-        dtype, an unknown attention implementation or one this process's
-        backend cannot run (t5lite.kernels.backend.resolve_attention).
+        layer_norm_epsilon not > 0, NaN or infinity, an unknown remat policy,
+        dtype or attention implementation. An attention implementation this
+        process's backend cannot run is refused when the model is traced
+        (t5lite.models.layers.apply_layer_stack).
     """
     cls = type(cfg).__name__
     positive = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", *layer_fields)
@@ -92,6 +93,8 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
         object.__setattr__(cfg, "dtype", dtype_name(cfg.dtype))
     except ValueError as e:
         raise ValueError(f"{cls}.dtype: {e}") from None
-    backend.resolve_attention(cfg.attention, cfg.dtype, where=f"{cls}.attention")
+    # The name only: the backend is asked when the model is traced (building a config
+    # starts no JAX backend, and a config written on a GPU host still loads on a CPU one).
+    backend.check_attention_name(cfg.attention, where=f"{cls}.attention")
     epsilon = checks.check_float(f"{cls}.layer_norm_epsilon", cfg.layer_norm_epsilon, minimum=0.0, min_open=True)
     object.__setattr__(cfg, "layer_norm_epsilon", epsilon)

@@ -162,7 +162,8 @@ def apply_layer_stack(
     entry per name with the layer axis second, [batch, layers, ...], so that
     every cache leaf has the batch first as t5lite.decoding expects).
     """
-    implementation = backend.resolve_attention(config.attention, config.dtype)
+    implementation = backend.resolve_attention(config.attention, config.dtype,
+                                               where=f"{type(config).__name__}.attention")
     if implementation == "cpu_dot_product" and (self_bias is not None or self_mask is not None):
         self_bias, self_mask = xla_cpu.fold_mask_into_bias(self_bias, self_mask, causal)
         causal = False

@@ -104,6 +104,7 @@ ones_init = Constant(1.0)
 # --------------------------------------------------------------------------
 
 _recording: Optional[dict] = None
+_Tracer = getattr(jax.core, "Tracer", None) or __import__("jax._src.core", fromlist=["Tracer"]).Tracer
 
 
 def param(module: nn.Module, name: str, init: Callable, shape: Sequence[int], axes: Sequence[str]) -> Array:
@@ -193,8 +194,10 @@ def _salt(names: Sequence[str]) -> np.uint32:
 _compiled: dict = {}
 
 
-def _program(init: Callable, shape: tuple[int, ...], stacked: int, sharding: Any):
-    """jit(key, salt(s) -> init(fold_in(key, salt), shape)), vmapped over `stacked` salts when > 0."""
+def _program(init: Callable, shape: tuple[int, ...], stacked: int, sharding: Any, key_type: Any = None):
+    """jit(key, salt(s) -> init(fold_in(key, salt), shape)), vmapped over `stacked` salts when > 0.
+    (`key_type` only keys the cache of compiled programs: typed and raw uint32 keys compile apart.)"""
+    del key_type
 
     def one(key, salt):
         return init(jax.random.fold_in(key, salt), shape, jnp.float32)
@@ -204,16 +207,16 @@ def _program(init: Callable, shape: tuple[int, ...], stacked: int, sharding: Any
 
 
 def _compile_all(rng: Array, wanted: list) -> None:
-    """AOT-compiles the programs of `wanted` [(init, shape, stacked, sharding)] not
-    compiled yet, several at a time (XLA compiles without holding the GIL)."""
+    """AOT-compiles the programs of `wanted` [(init, shape, stacked, sharding, key type)]
+    not compiled yet, several at a time (XLA compiles without holding the GIL)."""
     todo = [w for w in dict.fromkeys(wanted) if w not in _compiled]
     if not todo:
         return
 
     def build(w):
-        init, shape, stacked, sharding = w
+        stacked = w[2]
         salt = np.zeros((stacked,), np.uint32) if stacked else np.uint32(0)
-        return w, _program(init, shape, stacked, sharding).lower(rng, salt).compile()
+        return w, _program(*w).lower(rng, salt).compile()
 
     workers = max(1, min(len(todo), os.cpu_count() or 1, 16))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -241,10 +244,13 @@ def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardin
     match the abstract one.
     """
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
-    shard_leaves = [None] * len(leaves) if shardings is None else jax.tree.leaves(
-        shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    if shardings is None:
+        shard_leaves = [None] * len(leaves)
+    else:  # one entry per parameter; None entries mean the default placement
+        shard_leaves = treedef.flatten_up_to(shardings)
+    key_type = (str(rng.dtype), tuple(rng.shape))
     calls = []
-    for (path, leaf), sharding in zip(leaves, shard_leaves):
+    for (path, leaf), sharding in zip(leaves, shard_leaves, strict=True):
         names = _path_key(path)
         if names not in initializers:
             raise KeyError(f"parameter {'/'.join(names)} has no recorded initialiser; create it with "
@@ -252,17 +258,17 @@ def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardin
         init, shape = initializers[names]
         shape = tuple(shape)
         if tuple(leaf.shape) == shape:
-            calls.append(((init, shape, 0, sharding), _salt(names)))
+            calls.append(((init, shape, 0, sharding, key_type), _salt(names)))
         elif tuple(leaf.shape[1:]) == shape:
             n = leaf.shape[0]
             layer_names = [tuple(f"layers_{i}" if c == "layers" else c for c in names) for i in range(n)]
             if layer_names[0] == names:  # no 'layers' component: fold the layer index in
                 layer_names = [names + (str(i),) for i in range(n)]
-            calls.append(((init, shape, n, sharding), np.array([_salt(ln) for ln in layer_names], np.uint32)))
+            calls.append(((init, shape, n, sharding, key_type), np.array([_salt(ln) for ln in layer_names], np.uint32)))
         else:
             raise ValueError(f"parameter {'/'.join(names)}: abstract shape {tuple(leaf.shape)} does not match "
                              f"the recorded shape {shape}")
-    if isinstance(rng, jax.core.Tracer):  # called under a trace (jit, eval_shape): stay traceable
+    if isinstance(rng, _Tracer):  # called under a trace (jit, eval_shape): stay traceable
         out = [_program(*w)(rng, salt) for w, salt in calls]
     else:
         _compile_all(rng, [w for w, _ in calls])

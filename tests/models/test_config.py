@@ -7,6 +7,7 @@ import pytest
 from flax import linen as nn
 
 from t5lite.models import attention, config, decoder_only, t5
+from t5lite.models import model as model_lib
 
 
 def test_helpers_reject_bad_values():
@@ -30,10 +31,12 @@ def test_attention_names_checked_against_the_backend():
     with pytest.raises(ValueError, match=r"T5Config.attention: unknown attention implementation 'flash'; valid values "
                                          r"are \('auto', 'dot_product', 'cudnn_flash_jax', 'cpu_dot_product'\)"):
         t5.t5_config("tiny", attention="flash")
-    # cuDNN attention on this CPU-only process: named, with what runs here.
+    # cuDNN attention on this CPU-only process: the config (which may come from a GPU run's
+    # config.gin) is built, and the model refuses it when traced, naming what runs here.
+    cfg = decoder_only.decoder_only_config("tiny", attention="cudnn_flash_jax", dtype="bfloat16")
     with pytest.raises(ValueError, match=r"DecoderOnlyConfig.attention='cudnn_flash_jax' runs on GPU only, and this "
                                          r"process computes on CPU; valid here: \('auto', 'dot_product', "
                                          r"'cpu_dot_product'\)"):
-        decoder_only.decoder_only_config("tiny", attention="cudnn_flash_jax", dtype="bfloat16")
+        model_lib.DecoderOnlyModel(config=cfg).abstract_params({"decoder_input_tokens": (2, 8)})
     for name in ("auto", "dot_product", "cpu_dot_product"):
         assert t5.t5_config("tiny", attention=name).attention == name
