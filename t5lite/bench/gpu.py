@@ -10,22 +10,31 @@ with its own timeout:
 
   reference              plain JAX (t5lite.bench.reference): compile time of a trivial
                          jit; compile and step time of a 12-layer dense MLP stack
+  attention_check        t5lite.bench.attention_check: loss and gradients of tiny
+                         bfloat16 T5 and decoder-only models (packed and padded
+                         batches) with cuDNN attention (what 'auto' runs on a GPU)
+                         against the plain einsum attention, and whether cuDNN ran
   base_cold              t5lite.bench.train_step, T5 v1.1 base, bfloat16, batch 128,
-                         inputs 512, targets 114, with an empty compilation cache
+                         inputs 512, targets 114, attention 'auto', with an empty
+                         compilation cache
   base_warm              the same command with the same cache: time to first step warm
+  base_attn_dot_product  base with the plain einsum attention: a base number even
+                         when cuDNN attention ('auto') fails
   hf_base                HF transformers (PyTorch) on the same shapes (--hf_script)
   large                  T5 v1.1 large, batch 64
   1b                     decoder-only 1b, batch 16, length 2048
-  base_attn_<name>       base with another attention implementation
+  base_attn_<name>       base with the other attention implementations
   {large,1b}_remat_minimal, {large,1b}_scan   the performance knobs
 
 A run that would not fit in what is left of `--budget_s` gets a shorter
 timeout, or is skipped when under `--min_run_s` is left. Each run prints ONE
 JSON line on stdout as soon as it ends: "run", "status" (ok, timeout, error,
-skipped), "wall_s" and the child's own JSON fields; the children's progress
-lines pass through on stderr, so a run cut off shows where it was. An "env"
-line comes first (versions, the plan) and a "summary" line last (t5lite base
-tokens/s over HF's, the MFU of each run). `--output FILE` writes the same
+skipped), "wall_s" and the child's own JSON fields (of a run cut off by its
+timeout, those of the last JSON line it printed, if any); the children's
+progress lines pass through on stderr, so a run cut off shows where it was. An
+"env" line comes first (versions, the plan) and a "summary" line last (t5lite
+base tokens/s over HF's, the MFU of each run, the attention check's verdict and
+whether only 'auto' failed). `--output FILE` writes the same
 lines to FILE. Exits 0 whatever the runs did.
 
 Runs with the system Python from the repository root (no venv needed); it and
@@ -54,9 +63,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEFAULT_HF_SCRIPT = os.path.join(".device", "hf_t5_train_step_gpu.py")
 
 # Attention variants of base. "auto" (the default, which picks per backend)
-# is base_cold itself.
+# is base_cold itself. The first runs right after base_warm (FIRST_VARIANT),
+# the others after 1b.
 GPU_ATTENTION = ("dot_product", "cudnn_flash_jax")
 SMOKE_ATTENTION = ("dot_product",)
+FIRST_VARIANT = "dot_product"
 
 
 @dataclasses.dataclass
@@ -73,6 +84,7 @@ class Run:
 class Sizes:
   """The plan's shapes and timeouts for one mode (GPU or CPU smoke)."""
   reference: tuple[str, ...]
+  attention_check: tuple[str, ...]
   base: tuple[str, ...]
   large: tuple[str, ...]
   one_b: tuple[str, ...]
@@ -85,6 +97,7 @@ class Sizes:
 
 GPU = Sizes(
     reference=("--layers", "12", "--d_model", "768", "--d_ff", "2048", "--batch", "128", "--length", "512"),
+    attention_check=("--candidate", "cudnn_flash_jax", "--dtype", "bfloat16"),
     base=("--preset", "base", "--batch", "128", "--inputs", "512", "--targets", "114"),
     large=("--preset", "large", "--batch", "64", "--inputs", "512", "--targets", "114"),
     one_b=("--model", "decoder_only", "--preset", "1b", "--batch", "16", "--inputs", "1024", "--targets", "1024"),
@@ -92,17 +105,22 @@ GPU = Sizes(
     hf=("--preset", "base", "--batch", "128", "--dtype", "bfloat16"),
     cache_flags=(),
     cache_every_run=False,
-    timeouts={"reference": 60, "base_cold": 150, "base_warm": 60, "hf_base": 90, "large": 150, "1b": 150,
-              "variant": 100},
+    timeouts={"reference": 60, "attention_check": 45, "base_cold": 150, "base_warm": 60, "hf_base": 90,
+              "large": 150, "1b": 150, "variant": 100},
 )
 
 # Tiny sizes for 2 CPU cores. float32 and a small vocabulary keep each compile
 # short, and every run after base_warm shares base's cache (the state init and
-# any program already compiled load from it) so that the plan takes about two
+# any program already compiled load from it) so that the plan takes about three
 # minutes. The cache threshold is 0 so that every program is cached, however
-# quickly it compiled.
+# quickly it compiled. The attention check compares the CPU kernel
+# (cpu_dot_product, what 'auto' runs on the CPU) with the plain attention in
+# float32, where the two agree to under 1e-6, on one-layer stacks (it compiles
+# eight programs, about 35 s); it does not use the cache, so base_cold stays cold.
 SMOKE = Sizes(
     reference=("--layers", "2", "--d_model", "64", "--d_ff", "128", "--batch", "2", "--length", "16"),
+    attention_check=("--candidate", "cpu_dot_product", "--dtype", "float32", "--layers", "1", "--vocab_size",
+                     "256"),
     base=("--preset", "tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
     large=("--preset", "tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
     one_b=("--model", "decoder_only", "--preset", "tiny", "--batch", "2", "--inputs", "16", "--targets", "16"),
@@ -111,8 +129,8 @@ SMOKE = Sizes(
         "--vocab", "256", "--warmup", "1"),
     cache_flags=("--compilation_cache_min_compile_s", "0"),
     cache_every_run=True,
-    timeouts={"reference": 60, "base_cold": 120, "base_warm": 90, "hf_base": 90, "large": 120, "1b": 120,
-              "variant": 120},
+    timeouts={"reference": 60, "attention_check": 120, "base_cold": 120, "base_warm": 90, "hf_base": 90,
+              "large": 120, "1b": 120, "variant": 120},
 )
 
 
@@ -138,21 +156,29 @@ def build_plan(
     return ["-m", "t5lite.bench.train_step", *shape, *sizes.common, *step_flags, *extra,
             *(cache if cached else ())]
 
-  plan = [
-      Run("reference", ["-m", "t5lite.bench.reference", *sizes.reference, *step_flags], t["reference"]),
-      Run("base_cold", t5lite(sizes.base, cached=True), t["base_cold"]),
-      Run("base_warm", t5lite(sizes.base, cached=True), t["base_warm"]),
-      Run("hf_base", [hf_script, *sizes.hf, *step_flags], t["hf_base"], skip=hf_skip),
-      Run("large", t5lite(sizes.large), t["large"]),
-      Run("1b", t5lite(sizes.one_b), t["1b"]),
-  ]
-  for name in attention_variants:
+  def variant(name):
     skip = None
     if attention_names is None:
       skip = "the attention implementations could not be read from t5lite"
     elif name not in attention_names:
       skip = f"attention {name!r} is not one of this t5lite's {tuple(attention_names)}"
-    plan.append(Run(f"base_attn_{name}", t5lite(sizes.base, "--attention", name), t["variant"], skip=skip))
+    return Run(f"base_attn_{name}", t5lite(sizes.base, "--attention", name), t["variant"], skip=skip)
+
+  # A base number first, even where 'auto' (cuDNN attention on a GPU) fails:
+  # the attention check says whether it can work, base_attn_dot_product runs
+  # base without it.
+  plan = [
+      Run("reference", ["-m", "t5lite.bench.reference", *sizes.reference, *step_flags], t["reference"]),
+      Run("attention_check", ["-m", "t5lite.bench.attention_check", *sizes.attention_check],
+          t["attention_check"]),
+      Run("base_cold", t5lite(sizes.base, cached=True), t["base_cold"]),
+      Run("base_warm", t5lite(sizes.base, cached=True), t["base_warm"]),
+      *[variant(n) for n in attention_variants if n == FIRST_VARIANT],
+      Run("hf_base", [hf_script, *sizes.hf, *step_flags], t["hf_base"], skip=hf_skip),
+      Run("large", t5lite(sizes.large), t["large"]),
+      Run("1b", t5lite(sizes.one_b), t["1b"]),
+      *[variant(n) for n in attention_variants if n != FIRST_VARIANT],
+  ]
   for flag, suffix in ((("--remat_policy", "minimal"), "remat_minimal"), (("--scan_layers",), "scan")):
     plan.append(Run(f"large_{suffix}", t5lite(sizes.large, *flag), t["variant"]))
     plan.append(Run(f"1b_{suffix}", t5lite(sizes.one_b, *flag), t["variant"]))
@@ -201,8 +227,11 @@ def execute(run: Run, timeout_s: float, env: dict) -> dict:
   try:
     proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=None, text=True,
                           timeout=timeout_s)
-  except subprocess.TimeoutExpired:
+  except subprocess.TimeoutExpired as e:
     line.update(status="timeout", wall_s=round(time.monotonic() - t0, 1), timeout_s=round(timeout_s, 3))
+    partial = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+    for key, value in (last_json_object(partial) or {}).items():  # what it printed before (attention_check)
+      line.setdefault(key, value)
   else:
     wall = round(time.monotonic() - t0, 1)
     result = last_json_object(proc.stdout or "")
@@ -234,12 +263,28 @@ def _peak_flops(device_kind: Optional[str]) -> Optional[float]:
 
 
 def summarize(lines: Sequence[dict], wall_s: float) -> dict:
-  """The ratio t5lite base / HF base (tokens/s) and the MFU of each run."""
+  """The ratio t5lite base / HF base (tokens/s), the MFU of each run, the
+  attention check's verdict, and whether base failed with 'auto' but ran with
+  the plain attention (then look at cuDNN attention first)."""
   ok = {l["run"]: l for l in lines if l.get("status") == "ok"}
-  base = ok.get("base_cold") or ok.get("base_warm")
+  by = {l["run"]: l for l in lines}
+  base_run = next((n for n in ("base_cold", "base_warm", "base_attn_dot_product") if n in ok), None)
+  base = ok.get(base_run) if base_run else None
   hf = ok.get("hf_base")
   out: dict = {"run": "summary", "status": "ok", "wall_s": round(wall_s, 1)}
   out["statuses"] = {l["run"]: l["status"] for l in lines if l["run"] not in ("env", "summary")}
+  check = by.get("attention_check")
+  if check is None:
+    out["attention_check"] = None
+  else:
+    # The probe's verdict (ok, mismatch, fallback, error) when it finished, else its status.
+    out["attention_check"] = check.get("verdict") if check["status"] in ("ok", "error") else check["status"]
+    out["attention_check_compared"] = check.get("compared")
+    if "cudnn_used" in check:
+      out["attention_check_cudnn_used"] = check["cudnn_used"]
+  out["auto_failed_dot_product_ok"] = (
+      by.get("base_cold", {}).get("status") in ("error", "timeout") and "base_attn_dot_product" in ok)
+  out["base_run"] = base_run  # the base run of the ratio: base_attn_dot_product only when 'auto' failed
   if base and hf and hf.get("tokens_per_s"):
     out["base_vs_hf_tokens_per_s"] = round(base["tokens_per_s"] / hf["tokens_per_s"], 3)
     out["base_tokens_per_s"], out["hf_base_tokens_per_s"] = base["tokens_per_s"], hf["tokens_per_s"]

@@ -61,21 +61,10 @@ def stage(message: str) -> None:
 
 
 def attention_implementations() -> tuple[str, ...]:
-  """The model's valid `attention` names, read where the model code keeps them."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
+  """The model's valid `attention` names (t5lite.models.config.ATTENTION_IMPLEMENTATIONS)."""
+  from t5lite.models import config  # pylint: disable=g-import-not-at-top  # imports jax: after the process settings
 
-  if importlib.util.find_spec("t5lite.models.config") is not None:
-    from t5lite.models import config  # pylint: disable=g-import-not-at-top
-
-    if hasattr(config, "ATTENTION_IMPLEMENTATIONS"):
-      return tuple(config.ATTENTION_IMPLEMENTATIONS)
-  from t5lite.models import layers  # pylint: disable=g-import-not-at-top
-
-  return tuple(layers.ATTENTION_IMPLEMENTATIONS)
-
-
-def default_attention(names: Sequence[str]) -> str:
-  return "auto" if "auto" in names else ("xla" if "xla" in names else names[0])
+  return tuple(config.ATTENTION_IMPLEMENTATIONS)
 
 
 def make_batches(
@@ -331,8 +320,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p.add_argument("--microbatches", type=int, default=1)
   p.add_argument("--scan_layers", action="store_true")
   p.add_argument("--remat_policy", default="none", choices=("none", "full", "dots_saveable", "minimal"))
-  names = attention_implementations()
-  p.add_argument("--attention", choices=names, default=default_attention(names))
+  p.add_argument("--attention", choices=attention_implementations(), default="auto",
+                 help="attention implementation (t5lite.kernels.backend); auto picks the one for this backend")
   p.add_argument("--compilation_cache_dir", default="none",
                  help="persistent compilation cache directory; 'none' (default) measures a cold compile")
   p.add_argument("--compilation_cache_min_compile_s", type=float, default=1.0,
