@@ -183,9 +183,8 @@ def setup_compilation_cache(directory: "str | None" = None, min_compile_time_s: 
 
 
 def _reset_jax_cache() -> None:
-  try:
-    from jax.experimental import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  """Makes JAX decide again whether its persistent cache is on (it decides once per
+  process, at the first compile), through jax.experimental.compilation_cache."""
+  from jax.experimental import compilation_cache as cc  # pylint: disable=g-import-not-at-top
 
-    cc.compilation_cache.reset_cache()
-  except (ImportError, AttributeError):
-    pass
+  cc.compilation_cache.reset_cache()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import inspect
 import math
 import os
@@ -142,7 +143,6 @@ class TrainerConfig:
   seed: int = 0
   async_checkpointing: bool = True
   progress: bool = True
-  startup_log: bool = True  # where start-up time goes, on stderr
 
   def __post_init__(self):
     from t5lite import checks  # pylint: disable=g-import-not-at-top
@@ -267,12 +267,12 @@ class Trainer:
     before running, with a TypeError or ValueError) go through the jitted step,
     which compiles what it needs."""
     with self.partitioner.context():
-      if self._compiled_step is not None:
-        try:
-          return self._compiled_step(state, batch, rng)
-        except (TypeError, ValueError):
-          pass
-      return self._train_step(state, batch, rng)
+      if self._compiled_step is None:
+        return self._train_step(state, batch, rng)
+      try:
+        return self._compiled_step(state, batch, rng)
+      except (TypeError, ValueError):  # refused before running: nothing was donated
+        return self._train_step(state, batch, rng)
 
   def restore_or_init(self, log: Callable[[str], None] = print,
                       warn: Optional[Callable[[str], None]] = None) -> tuple[TrainState, int]:
@@ -417,11 +417,11 @@ class Trainer:
     startup = self._startup_log
     t0 = time.perf_counter()
     state, rows = self.restore_or_init(log, warn=lambda message: print(message, file=sys.stderr))
-    jax.block_until_ready(state)
-    startup(f"train state ready in {time.perf_counter() - t0:.2f} s "
-            f"({'restored step ' + str(int(state.step)) if int(state.step) else 'step 0'})")
-    self.write_model_info()
+    jax.block_until_ready(state)  # the time of the whole state, not of its dispatch
     start_step = int(state.step)
+    startup(f"train state ready in {time.perf_counter() - t0:.2f} s "
+            f"({f'restored step {start_step}' if start_step else 'step 0'})")
+    self.write_model_info()
     if on_start is not None:
       on_start(start_step)
     if start_step >= cfg.train_steps:
@@ -430,25 +430,23 @@ class Trainer:
     if start_step:
       log(f"resuming from step {start_step} in {self.checkpointer.directory}")
     rng = jax.random.key(cfg.seed + 1)
-    batches = train_batches(rows)
+    batches = (self.partitioner.global_batch(b, cfg.batch_size) for b in train_batches(rows))
     last_metrics: dict[str, float] = {}
     last_saved = start_step if start_step else None
     progress = _progress(start_step, cfg.train_steps, enabled=cfg.progress and self.is_primary)
     window_start, window_steps, compile_done = time.perf_counter(), 0, False
     step = start_step
     try:
+      t0 = time.perf_counter()
+      first = next(batches)
+      startup(f"first batch in {time.perf_counter() - t0:.2f} s; compiling the train step ...")
+      t0 = time.perf_counter()
+      self.compile_train_step(state, first, rng)
+      startup(f"train step compiled in {time.perf_counter() - t0:.2f} s")
+      batches = itertools.chain([first], batches)
+      t0 = time.perf_counter()
       while step < cfg.train_steps:
-        if not compile_done:
-          t0 = time.perf_counter()
-          batch = self.partitioner.global_batch(next(batches), cfg.batch_size)
-          startup(f"first batch in {time.perf_counter() - t0:.2f} s; compiling the train step ...")
-          t0 = time.perf_counter()
-          self.compile_train_step(state, batch, rng)
-          startup(f"train step compiled in {time.perf_counter() - t0:.2f} s")
-          t0 = time.perf_counter()
-        else:
-          batch = self.partitioner.global_batch(next(batches), cfg.batch_size)
-        state, metrics = self.train_step(state, batch, rng)
+        state, metrics = self.train_step(state, next(batches), rng)
         rows += cfg.batch_size
         step += 1
         window_steps += 1
@@ -506,7 +504,7 @@ class Trainer:
 
   def _startup_log(self, message: str) -> None:
     """Start-up progress on stderr, as it happens (primary process only)."""
-    if self.is_primary and self.config.startup_log:
+    if self.is_primary:
       print(f"startup: {message}", file=sys.stderr, flush=True)
 
   def close(self) -> None:

@@ -328,8 +328,8 @@ def environment(mode: str, budget_s: float, plan: Sequence[Run]) -> dict:
       line["nvidia_smi"] = subprocess.run(
           ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=20).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-      pass
+    except (subprocess.SubprocessError, OSError) as e:
+      line["nvidia_smi"] = f"nvidia-smi failed: {e}"
   return line
 
 

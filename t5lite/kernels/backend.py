@@ -23,6 +23,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import jax
+import jax.numpy as jnp
+
 ATTENTION_IMPLEMENTATIONS = ("auto", "dot_product", "cudnn_flash_jax", "cpu_dot_product")
 # Values of earlier releases, with what to write instead.
 _RENAMED = {
@@ -33,8 +36,6 @@ _ONLY_ON = {"cudnn_flash_jax": "gpu", "cpu_dot_product": "cpu"}
 
 def platform() -> str:
     """The default backend's platform name: 'cpu', 'gpu' or 'tpu' (jax.default_backend())."""
-    import jax  # pylint: disable=g-import-not-at-top
-
     name = jax.default_backend()
     return "gpu" if name in ("cuda", "rocm") else name
 
@@ -76,14 +77,12 @@ def resolve_attention(name: str, dtype: Any = "float32", on: Optional[str] = Non
     Raises ValueError for an unknown name, or for one this platform cannot run
     (`cudnn_flash_jax` off GPU, `cpu_dot_product` off CPU), naming what would run.
     """
-    import numpy as np  # pylint: disable=g-import-not-at-top
-
     check_attention_name(name, where)
     on = platform() if on is None else on
     if name == "auto":
         if on == "cpu":
             return "cpu_dot_product"
-        if on == "gpu" and np.dtype(_dtype(dtype)).itemsize == 2:
+        if on == "gpu" and jnp.dtype(dtype).itemsize == 2:
             return "cudnn_flash_jax"
         return "dot_product"
     needs = _ONLY_ON.get(name)
@@ -94,8 +93,3 @@ def resolve_attention(name: str, dtype: Any = "float32", on: Optional[str] = Non
         )
     return name
 
-
-def _dtype(dtype: Any) -> Any:
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-    return jnp.dtype(dtype)

@@ -1,10 +1,11 @@
 """Multi-head attention, its masks and its KV cache.
 
-`MultiHeadAttention` is T5's bias-free attention; `attention` (the function)
-dispatches to the implementation the model's `attention` option resolves to on
-this backend (t5lite.kernels.backend): the plain einsum below (`dot_product`),
-cuDNN fused attention (t5lite.kernels.cudnn) or the XLA:CPU kernel
-(t5lite.kernels.xla_cpu). Masks are boolean [batch, 1, q, k] (True: may attend).
+`MultiHeadAttention` is T5's bias-free attention; it runs the implementation
+its `attention` option resolves to on this backend (t5lite.kernels.backend):
+the plain einsum below (`dot_product`), cuDNN fused attention
+(t5lite.kernels.cudnn) or the XLA:CPU kernel (t5lite.kernels.xla_cpu, not under
+rematerialisation, whose policies cannot see inside its backward pass). With
+attention dropout the plain einsum runs on every backend. Masks are boolean [batch, 1, q, k] (True: may attend).
 """
 
 from __future__ import annotations
@@ -128,33 +129,6 @@ def einsum_attention(
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
 
 
-def attention(
-    implementation: str,
-    query: Array,
-    key: Array,
-    value: Array,
-    bias: Optional[Array] = None,
-    mask: Optional[Array] = None,
-    *,
-    is_causal: bool = False,
-    float32_logits: bool = True,
-    dropout: Optional[Callable[[Array], Array]] = None,
-    saves_weights_ok: bool = True,
-) -> Array:
-    """Attention by the resolved `implementation` ('dot_product', 'cudnn_flash_jax' or
-    'cpu_dot_product'; see t5lite.kernels.backend.resolve_attention); shapes as
-    `einsum_attention`. Attention dropout always runs the plain einsum (the
-    fused kernels have none); so does 'cpu_dot_product' when
-    `saves_weights_ok` is False (under rematerialisation, whose policies
-    cannot see inside its hand-written backward pass)."""
-    if dropout is None and implementation == "cudnn_flash_jax":
-        return cudnn.attention(query, key, value, bias, mask, is_causal=is_causal)
-    if dropout is None and implementation == "cpu_dot_product" and saves_weights_ok:
-        return xla_cpu.attention(query, key, value, bias, mask, is_causal=is_causal, float32_logits=float32_logits)
-    return einsum_attention(query, key, value, bias, mask, is_causal=is_causal, float32_logits=float32_logits,
-                            dropout=dropout)
-
-
 # --------------------------------------------------------------------------
 # Attention module and KV cache
 # --------------------------------------------------------------------------
@@ -197,7 +171,7 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     implementation: str = "auto"  # an `attention` option value (t5lite.kernels.backend)
     float32_logits: bool = True
-    saves_weights_ok: bool = True  # False under remat (see `attention`)
+    saves_weights_ok: bool = True  # False under remat: the XLA:CPU kernel's backward keeps the weights
     # Autoregressive decoding with a KV cache ('cache' collection): see below.
     decode: bool = False
     cross_attention: bool = False
@@ -247,9 +221,7 @@ class MultiHeadAttention(nn.Module):
         if self.decode:
             cached = self._cached_attention(q, inputs_q, inputs_kv, wk, wv, bias, mask, decode_index)
             if cached is not None:
-                out = nn.with_logical_constraint(cached.astype(dt), axes)
-                y = params.dense(out, wo.astype(dt), in_dims=2)
-                return nn.with_logical_constraint(y, ("batch", "length", "embed"))
+                return self._project_out(cached, wo)
         if inputs_kv is None:
             raise ValueError("inputs_kv is required unless a decode cache holds the keys and values")
         xkv = xq if inputs_kv is inputs_q else inputs_kv.astype(dt)
@@ -263,15 +235,21 @@ class MultiHeadAttention(nn.Module):
                 self.variable("cache", "cached_key", jnp.zeros, _cache_shape_key(key.shape), key.dtype)
                 self.variable("cache", "cached_value", jnp.zeros, _cache_shape_value(value.shape), value.dtype)
 
-        drop = None
-        if self.dropout_rate > 0.0 and not deterministic:
-            drop = lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)  # noqa: E731
-        out = attention(
-            implementation, q, key, value, bias, mask, is_causal=is_causal, float32_logits=self.float32_logits,
-            dropout=drop, saves_weights_ok=self.saves_weights_ok,
-        )
-        out = nn.with_logical_constraint(out.astype(dt), axes)
-        y = params.dense(out, wo.astype(dt), in_dims=2)
+        use_dropout = self.dropout_rate > 0.0 and not deterministic
+        if not use_dropout and implementation == "cudnn_flash_jax":
+            out = cudnn.attention(q, key, value, bias, mask, is_causal=is_causal)
+        elif not use_dropout and implementation == "cpu_dot_product" and self.saves_weights_ok:
+            out = xla_cpu.attention(q, key, value, bias, mask, is_causal=is_causal, float32_logits=self.float32_logits)
+        else:  # 'dot_product', and attention dropout on every backend (the kernels have none)
+            drop = (lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)) if use_dropout else None
+            out = einsum_attention(q, key, value, bias, mask, is_causal=is_causal,
+                                   float32_logits=self.float32_logits, dropout=drop)
+        return self._project_out(out, wo)
+
+    def _project_out(self, out: Array, wo: Array) -> Array:
+        """Attention output [b, q, heads, kv] -> [b, q, d_model] through the 'out' kernel."""
+        out = nn.with_logical_constraint(out.astype(self.dtype), ("batch", "length", "heads", "kv"))
+        y = params.dense(out, wo.astype(self.dtype), in_dims=2)
         return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
     def _cached_attention(self, q, inputs_q, inputs_kv, wk, wv, bias, mask, decode_index) -> Optional[Array]:

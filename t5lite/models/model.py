@@ -80,6 +80,7 @@ class BaseModel:
 
   FEATURE_CONVERTER = "enc_dec"
   module: nn.Module = dataclasses.field(init=False)
+  _abstract_cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
   def __post_init__(self):
     """Raises ValueError for label_smoothing outside [0, 1), z_loss < 0 (NaN and
@@ -99,14 +100,14 @@ class BaseModel:
     return self.module.init({"params": rng, "dropout": rng}, **self._module_inputs(batch))["params"]
 
   def _traced(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[PyTree, dict]:
-    """(boxed abstract params, {path: (initialiser, shape)}), traced once per input shapes."""
-    key = tuple(sorted((k, tuple(v[1:])) for k, v in shapes.items()))
-    cache = self.__dict__.setdefault("_abstract_cache", {})
-    if key not in cache:
+    """(boxed abstract params, {path: (initialiser, shape)}), traced once per set of input
+    features: parameter shapes depend on neither the batch size nor the lengths."""
+    key = tuple(sorted(shapes))
+    if key not in self._abstract_cache:
       with params_lib.record_initializers() as initializers:
         abstract = jax.eval_shape(lambda rng: self._init_boxed(rng, shapes), jax.random.key(0))
-      cache[key] = (abstract, dict(initializers))
-    return cache[key]
+      self._abstract_cache[key] = (abstract, dict(initializers))
+    return self._abstract_cache[key]
 
   def abstract_params(self, shapes: Mapping[str, tuple[int, ...]]) -> PyTree:
     """Boxed (logically annotated) ShapeDtypeStructs of the parameters (traced once, cached)."""

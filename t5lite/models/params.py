@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import zlib
@@ -27,6 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.core import meta
+
+try:
+    from jax.core import Tracer as _Tracer
+except ImportError:  # a jax that keeps it private
+    from jax._src.core import Tracer as _Tracer
 
 Array = jax.Array
 PyTree = Any
@@ -104,7 +110,6 @@ ones_init = Constant(1.0)
 # --------------------------------------------------------------------------
 
 _recording: Optional[dict] = None
-_Tracer = getattr(jax.core, "Tracer", None) or __import__("jax._src.core", fromlist=["Tracer"]).Tracer
 
 
 def param(module: nn.Module, name: str, init: Callable, shape: Sequence[int], axes: Sequence[str]) -> Array:
@@ -191,13 +196,12 @@ def _salt(names: Sequence[str]) -> np.uint32:
     return np.uint32(zlib.crc32("/".join(names).encode("utf-8")))
 
 
-_compiled: dict = {}
+_compiled: dict = {}  # (program, key type) -> compiled program, for the life of the process
 
 
-def _program(init: Callable, shape: tuple[int, ...], stacked: int, sharding: Any, key_type: Any = None):
-    """jit(key, salt(s) -> init(fold_in(key, salt), shape)), vmapped over `stacked` salts when > 0.
-    (`key_type` only keys the cache of compiled programs: typed and raw uint32 keys compile apart.)"""
-    del key_type
+@functools.lru_cache(maxsize=None)
+def _program(init: Callable, shape: tuple[int, ...], stacked: int, sharding: Any):
+    """jit(key, salt(s) -> init(fold_in(key, salt), shape)), vmapped over `stacked` salts when > 0."""
 
     def one(key, salt):
         return init(jax.random.fold_in(key, salt), shape, jnp.float32)
@@ -206,22 +210,22 @@ def _program(init: Callable, shape: tuple[int, ...], stacked: int, sharding: Any
     return jax.jit(fn, out_shardings=sharding)
 
 
-def _compile_all(rng: Array, wanted: list) -> None:
-    """AOT-compiles the programs of `wanted` [(init, shape, stacked, sharding, key type)]
-    not compiled yet, several at a time (XLA compiles without holding the GIL)."""
-    todo = [w for w in dict.fromkeys(wanted) if w not in _compiled]
-    if not todo:
-        return
+def _compiled_for(rng: Array, programs: list) -> list:
+    """The compiled `programs` [(init, shape, stacked, sharding)] for `rng`'s key type,
+    compiling those not compiled yet several at a time (XLA compiles without holding
+    the GIL)."""
+    key_type = (str(rng.dtype), tuple(rng.shape))  # typed and raw uint32 keys compile apart
+    todo = [p for p in dict.fromkeys(programs) if (p, key_type) not in _compiled]
 
-    def build(w):
-        stacked = w[2]
-        salt = np.zeros((stacked,), np.uint32) if stacked else np.uint32(0)
-        return w, _program(*w).lower(rng, salt).compile()
+    def build(p):
+        salt = np.zeros((p[2],), np.uint32) if p[2] else np.uint32(0)
+        return p, _program(*p).lower(rng, salt).compile()
 
-    workers = max(1, min(len(todo), os.cpu_count() or 1, 16))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for w, compiled in pool.map(build, todo):
-            _compiled[w] = compiled
+    if todo:
+        with concurrent.futures.ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1, 16)) as pool:
+            for p, compiled in pool.map(build, todo):
+                _compiled[p, key_type] = compiled
+    return [_compiled[p, key_type] for p in programs]
 
 
 def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardings: Optional[PyTree] = None) -> PyTree:
@@ -248,7 +252,6 @@ def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardin
         shard_leaves = [None] * len(leaves)
     else:  # one entry per parameter; None entries mean the default placement
         shard_leaves = treedef.flatten_up_to(shardings)
-    key_type = (str(rng.dtype), tuple(rng.shape))
     calls = []
     for (path, leaf), sharding in zip(leaves, shard_leaves, strict=True):
         names = _path_key(path)
@@ -258,19 +261,19 @@ def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardin
         init, shape = initializers[names]
         shape = tuple(shape)
         if tuple(leaf.shape) == shape:
-            calls.append(((init, shape, 0, sharding, key_type), _salt(names)))
+            calls.append(((init, shape, 0, sharding), _salt(names)))
         elif tuple(leaf.shape[1:]) == shape:
             n = leaf.shape[0]
             layer_names = [tuple(f"layers_{i}" if c == "layers" else c for c in names) for i in range(n)]
             if layer_names[0] == names:  # no 'layers' component: fold the layer index in
                 layer_names = [names + (str(i),) for i in range(n)]
-            calls.append(((init, shape, n, sharding, key_type), np.array([_salt(ln) for ln in layer_names], np.uint32)))
+            calls.append(((init, shape, n, sharding), np.array([_salt(ln) for ln in layer_names], np.uint32)))
         else:
             raise ValueError(f"parameter {'/'.join(names)}: abstract shape {tuple(leaf.shape)} does not match "
                              f"the recorded shape {shape}")
     if isinstance(rng, _Tracer):  # called under a trace (jit, eval_shape): stay traceable
-        out = [_program(*w)(rng, salt) for w, salt in calls]
+        out = [_program(*p)(rng, salt) for p, salt in calls]
     else:
-        _compile_all(rng, [w for w, _ in calls])
-        out = [_compiled[w](rng, salt) for w, salt in calls]
+        compiled = _compiled_for(rng, [p for p, _ in calls])
+        out = [program(rng, salt) for program, (_, salt) in zip(compiled, calls)]
     return jax.tree_util.tree_unflatten(treedef, out)
