@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: train test bench bench-gpu .venv clean
+.PHONY: train test lint format bench bench-gpu .venv clean
 
 $(STAMP): setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# One style for the package (ruff.toml: 2-space indentation, lines up to 120).
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
 
 bench: $(STAMP)
 	$(BIN)/python -m t5lite.bench.data --task pydocs_span_corruption --examples 2000

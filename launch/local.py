@@ -48,20 +48,22 @@ def free_port() -> int:
 
 
 def child_env(
-    base: Mapping[str, str], process_id: int, num_processes: int, devices_per_process: int, coordinator: str
+  base: Mapping[str, str], process_id: int, num_processes: int, devices_per_process: int, coordinator: str
 ) -> dict[str, str]:
   """The environment of child `process_id` (pure; the caller's XLA_FLAGS are kept)."""
   env = dict(base)
   flags = _DEVICE_FLAG.sub("", env.get("XLA_FLAGS", "")).split()
   flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
-  env.update({
+  env.update(
+    {
       distributed.ENV_COORDINATOR: coordinator,
       distributed.ENV_NUM_PROCESSES: str(num_processes),
       distributed.ENV_PROCESS_ID: str(process_id),
       "JAX_PLATFORMS": "cpu",
       "XLA_FLAGS": " ".join(flags),
       "PYTHONUNBUFFERED": "1",
-  })
+    }
+  )
   env.pop(distributed.ENV_LOCAL_DEVICE_COUNT, None)
   return env
 
@@ -162,17 +164,17 @@ def _signal_group(proc: subprocess.Popen, sig: int, *, group_only: bool = False)
 
 
 def run(
-    command: Sequence[str],
-    num_processes: int,
-    devices_per_process: int = 1,
-    *,
-    port: Optional[int] = None,
-    timeout: Optional[float] = None,
-    grace: float = 10.0,
-    env: Optional[Mapping[str, str]] = None,
-    cwd: Optional[str] = None,
-    stdout: Optional[IO[str]] = None,
-    stderr: Optional[IO[str]] = None,
+  command: Sequence[str],
+  num_processes: int,
+  devices_per_process: int = 1,
+  *,
+  port: Optional[int] = None,
+  timeout: Optional[float] = None,
+  grace: float = 10.0,
+  env: Optional[Mapping[str, str]] = None,
+  cwd: Optional[str] = None,
+  stdout: Optional[IO[str]] = None,
+  stderr: Optional[IO[str]] = None,
 ) -> int:
   """Runs `command` as `num_processes` processes; returns the exit status (see the module doc)."""
   if not command:
@@ -183,8 +185,7 @@ def run(
   coordinator = f"localhost:{port or free_port()}"
   base = dict(os.environ if env is None else env)
   out.say(
-      f"{num_processes} processes x {devices_per_process} CPU devices, coordinator {coordinator}: "
-      + " ".join(command)
+    f"{num_processes} processes x {devices_per_process} CPU devices, coordinator {coordinator}: " + " ".join(command)
   )
 
   procs: list[subprocess.Popen] = []
@@ -201,10 +202,17 @@ def run(
       old_handlers[sig] = signal.signal(sig, on_signal)
   try:
     for i in range(num_processes):
-      procs.append(subprocess.Popen(
-          _with_death_signal(command), env=child_env(base, i, num_processes, devices_per_process, coordinator),
-          cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-      ))
+      procs.append(
+        subprocess.Popen(
+          _with_death_signal(command),
+          env=child_env(base, i, num_processes, devices_per_process, coordinator),
+          cwd=cwd,
+          stdin=subprocess.DEVNULL,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          start_new_session=True,
+        )
+      )
       out.follow(procs[-1].stdout, f"[p{i}] ", "stdout")
       out.follow(procs[-1].stderr, f"[p{i}] ", "stderr")
     return _supervise(procs, out, timeout=timeout, grace=grace, interrupted=interrupted)
@@ -242,8 +250,8 @@ def _supervise(procs, out: _Output, *, timeout, grace, interrupted) -> int:
         if len(failures) == 1 and reason is None:
           alive = [j for j in range(len(procs)) if procs[j].poll() is None]
           out.say(
-              f"process {i} failed: {_describe(code)}."
-              + (f" Stopping processes {alive} (SIGTERM in {grace:g} s unless they exit)." if alive else "")
+            f"process {i} failed: {_describe(code)}."
+            + (f" Stopping processes {alive} (SIGTERM in {grace:g} s unless they exit)." if alive else "")
           )
           stop_at = now + grace
     if interrupted and reason is None:
@@ -283,25 +291,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if "--" in argv:
     split = argv.index("--")
-    argv, command = argv[:split], argv[split + 1:]
+    argv, command = argv[:split], argv[split + 1 :]
   else:
     command = []
   parser = argparse.ArgumentParser(
-      prog="launch/local.py", description=__doc__.split("\n\n")[0],
-      usage="%(prog)s --num_processes N [--devices_per_process D] [--port P] [--timeout S] -- COMMAND ...",
+    prog="launch/local.py",
+    description=__doc__.split("\n\n")[0],
+    usage="%(prog)s --num_processes N [--devices_per_process D] [--port P] [--timeout S] -- COMMAND ...",
   )
   parser.add_argument("--num_processes", type=int, required=True, help="OS processes to start.")
   parser.add_argument("--devices_per_process", type=int, default=1, help="CPU devices each process sees.")
   parser.add_argument("--port", type=int, default=None, help="Coordinator port on localhost (default: a free one).")
   parser.add_argument("--timeout", type=float, default=None, help="Stop everything after this many seconds (exit 124).")
-  parser.add_argument("--grace", type=float, default=10.0,
-                      help="Seconds the others get to exit after one fails, before SIGTERM (default 10).")
+  parser.add_argument(
+    "--grace",
+    type=float,
+    default=10.0,
+    help="Seconds the others get to exit after one fails, before SIGTERM (default 10).",
+  )
   args = parser.parse_args(argv)
   if not command:
     parser.error("give the command after '--', e.g. -- python -m t5lite.train --gin_file=...")
   try:
-    return run(command, args.num_processes, args.devices_per_process, port=args.port, timeout=args.timeout,
-               grace=args.grace)
+    return run(
+      command, args.num_processes, args.devices_per_process, port=args.port, timeout=args.timeout, grace=args.grace
+    )
   except (ValueError, OSError) as e:
     print(f"launch/local.py: error: {e}", file=sys.stderr)
     return 2

@@ -42,9 +42,11 @@ def check_mesh(nodes: int, gpus_per_node: int, data: int, fsdp: int, model: int)
   where = f"{nodes} node{'s' if nodes > 1 else ''} x {gpus_per_node} GPUs"
   sizes = distributed.plan_mesh(total, data, fsdp, model, where=where)
   if sizes["model"] > gpus_per_node or gpus_per_node % sizes["model"]:
-    print(f"launch/slurm.py: warning: MODEL_PARALLELISM={sizes['model']} does not fit inside one node of "
-          f"{gpus_per_node} GPUs; tensor parallelism across nodes is slow (it all-reduces every layer).",
-          file=sys.stderr)
+    print(
+      f"launch/slurm.py: warning: MODEL_PARALLELISM={sizes['model']} does not fit inside one node of "
+      f"{gpus_per_node} GPUs; tensor parallelism across nodes is slow (it all-reduces every layer).",
+      file=sys.stderr,
+    )
   return sizes
 
 
@@ -52,21 +54,24 @@ def train_argv(args, sizes: dict[str, int]) -> list[str]:
   argv = [args.python, "-m", "t5lite.train"]
   argv += [f"--gin_file={g}" for g in args.gin_file]
   argv.append(f'--gin.MODEL_DIR="{args.model_dir}"')
-  argv += [f"--gin.DATA_PARALLELISM={sizes['data']}", f"--gin.FSDP_PARALLELISM={sizes['fsdp']}",
-           f"--gin.MODEL_PARALLELISM={sizes['model']}"]
+  argv += [
+    f"--gin.DATA_PARALLELISM={sizes['data']}",
+    f"--gin.FSDP_PARALLELISM={sizes['fsdp']}",
+    f"--gin.MODEL_PARALLELISM={sizes['model']}",
+  ]
   argv += [f"--gin.{b}" for b in args.gin]
   return argv + list(args.extra)
 
 
 def sbatch_script(args, sizes: dict[str, int]) -> str:
   directives = [
-      f"--job-name={args.job_name}",
-      f"--nodes={args.nodes}",
-      "--ntasks-per-node=1",
-      f"--gpus-per-node={args.gpus_per_node}",
-      f"--cpus-per-task={args.cpus_per_task}",
-      f"--time={args.time}",
-      f"--output={args.output}",
+    f"--job-name={args.job_name}",
+    f"--nodes={args.nodes}",
+    "--ntasks-per-node=1",
+    f"--gpus-per-node={args.gpus_per_node}",
+    f"--cpus-per-task={args.cpus_per_task}",
+    f"--time={args.time}",
+    f"--output={args.output}",
   ]
   if args.partition:
     directives.append(f"--partition={args.partition}")
@@ -76,7 +81,10 @@ def sbatch_script(args, sizes: dict[str, int]) -> str:
     directives.append("--exclusive")
   directives += args.sbatch_arg
   total = args.nodes * args.gpus_per_node
-  lines = ["#!/bin/bash"] + [f"#SBATCH {d}" for d in directives] + [
+  lines = (
+    ["#!/bin/bash"]
+    + [f"#SBATCH {d}" for d in directives]
+    + [
       "",
       f"# Written by launch/slurm.py: {args.nodes} nodes x {args.gpus_per_node} GPUs = {total} devices, "
       f"mesh data={sizes['data']} fsdp={sizes['fsdp']} model={sizes['model']}.",
@@ -84,13 +92,14 @@ def sbatch_script(args, sizes: dict[str, int]) -> str:
       "# find the other tasks through SLURM's environment; --kill-on-bad-exit stops the job when one fails.",
       "set -eo pipefail",
       f"cd {shlex.quote(args.workdir)}",
-  ]
+    ]
+  )
   lines += args.setup
   lines += [
-      f"export {distributed.ENV_LOCAL_DEVICE_COUNT}={args.gpus_per_node}",
-      "",
-      f"srun --kill-on-bad-exit=1 {shlex.join(train_argv(args, sizes))}",
-      "",
+    f"export {distributed.ENV_LOCAL_DEVICE_COUNT}={args.gpus_per_node}",
+    "",
+    f"srun --kill-on-bad-exit=1 {shlex.join(train_argv(args, sizes))}",
+    "",
   ]
   return "\n".join(lines)
 
@@ -101,9 +110,9 @@ def plain_commands(args, sizes: dict[str, int]) -> list[str]:
   address = f"{args.coordinator}:{args.port}"
   train = shlex.join(train_argv(args, sizes))
   return [
-      f"{distributed.ENV_COORDINATOR}={shlex.quote(address)} {distributed.ENV_NUM_PROCESSES}={args.nodes} "
-      f"{distributed.ENV_PROCESS_ID}={i} {train}"
-      for i in range(args.nodes)
+    f"{distributed.ENV_COORDINATOR}={shlex.quote(address)} {distributed.ENV_NUM_PROCESSES}={args.nodes} "
+    f"{distributed.ENV_PROCESS_ID}={i} {train}"
+    for i in range(args.nodes)
   ]
 
 
@@ -116,10 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data", type=int, default=-1, help="DATA_PARALLELISM (-1: the devices left).")
   p.add_argument("--fsdp", type=int, default=1, help="FSDP_PARALLELISM.")
   p.add_argument("--model", type=int, default=1, help="MODEL_PARALLELISM (tensor parallelism).")
-  p.add_argument("--gin", action="append", default=[], metavar="NAME=VALUE",
-                 help="More gin bindings, passed as --gin.NAME=VALUE (repeatable).")
-  p.add_argument("--python", default=sys.executable,
-                 help="Python on the nodes (default: this one, %(default)s; it must exist on every node).")
+  p.add_argument(
+    "--gin",
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="More gin bindings, passed as --gin.NAME=VALUE (repeatable).",
+  )
+  p.add_argument(
+    "--python",
+    default=sys.executable,
+    help="Python on the nodes (default: this one, %(default)s; it must exist on every node).",
+  )
   p.add_argument("--dry_run", action="store_true", help="Print instead of writing and submitting.")
   s = p.add_argument_group("sbatch")
   s.add_argument("--job_name", default="t5lite")
@@ -129,10 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--account", default=None)
   s.add_argument("--exclusive", action="store_true", help="Whole nodes only.")
   s.add_argument("--output", default="%x-%j.out", help="Log file pattern (%%x job name, %%j job id).")
-  s.add_argument("--sbatch_arg", action="append", default=[], metavar="--FLAG=VALUE",
-                 help="Another #SBATCH line, e.g. --sbatch_arg=--mem=0 (repeatable).")
-  s.add_argument("--setup", action="append", default=[], metavar="LINE",
-                 help="A shell line run before srun, e.g. 'module load cuda' (repeatable).")
+  s.add_argument(
+    "--sbatch_arg",
+    action="append",
+    default=[],
+    metavar="--FLAG=VALUE",
+    help="Another #SBATCH line, e.g. --sbatch_arg=--mem=0 (repeatable).",
+  )
+  s.add_argument(
+    "--setup",
+    action="append",
+    default=[],
+    metavar="LINE",
+    help="A shell line run before srun, e.g. 'module load cuda' (repeatable).",
+  )
   s.add_argument("--workdir", default=os.getcwd(), help="Directory the job runs in (default: here).")
   s.add_argument("--script", default=None, help="Where to write the script (default: <job_name>.sbatch).")
   g = p.add_argument_group("plain (no SLURM)")
@@ -147,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   extra: list[str] = []
   if "--" in argv:
     split = argv.index("--")
-    argv, extra = argv[:split], argv[split + 1:]
+    argv, extra = argv[:split], argv[split + 1 :]
   parser = build_parser()
   if "--dry_run" in extra:  # never run for real what was meant as a dry run
     parser.error("--dry_run comes before '--' (what follows '--' goes to t5lite.train)")
@@ -179,8 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     return subprocess.call(submit)
   except FileNotFoundError:
-    print("launch/slurm.py: error: sbatch not found: is this a SLURM login node? (--plain runs without SLURM)",
-          file=sys.stderr)
+    print(
+      "launch/slurm.py: error: sbatch not found: is this a SLURM login node? (--plain runs without SLURM)",
+      file=sys.stderr,
+    )
     return 127
 
 

@@ -66,15 +66,15 @@ class Slice:
 
 # name -> (size counts TensorCores?, chips per host in multi-host slices, allowed sizes, runtime)
 _FAMILIES = {
-    # v2/v3: names count TensorCores and each core is a jax device; 4 chips (8 cores) a host.
-    "v2": ("cores", 4, range(8, 512 + 1, 8), "tpu-ubuntu2204-base"),
-    "v3": ("cores", 4, range(8, 2048 + 1, 8), "tpu-ubuntu2204-base"),
-    # v4 / v5p: names count TensorCores, 2 per chip (one megacore device per chip); 4 chips a host.
-    "v4": ("megacore", 4, range(8, 4096 + 1, 8), "tpu-ubuntu2204-base"),
-    "v5p": ("megacore", 4, range(8, 12288 + 1, 8), "v2-alpha-tpuv5"),
-    # v5e / v6e: names count chips (one core each); 1, 4 or 8 chips on one host, else 4 a host.
-    "v5litepod": ("chips", 4, (1, 4, 8, 16, 32, 64, 128, 256), "v2-alpha-tpuv5-lite"),
-    "v6e": ("chips", 4, (1, 4, 8, 16, 32, 64, 128, 256), "v2-alpha-tpuv6e"),
+  # v2/v3: names count TensorCores and each core is a jax device; 4 chips (8 cores) a host.
+  "v2": ("cores", 4, range(8, 512 + 1, 8), "tpu-ubuntu2204-base"),
+  "v3": ("cores", 4, range(8, 2048 + 1, 8), "tpu-ubuntu2204-base"),
+  # v4 / v5p: names count TensorCores, 2 per chip (one megacore device per chip); 4 chips a host.
+  "v4": ("megacore", 4, range(8, 4096 + 1, 8), "tpu-ubuntu2204-base"),
+  "v5p": ("megacore", 4, range(8, 12288 + 1, 8), "v2-alpha-tpuv5"),
+  # v5e / v6e: names count chips (one core each); 1, 4 or 8 chips on one host, else 4 a host.
+  "v5litepod": ("chips", 4, (1, 4, 8, 16, 32, 64, 128, 256), "v2-alpha-tpuv5-lite"),
+  "v6e": ("chips", 4, (1, 4, 8, 16, 32, 64, 128, 256), "v2-alpha-tpuv6e"),
 }
 
 
@@ -84,8 +84,9 @@ def slice_info(accelerator_type: str) -> Slice:
   if not m:
     hint = " (v5e slices are named v5litepod-N)" if accelerator_type.lower().startswith("v5e") else ""
     raise ValueError(
-        f"Unknown TPU accelerator type {accelerator_type!r}{hint}; expected one of "
-        f"{', '.join(f'{f}-N' for f in _FAMILIES)}, e.g. v4-32, v5p-8, v5litepod-16, v6e-8.")
+      f"Unknown TPU accelerator type {accelerator_type!r}{hint}; expected one of "
+      f"{', '.join(f'{f}-N' for f in _FAMILIES)}, e.g. v4-32, v5p-8, v5litepod-16, v6e-8."
+    )
   family, n = m.group(1), int(m.group(2))
   kind, per_host, sizes, runtime = _FAMILIES[family]
   if n not in sizes:
@@ -116,9 +117,10 @@ def check_mesh(tpu: Slice, data: int, fsdp: int, model: int, num_slices: int = 1
   sizes = distributed.plan_mesh(total, data, fsdp, model, where=where)
   if num_slices > 1 and tpu.devices % (sizes["fsdp"] * sizes["model"]):
     raise ValueError(
-        f"Mesh {sizes} over {where}: fsdp x model = {sizes['fsdp'] * sizes['model']} must divide the "
-        f"{tpu.devices} devices of one slice, so that only the data axis crosses slices (over the "
-        f"data-center network). Valid fsdp x model: {distributed.divisors(tpu.devices)}.")
+      f"Mesh {sizes} over {where}: fsdp x model = {sizes['fsdp'] * sizes['model']} must divide the "
+      f"{tpu.devices} devices of one slice, so that only the data axis crosses slices (over the "
+      f"data-center network). Valid fsdp x model: {distributed.divisors(tpu.devices)}."
+    )
   return sizes
 
 
@@ -139,8 +141,14 @@ def describe_command(args) -> list[str]:
 
 def create_command(args) -> list[str]:
   tpu = slice_info(args.accelerator_type)
-  cmd = _gcloud("create", args.name, args.zone, args.project,
-                f"--accelerator-type={tpu.accelerator_type}", f"--version={args.version or tpu.runtime}")
+  cmd = _gcloud(
+    "create",
+    args.name,
+    args.zone,
+    args.project,
+    f"--accelerator-type={tpu.accelerator_type}",
+    f"--version={args.version or tpu.runtime}",
+  )
   if args.spot:
     cmd.append("--spot")
   if args.preemptible:
@@ -165,7 +173,8 @@ def setup_commands(args) -> list[list[str]]:
   build = os.path.join(REPO, "build", DIST_DIR)
   python = args.python
   venv_python = f"{REMOTE_VENV}/bin/python"
-  install = " && ".join([
+  install = " && ".join(
+    [
       f"(command -v {python} >/dev/null || (sudo apt-get update -q && "
       f"sudo apt-get install -y -q {python} {python}-venv))",
       f"{python} -m venv {REMOTE_VENV}",
@@ -174,13 +183,14 @@ def setup_commands(args) -> list[list[str]]:
       f"{shlex.quote(f'jax[tpu]=={locked_jax_version()}')} -f {LIBTPU_FIND_LINKS}",
       f"{venv_python} -m pip install -q --no-deps --force-reinstall {DIST_DIR}/t5lite-*.whl",
       f"{venv_python} -c 'import jax, t5lite; print(\"jax\", jax.__version__)'",
-  ])
+    ]
+  )
   return [
-      ["rm", "-rf", build],
-      [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", build, REPO],
-      ["cp", os.path.join(REPO, "requirements.lock"), build],
-      _gcloud("scp", None, args.zone, args.project, "--worker=all", "--recurse", build, f"{args.name}:~"),
-      _gcloud("ssh", args.name, args.zone, args.project, "--worker=all", "--command", install),
+    ["rm", "-rf", build],
+    [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", build, REPO],
+    ["cp", os.path.join(REPO, "requirements.lock"), build],
+    _gcloud("scp", None, args.zone, args.project, "--worker=all", "--recurse", build, f"{args.name}:~"),
+    _gcloud("ssh", args.name, args.zone, args.project, "--worker=all", "--command", install),
   ]
 
 
@@ -189,8 +199,11 @@ def train_argv(args, sizes: dict[str, int]) -> list[str]:
   argv = ["-m", "t5lite.train"]
   argv += [f"--gin_file={g}" for g in args.gin_file]
   argv.append(f'--gin.MODEL_DIR="{args.model_dir}"')
-  argv += [f"--gin.DATA_PARALLELISM={sizes['data']}", f"--gin.FSDP_PARALLELISM={sizes['fsdp']}",
-           f"--gin.MODEL_PARALLELISM={sizes['model']}"]
+  argv += [
+    f"--gin.DATA_PARALLELISM={sizes['data']}",
+    f"--gin.FSDP_PARALLELISM={sizes['fsdp']}",
+    f"--gin.MODEL_PARALLELISM={sizes['model']}",
+  ]
   argv += [f"--gin.{b}" for b in args.gin]
   return argv + list(args.extra)
 
@@ -217,9 +230,18 @@ def run_command(args, sizes: dict[str, int]) -> list[str]:
 
 def xpk_command(args, sizes: dict[str, int]) -> list[str]:
   tpu = slice_info(args.tpu_type)
-  cmd = ["xpk", "workload", "create", f"--cluster={args.cluster}", f"--workload={args.workload}",
-         f"--tpu-type={tpu.accelerator_type}", f"--num-slices={args.num_slices}",
-         f"--docker-image={args.docker_image}", "--command", remote_train_command(args, sizes, "python3")]
+  cmd = [
+    "xpk",
+    "workload",
+    "create",
+    f"--cluster={args.cluster}",
+    f"--workload={args.workload}",
+    f"--tpu-type={tpu.accelerator_type}",
+    f"--num-slices={args.num_slices}",
+    f"--docker-image={args.docker_image}",
+    "--command",
+    remote_train_command(args, sizes, "python3"),
+  ]
   if args.zone:
     cmd.append(f"--zone={args.zone}")
   if args.project:
@@ -238,8 +260,7 @@ def _execute(commands: Sequence[list[str]], dry_run: bool) -> int:
     print(f"+ {shlex.join(cmd)}", file=sys.stderr, flush=True)
     code = subprocess.call(cmd)
     if code:
-      print(f"launch/tpu.py: error: command failed with exit code {code}: {shlex.join(cmd[:6])} ...",
-            file=sys.stderr)
+      print(f"launch/tpu.py: error: command failed with exit code {code}: {shlex.join(cmd[:6])} ...", file=sys.stderr)
       return code
   return 0
 
@@ -256,8 +277,11 @@ def _create(args) -> int:
     existing = found.stdout.strip().lower()
     wanted = slice_info(args.accelerator_type).accelerator_type
     if existing and existing != wanted:
-      print(f"launch/tpu.py: error: TPU {args.name} already exists as {existing}, not {wanted}; "
-            "delete it or pick another --name.", file=sys.stderr)
+      print(
+        f"launch/tpu.py: error: TPU {args.name} already exists as {existing}, not {wanted}; "
+        "delete it or pick another --name.",
+        file=sys.stderr,
+      )
       return 1
     print(f"TPU {args.name} ({existing or wanted}) already exists in {args.zone}; reusing it.", file=sys.stderr)
     return 0
@@ -266,9 +290,12 @@ def _create(args) -> int:
 
 def _warn_model_dir(model_dir: str, multi_host: bool) -> None:
   if multi_host and not model_dir.startswith("gs://"):
-    print(f"launch/tpu.py: warning: MODEL_DIR={model_dir} is not on GCS. Every host writes its part of each "
-          "checkpoint there, so it must be one directory all hosts see: use gs://BUCKET/... (or a shared "
-          "filesystem mounted on every worker).", file=sys.stderr)
+    print(
+      f"launch/tpu.py: warning: MODEL_DIR={model_dir} is not on GCS. Every host writes its part of each "
+      "checkpoint there, so it must be one directory all hosts see: use gs://BUCKET/... (or a shared "
+      "filesystem mounted on every worker).",
+      file=sys.stderr,
+    )
 
 
 def _add_common(p: argparse.ArgumentParser, *, tpu_vm: bool = True) -> None:
@@ -285,8 +312,13 @@ def _add_training(p: argparse.ArgumentParser) -> None:
   p.add_argument("--data", type=int, default=-1, help="DATA_PARALLELISM (-1: the devices left).")
   p.add_argument("--fsdp", type=int, default=1, help="FSDP_PARALLELISM.")
   p.add_argument("--model", type=int, default=1, help="MODEL_PARALLELISM (tensor parallelism).")
-  p.add_argument("--gin", action="append", default=[], metavar="NAME=VALUE",
-                 help="More gin bindings, passed as --gin.NAME=VALUE (repeatable).")
+  p.add_argument(
+    "--gin",
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="More gin bindings, passed as --gin.NAME=VALUE (repeatable).",
+  )
   p.add_argument("--workdir", default=None, help="Directory to cd into on the workers first.")
   p.add_argument("--python", default=None, help="Python on the workers (default: the venv `setup` made).")
 
@@ -332,7 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   extra: list[str] = []
   if "--" in argv:
     split = argv.index("--")
-    argv, extra = argv[:split], argv[split + 1:]
+    argv, extra = argv[:split], argv[split + 1 :]
   parser = build_parser()
   if "--dry_run" in extra:  # never run for real what was meant as a dry run
     parser.error("--dry_run comes before '--' (what follows '--' goes to t5lite.train)")

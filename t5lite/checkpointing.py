@@ -62,11 +62,12 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: Optional[int] = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True
-    )
-    handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler()}
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    handlers = {
+      "params": ocp.StandardCheckpointHandler(),
+      "opt_state": ocp.StandardCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+    }
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> Optional[int]:
@@ -77,13 +78,13 @@ class Checkpointer:
 
   def save(self, step: int, params: PyTree, opt_state: PyTree, meta: Mapping[str, Any]) -> None:
     self._manager.save(
-        int(step),
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(dict(meta, step=int(step), param_shapes=param_shapes(params))),
-        ),
-        force=True,
+      int(step),
+      args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(dict(meta, step=int(step), param_shapes=param_shapes(params))),
+      ),
+      force=True,
     )
 
   def read_meta(self, step: int) -> dict:
@@ -99,18 +100,18 @@ class Checkpointer:
     wanted = param_shapes(abstract_params)
     if meta.get("param_shapes") != wanted:
       raise ValueError(
-          f"{self.directory} holds a checkpoint (step {step}) of a different model shape: "
-          f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}. Nothing was overwritten; "
-          "use a new MODEL_DIR, or the same model configuration to resume."
+        f"{self.directory} holds a checkpoint (step {step}) of a different model shape: "
+        f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}. Nothing was overwritten; "
+        "use a new MODEL_DIR, or the same model configuration to resume."
       )
 
   def _opt_mismatch(self, step: int, detail: str) -> ValueError:
     return ValueError(
-        f"{self.directory} holds a checkpoint (step {step}) of this model whose optimizer state "
-        f"({detail}) does not match this run's optimizer (another optimizer or optimizer settings, or a "
-        "checkpoint written before Adafactor factored the attention kernels, 2026-11-29). "
-        "Nothing was overwritten; resume with the optimizer it was written with, or start a new "
-        f"MODEL_DIR with INITIAL_CHECKPOINT_PATH={self.directory}/{step} (parameters only)."
+      f"{self.directory} holds a checkpoint (step {step}) of this model whose optimizer state "
+      f"({detail}) does not match this run's optimizer (another optimizer or optimizer settings, or a "
+      "checkpoint written before Adafactor factored the attention kernels, 2026-11-29). "
+      "Nothing was overwritten; resume with the optimizer it was written with, or start a new "
+      f"MODEL_DIR with INITIAL_CHECKPOINT_PATH={self.directory}/{step} (parameters only)."
     )
 
   def newest_readable_meta(self, abstract_params: PyTree) -> Optional[tuple[int, dict]]:
@@ -146,11 +147,11 @@ class Checkpointer:
         raise self._opt_mismatch(step, f"{len(saved)} arrays saved, {len(wanted)} expected, shapes differ")
     try:
       out = self._manager.restore(
-          step,
-          args=ocp.args.Composite(
-              params=ocp.args.StandardRestore(abstract_params),
-              opt_state=ocp.args.StandardRestore(abstract_opt_state),
-          ),
+        step,
+        args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract_params),
+          opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        ),
       )
     except Exception as e:  # pylint: disable=broad-except
       _collect_abandoned_reads()
@@ -173,8 +174,7 @@ class Checkpointer:
     except _Damaged as e:
       raise DamagedCheckpointError(f"checkpoint step {step} in {self.directory} is damaged: {e}") from e
 
-  def restore_latest(self, abstract_params: PyTree, abstract_opt_state: PyTree,
-                     warn: Callable[[str], None] = print):
+  def restore_latest(self, abstract_params: PyTree, abstract_opt_state: PyTree, warn: Callable[[str], None] = print):
     """(step, params, opt_state, meta) of the newest readable step; None when there is none.
 
     A damaged step is reported through `warn`, moved to
@@ -194,16 +194,18 @@ class Checkpointer:
         continue
       for bad, why in damaged:
         moved = self._move_aside(bad, why)
-        warn(f"warning: checkpoint step {bad} in {self.directory} is damaged: {why}. It was moved to "
-             f"{moved}; resuming from step {step} instead.")
+        warn(
+          f"warning: checkpoint step {bad} in {self.directory} is damaged: {why}. It was moved to "
+          f"{moved}; resuming from step {step} instead."
+        )
       if damaged:
         self._manager.reload()
       return step, params, opt_state, meta
     if damaged:
       what = "; ".join(f"step {s}: {why}" for s, why in damaged)
       raise DamagedCheckpointError(
-          f"no checkpoint in {self.directory} can be read ({what}). Nothing was moved or deleted; restore "
-          "the files (a complete copy of the directory) or use a new MODEL_DIR."
+        f"no checkpoint in {self.directory} can be read ({what}). Nothing was moved or deleted; restore "
+        "the files (a complete copy of the directory) or use a new MODEL_DIR."
       )
     return None
 
@@ -240,8 +242,11 @@ def _is_abandoned_read_report(unraisable) -> bool:
 
   if inspect.iscoroutine(unraisable.object):
     return True  # "Exception ignored in <coroutine _read_array_index_and_device_put>"
-  return (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == "Event loop is closed")
+  return (
+    unraisable.object is None
+    and isinstance(unraisable.exc_value, RuntimeError)
+    and str(unraisable.exc_value) == "Event loop is closed"
+  )
 
 
 _QUIET_HOOK_INSTALLED = False
@@ -329,14 +334,14 @@ def resolve_checkpoint(path: str, step: Optional[int] = None, what: str = "CHECK
   found = list_checkpoints(path)
   if not found:
     raise FileNotFoundError(
-        f"{what}={path!r} holds no checkpoint: give a run directory, its checkpoints/ directory or a step "
-        "directory such as .../checkpoints/1000."
+      f"{what}={path!r} holds no checkpoint: give a run directory, its checkpoints/ directory or a step "
+      "directory such as .../checkpoints/1000."
     )
   if step is not None:
     found = [f for f in found if f[0] == step]
     if not found:
       raise FileNotFoundError(
-          f"{what}={path!r} has no checkpoint of step {step}; it has steps {[s for s, _ in list_checkpoints(path)]}."
+        f"{what}={path!r} has no checkpoint of step {step}; it has steps {[s for s, _ in list_checkpoints(path)]}."
       )
   step_found, step_dir = found[-1]
   return step_found, os.path.join(step_dir, "params")
@@ -356,8 +361,7 @@ def load_params(path: str, abstract_params: PyTree, what: str = "INITIAL_CHECKPO
     wanted = param_shapes(abstract_params)
     if meta.get("param_shapes") != wanted:
       raise ValueError(
-          f"{what} {params_dir} holds another model shape: "
-          f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}."
+        f"{what} {params_dir} holds another model shape: {describe_mismatch(meta.get('param_shapes', {}), wanted)}."
       )
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(params_dir, abstract_params)

@@ -55,8 +55,16 @@ def _type_note(value: Any) -> str:
   return f", not a {type(value).__name__}"
 
 
-def check_int(name: str, value: Any, *, minimum: Optional[int] = None, maximum: Optional[int] = None,
-              allow_none: bool = False, also: tuple = (), hint: str = "") -> Optional[int]:
+def check_int(
+  name: str,
+  value: Any,
+  *,
+  minimum: Optional[int] = None,
+  maximum: Optional[int] = None,
+  allow_none: bool = False,
+  also: tuple = (),
+  hint: str = "",
+) -> Optional[int]:
   """`value` as an int in [minimum, maximum] (either bound optional).
 
   Args:
@@ -88,9 +96,17 @@ def check_int(name: str, value: Any, *, minimum: Optional[int] = None, maximum: 
   return out
 
 
-def check_float(name: str, value: Any, *, minimum: Optional[float] = None, maximum: Optional[float] = None,
-                min_open: bool = False, max_open: bool = False, allow_none: bool = False,
-                hint: str = "") -> Optional[float]:
+def check_float(
+  name: str,
+  value: Any,
+  *,
+  minimum: Optional[float] = None,
+  maximum: Optional[float] = None,
+  min_open: bool = False,
+  max_open: bool = False,
+  allow_none: bool = False,
+  hint: str = "",
+) -> Optional[float]:
   """`value` as a finite float in the range (integers are numbers too).
 
   Args:
@@ -134,7 +150,8 @@ def check_lengths(name: str, value: Any, *, minimum: int = 1) -> dict[str, int]:
   """
   if not isinstance(value, Mapping) or not value:
     raise SettingTypeError(
-        f"{name}={value!r} must be a non-empty dict of feature lengths, e.g. {{'inputs': 512, 'targets': 114}}")
+      f"{name}={value!r} must be a non-empty dict of feature lengths, e.g. {{'inputs': 512, 'targets': 114}}"
+    )
   out = {}
   for key, length in value.items():
     if not isinstance(key, str):
@@ -143,8 +160,7 @@ def check_lengths(name: str, value: Any, *, minimum: int = 1) -> dict[str, int]:
   return out
 
 
-def check_rate(name: str, value: Any, *, minimum: float = 0.0, min_open: bool = True,
-               allow_none: bool = False) -> Any:
+def check_rate(name: str, value: Any, *, minimum: float = 0.0, min_open: bool = True, allow_none: bool = False) -> Any:
   """A learning rate or decay coefficient: a schedule (any callable step -> value,
   returned as is) or a finite number > minimum (>= with `min_open=False`).
 

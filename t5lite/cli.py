@@ -21,11 +21,11 @@ from typing import Optional, Sequence
 from t5lite import checks
 
 PREVIEW_TASKS = (
-    ("pydocs_span_corruption", {"inputs": 512, "targets": 114}),
-    ("pydocs_prefix_lm", {"inputs": 256, "targets": 256}),
-    ("pydocs_lm", {"targets": 256}),
-    ("pydocs_ul2", {"inputs": 512, "targets": 512}),
-    ("pydocs_doc_to_name", {"inputs": 256, "targets": 32}),
+  ("pydocs_span_corruption", {"inputs": 512, "targets": 114}),
+  ("pydocs_prefix_lm", {"inputs": 256, "targets": 256}),
+  ("pydocs_lm", {"targets": 256}),
+  ("pydocs_ul2", {"inputs": 512, "targets": 512}),
+  ("pydocs_doc_to_name", {"inputs": 256, "targets": 32}),
 )
 
 
@@ -58,16 +58,17 @@ def _vocab_train(args) -> int:
       source = registration.get_task_or_mixture(args.source).source
     texts = vocab.texts_from_source(source, args.split, text_key=args.text_key)
   path = vocab.train_sentencepiece(
-      texts,
-      args.output,
-      vocab_size=args.vocab_size,
-      model_type=args.model_type,
-      character_coverage=args.character_coverage,
-      byte_fallback=args.byte_fallback,
+    texts,
+    args.output,
+    vocab_size=args.vocab_size,
+    model_type=args.model_type,
+    character_coverage=args.character_coverage,
+    byte_fallback=args.byte_fallback,
   )
   vocabulary = vocab.sentencepiece_vocabulary(path)
-  print(f"wrote {path}: {args.vocab_size} pieces + {vocabulary.extra_ids} sentinels "
-        f"= vocab_size {vocabulary.vocab_size}")
+  print(
+    f"wrote {path}: {args.vocab_size} pieces + {vocabulary.extra_ids} sentinels = vocab_size {vocabulary.vocab_size}"
+  )
   return 0
 
 
@@ -121,12 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--output", required=True, help="path of the .model file to write")
   train.add_argument("--vocab_size", type=int, default=8000)
   train.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
-  train.add_argument("--character_coverage", type=float, default=0.9995,
-                     help="fraction of the text's characters given a piece of their own (printable ASCII "
-                          "always is); 1.0 for a small alphabet. Default: %(default)s")
-  train.add_argument("--byte_fallback", action=argparse.BooleanOptionalAction, default=True,
-                     help="encode characters without a piece as UTF-8 byte pieces instead of <unk> "
-                          "(256 of the vocab_size pieces). Default: on")
+  train.add_argument(
+    "--character_coverage",
+    type=float,
+    default=0.9995,
+    help="fraction of the text's characters given a piece of their own (printable ASCII "
+    "always is); 1.0 for a small alphabet. Default: %(default)s",
+  )
+  train.add_argument(
+    "--byte_fallback",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="encode characters without a piece as UTF-8 byte pieces instead of <unk> "
+    "(256 of the vocab_size pieces). Default: on",
+  )
   train.add_argument("--data_dir", default=None)
   train.set_defaults(fn=_vocab_train)
 

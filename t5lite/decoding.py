@@ -131,8 +131,7 @@ def gather_beams(tree: PyTree, indices, batch_size: int, beam_size: int) -> PyTr
   """
   indices = jnp.asarray(indices, jnp.int32)
   if indices.ndim != 2 or indices.shape[0] != batch_size:
-    raise ValueError(f"gather_beams: indices must have shape [batch_size={batch_size}, new_beams], "
-                     f"got {indices.shape}")
+    raise ValueError(f"gather_beams: indices must have shape [batch_size={batch_size}, new_beams], got {indices.shape}")
   rows = (jnp.arange(batch_size, dtype=jnp.int32)[:, None] * beam_size + indices).reshape(-1)
 
   def gather(x):
@@ -140,8 +139,10 @@ def gather_beams(tree: PyTree, indices, batch_size: int, beam_size: int) -> PyTr
     if x.ndim == 0:
       return x
     if x.shape[0] != batch_size * beam_size:
-      raise ValueError(f"gather_beams: a leaf has leading dim {x.shape[0]} (shape {x.shape}); "
-                       f"expected batch_size * beam_size = {batch_size} * {beam_size}")
+      raise ValueError(
+        f"gather_beams: a leaf has leading dim {x.shape[0]} (shape {x.shape}); "
+        f"expected batch_size * beam_size = {batch_size} * {beam_size}"
+      )
     return x[rows]
 
   return jax.tree_util.tree_map(gather, tree)
@@ -205,23 +206,25 @@ def _decode_loop(tokens_to_logits, cache, batch_size, max_decode_len, eos_id, st
     return step + 1, seqs, cache, nxt, done, scores
 
   init = (
-      jnp.int32(0),
-      jnp.full((batch_size, max_decode_len), PAD_ID, jnp.int32),
-      cache,
-      _start_tokens(start_id, batch_size),
-      jnp.zeros((batch_size,), jnp.bool_),
-      jnp.zeros((batch_size,), jnp.float32),
+    jnp.int32(0),
+    jnp.full((batch_size, max_decode_len), PAD_ID, jnp.int32),
+    cache,
+    _start_tokens(start_id, batch_size),
+    jnp.zeros((batch_size,), jnp.bool_),
+    jnp.zeros((batch_size,), jnp.float32),
   )
   _, seqs, _, _, _, scores = lax.while_loop(cond, body, init)
   return seqs, scores
 
 
-def greedy_decode(tokens_to_logits: TokensToLogits,
-                  cache: PyTree,
-                  batch_size: int,
-                  max_decode_len: int,
-                  eos_id: int = 1,
-                  start_id: int = 0) -> Tuple[jax.Array, jax.Array]:
+def greedy_decode(
+  tokens_to_logits: TokensToLogits,
+  cache: PyTree,
+  batch_size: int,
+  max_decode_len: int,
+  eos_id: int = 1,
+  start_id: int = 0,
+) -> Tuple[jax.Array, jax.Array]:
   """Pick the most likely token at every step.
 
   Returns (tokens int32[batch_size, max_decode_len], scores float32[batch_size]):
@@ -229,8 +232,15 @@ def greedy_decode(tokens_to_logits: TokensToLogits,
   """
   batch_size = _check_positive_int("batch_size", batch_size)
   max_decode_len = _check_positive_int("max_decode_len", max_decode_len)
-  return _decode_loop(tokens_to_logits, cache, batch_size, max_decode_len, eos_id, start_id,
-                      lambda log_probs, step: jnp.argmax(log_probs, axis=-1))
+  return _decode_loop(
+    tokens_to_logits,
+    cache,
+    batch_size,
+    max_decode_len,
+    eos_id,
+    start_id,
+    lambda log_probs, step: jnp.argmax(log_probs, axis=-1),
+  )
 
 
 def _filter_top_k_top_p(log_probs: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -252,24 +262,25 @@ def _filter_top_k_top_p(log_probs: jax.Array, top_k: int, top_p: float) -> jax.A
   else:
     sorted_log_probs, order = lax.top_k(log_probs, vocab)
     probs = jnp.exp(sorted_log_probs)
-    mass_before = jnp.concatenate(
-        [jnp.zeros((batch, 1), probs.dtype), jnp.cumsum(probs, axis=-1)[:, :-1]], axis=-1)
+    mass_before = jnp.concatenate([jnp.zeros((batch, 1), probs.dtype), jnp.cumsum(probs, axis=-1)[:, :-1]], axis=-1)
     rank = jnp.arange(vocab)[None, :]
     keep_sorted = (rank == 0) | ((rank < k) & (mass_before < top_p))
     keep = jnp.zeros((batch, vocab), jnp.bool_).at[rows, order].set(keep_sorted)
   return jnp.where(keep, log_probs, NEG_INF)
 
 
-def temperature_sample(tokens_to_logits: TokensToLogits,
-                       cache: PyTree,
-                       rng: jax.Array,
-                       batch_size: int,
-                       max_decode_len: int,
-                       temperature: float = 1.0,
-                       top_k: int = 0,
-                       top_p: float = 1.0,
-                       eos_id: int = 1,
-                       start_id: int = 0) -> Tuple[jax.Array, jax.Array]:
+def temperature_sample(
+  tokens_to_logits: TokensToLogits,
+  cache: PyTree,
+  rng: jax.Array,
+  batch_size: int,
+  max_decode_len: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_id: int = 1,
+  start_id: int = 0,
+) -> Tuple[jax.Array, jax.Array]:
   """Sample every token from the model's distribution.
 
   The model distribution is first restricted to its `top_k` most likely tokens
@@ -311,14 +322,16 @@ def temperature_sample(tokens_to_logits: TokensToLogits,
 # -----------------------------------------------------------------------------
 
 
-def beam_search(tokens_to_logits: TokensToLogits,
-                cache: PyTree,
-                batch_size: int,
-                max_decode_len: int,
-                beam_size: int = 4,
-                alpha: float = 0.6,
-                eos_id: int = 1,
-                start_id: int = 0) -> Tuple[jax.Array, jax.Array]:
+def beam_search(
+  tokens_to_logits: TokensToLogits,
+  cache: PyTree,
+  batch_size: int,
+  max_decode_len: int,
+  beam_size: int = 4,
+  alpha: float = 0.6,
+  eos_id: int = 1,
+  start_id: int = 0,
+) -> Tuple[jax.Array, jax.Array]:
   """Beam search with separate alive and finished hypotheses.
 
   `cache` has `batch_size` rows; it is expanded to batch_size * beam_size rows
@@ -376,10 +389,8 @@ def beam_search(tokens_to_logits: TokensToLogits,
     return (step < length) & ~jnp.all(is_done(step, alive_log_probs, finished_scores, finished_flags))
 
   def body(state):
-    (step, alive_seqs, alive_last, alive_log_probs, alive_cache,
-     finished_seqs, finished_scores, finished_flags) = state
-    log_probs, new_cache = _call_model(
-        tokens_to_logits, alive_last.reshape(rows, 1), alive_cache, step, rows)
+    (step, alive_seqs, alive_last, alive_log_probs, alive_cache, finished_seqs, finished_scores, finished_flags) = state
+    log_probs, new_cache = _call_model(tokens_to_logits, alive_last.reshape(rows, 1), alive_cache, step, rows)
     vocab = log_probs.shape[-1]
     candidates = (alive_log_probs[:, :, None] + log_probs.reshape(bsz, beams, vocab)).reshape(bsz, beams * vocab)
     n_cand = min(2 * beams, beams * vocab)
@@ -387,8 +398,7 @@ def beam_search(tokens_to_logits: TokensToLogits,
     cand_parent = cand_index // vocab
     cand_token = (cand_index % vocab).astype(jnp.int32)
     cand_seqs = _take_beams(alive_seqs, cand_parent)
-    cand_seqs = lax.dynamic_update_slice(
-        cand_seqs, cand_token[:, :, None], (jnp.int32(0), jnp.int32(0), step))
+    cand_seqs = lax.dynamic_update_slice(cand_seqs, cand_token[:, :, None], (jnp.int32(0), jnp.int32(0), step))
     cand_eos = cand_token == eos_id
 
     # The new alive set: best non-EOS extensions.
@@ -407,25 +417,35 @@ def beam_search(tokens_to_logits: TokensToLogits,
     finished_scores, pick = lax.top_k(jnp.where(all_flags, all_scores, NEG_INF), beams)
     finished_flags = _take_beams(all_flags, pick)
     finished_seqs = _take_beams(all_seqs, pick)
-    return (step + 1, alive_seqs, alive_last, alive_log_probs, alive_cache,
-            finished_seqs, finished_scores, finished_flags)
+    return (
+      step + 1,
+      alive_seqs,
+      alive_last,
+      alive_log_probs,
+      alive_cache,
+      finished_seqs,
+      finished_scores,
+      finished_flags,
+    )
 
   # All beams of an element start identical: only beam 0 is live, so that the
   # first step does not produce beam_size copies of the same extension.
   first_alive = jnp.concatenate(
-      [jnp.zeros((bsz, 1), jnp.float32), jnp.full((bsz, beams - 1), NEG_INF, jnp.float32)], axis=1)
-  init = (
-      jnp.int32(0),
-      jnp.full((bsz, beams, length), PAD_ID, jnp.int32),
-      jnp.broadcast_to(_start_tokens(start_id, bsz)[:, None], (bsz, beams)),
-      first_alive,
-      expand_to_beams(cache, beams),
-      jnp.full((bsz, beams, length), PAD_ID, jnp.int32),
-      jnp.full((bsz, beams), NEG_INF, jnp.float32),
-      jnp.zeros((bsz, beams), jnp.bool_),
+    [jnp.zeros((bsz, 1), jnp.float32), jnp.full((bsz, beams - 1), NEG_INF, jnp.float32)], axis=1
   )
-  (step, alive_seqs, _, alive_log_probs, _,
-   finished_seqs, finished_scores, finished_flags) = lax.while_loop(cond, body, init)
+  init = (
+    jnp.int32(0),
+    jnp.full((bsz, beams, length), PAD_ID, jnp.int32),
+    jnp.broadcast_to(_start_tokens(start_id, bsz)[:, None], (bsz, beams)),
+    first_alive,
+    expand_to_beams(cache, beams),
+    jnp.full((bsz, beams, length), PAD_ID, jnp.int32),
+    jnp.full((bsz, beams), NEG_INF, jnp.float32),
+    jnp.zeros((bsz, beams), jnp.bool_),
+  )
+  (step, alive_seqs, _, alive_log_probs, _, finished_seqs, finished_scores, finished_flags) = lax.while_loop(
+    cond, body, init
+  )
 
   # Finished hypotheses sit first in their set (finite scores sort above -inf);
   # slots past them are filled with the best alive hypotheses, then all re-sorted.

@@ -116,9 +116,9 @@ def _host_list_len(value: Optional[str]) -> int:
 def _timeouts(env: Mapping[str, str]) -> dict[str, int]:
   out = {}
   for key, name, default in (
-      ("initialization_timeout", ENV_INIT, DEFAULT_INIT_TIMEOUT),
-      ("heartbeat_timeout_seconds", ENV_HEARTBEAT, DEFAULT_HEARTBEAT_TIMEOUT),
-      ("shutdown_timeout_seconds", ENV_SHUTDOWN, DEFAULT_SHUTDOWN_TIMEOUT),
+    ("initialization_timeout", ENV_INIT, DEFAULT_INIT_TIMEOUT),
+    ("heartbeat_timeout_seconds", ENV_HEARTBEAT, DEFAULT_HEARTBEAT_TIMEOUT),
+    ("shutdown_timeout_seconds", ENV_SHUTDOWN, DEFAULT_SHUTDOWN_TIMEOUT),
   ):
     value = _int(env, name)
     if value is not None and value <= 0:
@@ -145,19 +145,21 @@ def _slurm_local_devices(env: Mapping[str, str], local_device_count: Optional[in
     count = _host_list_len(env["CUDA_VISIBLE_DEVICES"])
   if count is None:
     logger.warning(
-        "SLURM runs one task per node but the number of local GPUs is unknown; jax will use one. "
-        "Set %s (launch/slurm.py does).", ENV_LOCAL_DEVICE_COUNT)
+      "SLURM runs one task per node but the number of local GPUs is unknown; jax will use one. "
+      "Set %s (launch/slurm.py does).",
+      ENV_LOCAL_DEVICE_COUNT,
+    )
     return None
   return list(range(count))
 
 
 def plan_from_env(
-    env: Optional[Mapping[str, str]] = None,
-    *,
-    coordinator_address: Optional[str] = None,
-    num_processes: Optional[int] = None,
-    process_id: Optional[int] = None,
-    local_device_count: Optional[int] = None,
+  env: Optional[Mapping[str, str]] = None,
+  *,
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  local_device_count: Optional[int] = None,
 ) -> Optional[tuple[str, dict[str, Any]]]:
   """(source, jax.distributed.initialize kwargs), or None for a single process."""
   env = os.environ if env is None else env
@@ -185,12 +187,16 @@ def plan_from_env(
     if not 0 <= index < count:
       raise ValueError(f"process_id={index} must be in 0..{count - 1} for {count} processes.")
     if not address:
-      raise ValueError(f"The coordinator address is missing: pass coordinator_address or set {ENV_COORDINATOR}=HOST:PORT.")
+      raise ValueError(
+        f"The coordinator address is missing: pass coordinator_address or set {ENV_COORDINATOR}=HOST:PORT."
+      )
     if ":" not in address:
       raise ValueError(f"Coordinator address {address!r} needs a port: HOST:PORT (process 0's host).")
     kwargs: dict[str, Any] = dict(
-        coordinator_address=address, num_processes=count, process_id=index,
-        cluster_detection_method="deactivate",  # we know everything; don't let SLURM vars override it
+      coordinator_address=address,
+      num_processes=count,
+      process_id=index,
+      cluster_detection_method="deactivate",  # we know everything; don't let SLURM vars override it
     )
     devices = local_device_count or _int(env, ENV_LOCAL_DEVICE_COUNT)
     if devices:
@@ -219,12 +225,12 @@ def plan_from_env(
 
 
 def init_kwargs_from_env(
-    env: Optional[Mapping[str, str]] = None,
-    *,
-    coordinator_address: Optional[str] = None,
-    num_processes: Optional[int] = None,
-    process_id: Optional[int] = None,
-    local_device_count: Optional[int] = None,
+  env: Optional[Mapping[str, str]] = None,
+  *,
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  local_device_count: Optional[int] = None,
 ) -> Optional[dict[str, Any]]:
   """The kwargs maybe_initialize would give jax.distributed.initialize, or None (single process).
 
@@ -232,8 +238,11 @@ def init_kwargs_from_env(
   Raises ValueError for an inconsistent environment (e.g. a process id but no count).
   """
   plan = plan_from_env(
-      env, coordinator_address=coordinator_address, num_processes=num_processes,
-      process_id=process_id, local_device_count=local_device_count,
+    env,
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    local_device_count=local_device_count,
   )
   return None if plan is None else plan[1]
 
@@ -257,10 +266,10 @@ _lock = threading.Lock()
 
 
 def maybe_initialize(
-    coordinator_address: Optional[str] = None,
-    num_processes: Optional[int] = None,
-    process_id: Optional[int] = None,
-    local_device_count: Optional[int] = None,
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  local_device_count: Optional[int] = None,
 ) -> bool:
   """Initializes jax.distributed when this is one of several processes; returns whether it is.
 
@@ -277,8 +286,10 @@ def maybe_initialize(
       _install_fail_fast()
       return True
     plan = plan_from_env(
-        coordinator_address=coordinator_address, num_processes=num_processes,
-        process_id=process_id, local_device_count=local_device_count,
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+      local_device_count=local_device_count,
     )
     if plan is None:
       return False
@@ -313,6 +324,7 @@ def __getattr__(name: str):
   # (so the launchers can import this module without jax).
   if name in ("process_index", "process_count"):
     import jax  # pylint: disable=g-import-not-at-top
+
     return getattr(jax, name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -320,6 +332,7 @@ def __getattr__(name: str):
 def is_primary() -> bool:
   """Whether this is process 0 (the one that writes config.gin, prints, ...)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   return jax.process_index() == 0
 
 
@@ -345,6 +358,7 @@ def record_failure(code: int, why: str) -> None:
 def _install_fail_fast() -> None:
   try:
     from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
     state = jax_distributed.global_state
     client, process_id, num_processes = state.client, state.process_id, state.num_processes
   except (ImportError, AttributeError):
@@ -456,7 +470,8 @@ def plan_mesh(num_devices: int, data: int = -1, fsdp: int = 1, model: int = 1, *
   for name, value in sizes.items():
     if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):
       raise ValueError(
-          f"{name.upper()}_PARALLELISM={value!r} must be a positive integer or -1 (all the remaining devices).")
+        f"{name.upper()}_PARALLELISM={value!r} must be a positive integer or -1 (all the remaining devices)."
+      )
   free = [k for k, v in sizes.items() if v == -1]
   if len(free) > 1:
     raise ValueError(f"Only one of DATA/FSDP/MODEL_PARALLELISM may be -1; got {_mesh_str(sizes)}.")
@@ -465,16 +480,16 @@ def plan_mesh(num_devices: int, data: int = -1, fsdp: int = 1, model: int = 1, *
   if free:
     if num_devices % fixed:
       raise ValueError(
-          f"Mesh {_mesh_str(sizes)} does not fit {where} ({num_devices} devices): the fixed sizes multiply "
-          f"to {fixed}, which does not divide {num_devices}. Valid choices: fixed sizes whose product is one of {valid} "
-          f"(e.g. {_examples(num_devices)})."
+        f"Mesh {_mesh_str(sizes)} does not fit {where} ({num_devices} devices): the fixed sizes multiply "
+        f"to {fixed}, which does not divide {num_devices}. Valid choices: fixed sizes whose product is one of {valid} "
+        f"(e.g. {_examples(num_devices)})."
       )
     sizes[free[0]] = num_devices // fixed
   elif fixed != num_devices:
     raise ValueError(
-        f"Mesh {_mesh_str(sizes)} uses {fixed} devices but {where} has {num_devices} devices. Valid choices: sizes "
-        f"whose product is exactly {num_devices} (e.g. {_examples(num_devices)}), or set one of them to -1 with "
-        f"the others multiplying to one of {valid}."
+      f"Mesh {_mesh_str(sizes)} uses {fixed} devices but {where} has {num_devices} devices. Valid choices: sizes "
+      f"whose product is exactly {num_devices} (e.g. {_examples(num_devices)}), or set one of them to -1 with "
+      f"the others multiplying to one of {valid}."
     )
   return sizes
 

@@ -71,9 +71,17 @@ class MetricEvaluator:
   seqio's loggers write TensorBoard events and JSON there (process 0 only).
   """
 
-  def __init__(self, model: BaseModel, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], *,
-               split: str = "validation", output_dir: Optional[str] = None, num_examples: Optional[int] = None,
-               seed: int = 0):
+  def __init__(
+    self,
+    model: BaseModel,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    *,
+    split: str = "validation",
+    output_dir: Optional[str] = None,
+    num_examples: Optional[int] = None,
+    seed: int = 0,
+  ):
     import seqio  # pylint: disable=g-import-not-at-top
 
     import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
@@ -88,16 +96,22 @@ class MetricEvaluator:
     if loggers:
       os.makedirs(output_dir, exist_ok=True)
     self.evaluator = seqio.Evaluator(
-        mixture_or_task_name, feature_converter=pipeline.feature_converter(model.FEATURE_CONVERTER, pack=False),
-        eval_split=split, use_cached=False, seed=seed, sequence_length=dict(task_feature_lengths),
-        num_examples=num_examples, logger_cls=loggers, log_dir=output_dir if loggers else None,
+      mixture_or_task_name,
+      feature_converter=pipeline.feature_converter(model.FEATURE_CONVERTER, pack=False),
+      eval_split=split,
+      use_cached=False,
+      seed=seed,
+      sequence_length=dict(task_feature_lengths),
+      num_examples=num_examples,
+      logger_cls=loggers,
+      log_dir=output_dir if loggers else None,
     )
 
   @staticmethod
   def _examples(ds, rows_of_this_process: bool):
     items = list(ds.as_numpy_iterator())
     if rows_of_this_process and jax.process_count() > 1:
-      items = items[jax.process_index()::jax.process_count()]
+      items = items[jax.process_index() :: jax.process_count()]
     index = [int(i) for i, _ in items]
     feats = {k: np.stack([f[k] for _, f in items]) for k in (items[0][1] if items else {})}
     return index, feats
@@ -121,7 +135,8 @@ class MetricEvaluator:
       return _gather([(i, float(s)) for i, s in zip(index, scores)])
 
     metrics_future, _ = self.evaluator.evaluate(
-        compute_metrics=jax.process_index() == 0, step=step, predict_fn=predict_fn, score_fn=score_fn)
+      compute_metrics=jax.process_index() == 0, step=step, predict_fn=predict_fn, score_fn=score_fn
+    )
     metrics = metrics_future.result() if metrics_future is not None else {}
     return {task: {k: float(v) for k, v in m.items() if np.ndim(v) == 0} for task, m in metrics.items()}
 
@@ -146,31 +161,35 @@ def _gather(pairs: list) -> list:
 
 
 def evaluate(
-    *,
-    model: BaseModel,
-    checkpoint_path: str,
-    output_dir: str,
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    split: str = "validation",
-    checkpoint_steps: Union[str, int, Sequence[int]] = "latest",
-    batch_size: int = 8,
-    method: str = "greedy",
-    max_decode_len: Optional[int] = None,
-    beam_size: int = 4,
-    alpha: float = 0.6,
-    num_examples: Optional[int] = None,
-    seed: int = 0,
-    data_dir: Optional[str] = None,
-    partitioner: Optional[partitioning.Partitioner] = None,
+  *,
+  model: BaseModel,
+  checkpoint_path: str,
+  output_dir: str,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  split: str = "validation",
+  checkpoint_steps: Union[str, int, Sequence[int]] = "latest",
+  batch_size: int = 8,
+  method: str = "greedy",
+  max_decode_len: Optional[int] = None,
+  beam_size: int = 4,
+  alpha: float = 0.6,
+  num_examples: Optional[int] = None,
+  seed: int = 0,
+  data_dir: Optional[str] = None,
+  partitioner: Optional[partitioning.Partitioner] = None,
 ) -> dict[int, dict[str, dict[str, float]]]:
   """Evaluates the chosen checkpoints; returns {step: {task: {metric: value}}}."""
   if data_dir:
     from t5lite.data import sources  # pylint: disable=g-import-not-at-top
 
     sources.set_data_dir(data_dir)
-  options = DecodeOptions(method=method, max_decode_len=max_decode_len or task_feature_lengths.get("targets", 64),
-                          beam_size=beam_size, alpha=alpha)
+  options = DecodeOptions(
+    method=method,
+    max_decode_len=max_decode_len or task_feature_lengths.get("targets", 64),
+    beam_size=beam_size,
+    alpha=alpha,
+  )
   steps = _steps_to_run(checkpoint_path, checkpoint_steps)
   os.makedirs(output_dir, exist_ok=True)
   results_path = os.path.join(output_dir, "results.json")
@@ -181,8 +200,15 @@ def evaluate(
   todo = [(s, d) for s, d in steps if str(s) not in results]
   if not todo:
     return {int(k): v for k, v in results.items()}
-  metric_evaluator = MetricEvaluator(model, mixture_or_task_name, task_feature_lengths, split=split,
-                                     output_dir=output_dir, num_examples=num_examples, seed=seed)
+  metric_evaluator = MetricEvaluator(
+    model,
+    mixture_or_task_name,
+    task_feature_lengths,
+    split=split,
+    output_dir=output_dir,
+    num_examples=num_examples,
+    seed=seed,
+  )
   partitioner = partitioner or partitioning.Partitioner()
   abstract, _ = inference.Predictor.shardings(model, partitioner)
   predictor = None
@@ -190,9 +216,16 @@ def evaluate(
     start = time.time()
     params = checkpointing.load_params(step_dir, abstract, what="CHECKPOINT_PATH")
     if predictor is None:
-      predictor = inference.Predictor(model, params, batch_size=batch_size, partitioner=partitioner,
-                                      task_feature_lengths=task_feature_lengths, options=options, seed=seed,
-                                      step=step)
+      predictor = inference.Predictor(
+        model,
+        params,
+        batch_size=batch_size,
+        partitioner=partitioner,
+        task_feature_lengths=task_feature_lengths,
+        options=options,
+        seed=seed,
+        step=step,
+      )
     else:
       predictor.params, predictor.step = params, step  # same shardings: the compiled functions are reused
     results[str(step)] = metric_evaluator(predictor, step)

@@ -113,11 +113,14 @@ def read_input_file(path: str, mode: str) -> list[tuple[int, str, Optional[str]]
     more = f"; ... and {len(problems) - MAX_REPORTED_LINES} more" if len(problems) > MAX_REPORTED_LINES else ""
     # One line (the entry point prints errors on one line): the bad lines separated by ' | '.
     raise ValueError(
-        f"INFER_INPUT_FILE={path!r} has {len(problems)} bad line(s); nothing was decoded or written: "
-        + " | ".join(problems[:MAX_REPORTED_LINES]) + more
+      f"INFER_INPUT_FILE={path!r} has {len(problems)} bad line(s); nothing was decoded or written: "
+      + " | ".join(problems[:MAX_REPORTED_LINES])
+      + more
     )
   if not examples:
-    raise ValueError(f"INFER_INPUT_FILE={path!r} holds no input: give one input per line (.jsonl: {{\"inputs\": ...}}).")
+    raise ValueError(
+      f"INFER_INPUT_FILE={path!r} holds no input: give one input per line (.jsonl: {{\"inputs\": ...}})."
+    )
   return examples
 
 
@@ -135,8 +138,9 @@ def task_examples(name: str, split: str, lengths: Mapping[str, int], seed: int =
   tasks = task.tasks if isinstance(task, seqio.Mixture) else [task]  # a mixture: each task in turn
   i = 0
   for t in tasks:
-    ds = t.get_dataset(dict(lengths), split=split, shuffle=False, seed=seed, num_epochs=1, use_cached=False,
-                       trim_output_features=False)
+    ds = t.get_dataset(
+      dict(lengths), split=split, shuffle=False, seed=seed, num_epochs=1, use_cached=False, trim_output_features=False
+    )
     for ex in ds.as_numpy_iterator():
       yield i, ex, None
       i += 1
@@ -154,7 +158,8 @@ def _shard(items: Iterator, index: int, count: int) -> Iterator:
 def shard_path(output_dir: str, name: str, mode: str, step: Optional[int]) -> str:
   step_part = "" if step is None or step < 0 else f"-{step}"
   return os.path.join(
-      output_dir, f"{name}-{mode}{step_part}.jsonl-{jax.process_index():05d}-of-{jax.process_count():05d}")
+    output_dir, f"{name}-{mode}{step_part}.jsonl-{jax.process_index():05d}-of-{jax.process_count():05d}"
+  )
 
 
 def completed_lines(path: str, multiple_of: int = 1) -> int:
@@ -175,29 +180,29 @@ def completed_lines(path: str, multiple_of: int = 1) -> int:
 
 
 def infer(
-    *,
-    model: BaseModel,
-    checkpoint_path: str,
-    output_dir: str,
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    split: str = "validation",
-    input_file: Optional[str] = None,
-    mode: str = "predict",
-    batch_size: int = 8,
-    method: str = "greedy",
-    max_decode_len: Optional[int] = None,
-    beam_size: int = 4,
-    alpha: float = 0.6,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    on_long_input: str = "truncate",
-    max_examples: Optional[int] = None,
-    checkpoint_step: Optional[int] = None,
-    data_dir: Optional[str] = None,
-    partitioner: Optional[partitioning.Partitioner] = None,
+  *,
+  model: BaseModel,
+  checkpoint_path: str,
+  output_dir: str,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  split: str = "validation",
+  input_file: Optional[str] = None,
+  mode: str = "predict",
+  batch_size: int = 8,
+  method: str = "greedy",
+  max_decode_len: Optional[int] = None,
+  beam_size: int = 4,
+  alpha: float = 0.6,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  seed: int = 0,
+  on_long_input: str = "truncate",
+  max_examples: Optional[int] = None,
+  checkpoint_step: Optional[int] = None,
+  data_dir: Optional[str] = None,
+  partitioner: Optional[partitioning.Partitioner] = None,
 ) -> dict[str, Any]:
   """Writes this process's share of predictions/scores; returns a summary.
 
@@ -213,14 +218,28 @@ def infer(
   if mode not in MODES:
     raise ValueError(f"INFER_MODE={mode!r}; valid modes are {MODES}")
   settings = _check_settings(
-      task_feature_lengths=task_feature_lengths, batch_size=batch_size, max_decode_len=max_decode_len,
-      beam_size=beam_size, alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-      max_examples=max_examples, checkpoint_step=checkpoint_step)
+    task_feature_lengths=task_feature_lengths,
+    batch_size=batch_size,
+    max_decode_len=max_decode_len,
+    beam_size=beam_size,
+    alpha=alpha,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    seed=seed,
+    max_examples=max_examples,
+    checkpoint_step=checkpoint_step,
+  )
   batch_size, seed, max_examples = settings["batch_size"], settings["seed"], settings["max_examples"]
   options = DecodeOptions(
-      method=method, max_decode_len=settings["max_decode_len"] or task_feature_lengths.get("targets", 64),
-      beam_size=settings["beam_size"], alpha=settings["alpha"], temperature=settings["temperature"],
-      top_k=settings["top_k"], top_p=settings["top_p"])
+    method=method,
+    max_decode_len=settings["max_decode_len"] or task_feature_lengths.get("targets", 64),
+    beam_size=settings["beam_size"],
+    alpha=settings["alpha"],
+    temperature=settings["temperature"],
+    top_k=settings["top_k"],
+    top_p=settings["top_p"],
+  )
   examples = None
   if input_file:  # the whole file, before the checkpoint is read or anything written
     examples = read_input_file(input_file, mode)
@@ -232,10 +251,18 @@ def infer(
     sources.set_data_dir(data_dir)
   vocabulary = inference.task_vocabulary(mixture_or_task_name)
   predictor = inference.Predictor.restore(
-      model, checkpoint_path, step=settings["checkpoint_step"], partitioner=partitioner, batch_size=batch_size,
-      vocabulary=vocabulary, task_feature_lengths=task_feature_lengths, options=options,
-      on_long_input=on_long_input, seed=seed,
-      add_eos_to_inputs=inference.task_adds_eos_to_inputs(mixture_or_task_name, model))
+    model,
+    checkpoint_path,
+    step=settings["checkpoint_step"],
+    partitioner=partitioner,
+    batch_size=batch_size,
+    vocabulary=vocabulary,
+    task_feature_lengths=task_feature_lengths,
+    options=options,
+    on_long_input=on_long_input,
+    seed=seed,
+    add_eos_to_inputs=inference.task_adds_eos_to_inputs(mixture_or_task_name, model),
+  )
   if examples is not None:
     name = os.path.splitext(os.path.basename(input_file))[0]
     rows = _file_rows(predictor, input_file, examples, mode)  # every line encoded: errors before any output
@@ -253,8 +280,15 @@ def infer(
       finished = json.load(f).get("lines")
     with open(path, "rb") as f:
       if f.read().count(b"\n") == finished:  # a finished shard: nothing to do
-        return {"output": path, "lines": finished, "resumed_after": finished, "written": 0, "seconds": 0.0,
-                "checkpoint_step": predictor.step, "truncated": 0}
+        return {
+          "output": path,
+          "lines": finished,
+          "resumed_after": finished,
+          "written": 0,
+          "seconds": 0.0,
+          "checkpoint_step": predictor.step,
+          "truncated": 0,
+        }
     os.remove(done_marker)
   already = completed_lines(path, batch_size)
   local = _shard(rows, jax.process_index(), jax.process_count())
@@ -272,9 +306,13 @@ def infer(
   with open(done_marker, "w", encoding="utf-8") as f:
     json.dump({"lines": already + written, "checkpoint_step": predictor.step}, f)
   summary = {
-      "output": path, "lines": already + written, "resumed_after": already, "written": written,
-      "seconds": round(time.time() - start, 2), "checkpoint_step": predictor.step,
-      "truncated": predictor.truncated,
+    "output": path,
+    "lines": already + written,
+    "resumed_after": already,
+    "written": written,
+    "seconds": round(time.time() - start, 2),
+    "checkpoint_step": predictor.step,
+    "truncated": predictor.truncated,
   }
   return summary
 
@@ -293,8 +331,9 @@ def _chunks_agreed(items: Iterator, size: int) -> Iterator[list]:
 Row = tuple[str, Optional[str], list[int], Optional[list[int]]]
 
 
-def _file_rows(predictor: inference.Predictor, path: str, examples: Sequence[tuple[int, str, Optional[str]]],
-               mode: str) -> list[Row]:
+def _file_rows(
+  predictor: inference.Predictor, path: str, examples: Sequence[tuple[int, str, Optional[str]]], mode: str
+) -> list[Row]:
   """Rows of an input file's examples, encoded as the predictor does for predict/score."""
   labels = [f"{path}:{n}" for n, _, _ in examples]
   texts_in = [x[1] for x in examples]
@@ -330,8 +369,11 @@ def _run_chunk(predictor: inference.Predictor, chunk: Sequence[Row], mode: str) 
   ids_in = [r[2] for r in chunk]
   ids_tgt = [r[3] for r in chunk]
   if mode == "score":
-    scores = predictor.score_examples(predictor.score_features(ids_in, ids_tgt)) if chunk else \
-        predictor.score_examples(predictor.score_features([[1]], [[1]]))[:0]
+    scores = (
+      predictor.score_examples(predictor.score_features(ids_in, ids_tgt))
+      if chunk
+      else predictor.score_examples(predictor.score_features([[1]], [[1]]))[:0]
+    )
     return [{"inputs": a, "targets": b, "score": float(s)} for a, b, s in zip(texts_in, texts_tgt, scores)]
   tokens, scores = predictor.predict_tokens(predictor.pad(ids_in) if chunk else predictor.pad([[1]])[:0])
   preds = predictor.decode_tokens(tokens)
@@ -351,17 +393,25 @@ def _check_settings(*, task_feature_lengths: Mapping[str, int], **values: Any) -
   in a gin file is an error before someone switches to beam search).
   """
   checks.check_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
-  macros = {"max_decode_len": "MAX_DECODE_LEN", "beam_size": "BEAM_SIZE", "alpha": "LENGTH_PENALTY_ALPHA",
-            "temperature": "TEMPERATURE", "top_k": "TOP_K", "top_p": "TOP_P"}
+  macros = {
+    "max_decode_len": "MAX_DECODE_LEN",
+    "beam_size": "BEAM_SIZE",
+    "alpha": "LENGTH_PENALTY_ALPHA",
+    "temperature": "TEMPERATURE",
+    "top_k": "TOP_K",
+    "top_p": "TOP_P",
+  }
   out = dict(values)
   out["batch_size"] = checks.check_int("INFER_BATCH_SIZE", values["batch_size"], minimum=1)
   decode = {k: values[k] for k in macros if not (k == "max_decode_len" and values[k] is None)}
   out.update(inference.check_decode_settings(decode, macros))
   out["seed"] = checks.check_int("INFER_SEED", values["seed"], minimum=0)
-  out["max_examples"] = checks.check_int("INFER_MAX_EXAMPLES", values["max_examples"], minimum=1, allow_none=True,
-                                         hint=" (None: all)")
-  out["checkpoint_step"] = checks.check_int("CHECKPOINT_STEP", values["checkpoint_step"], minimum=0,
-                                            allow_none=True, hint=" (None: the latest)")
+  out["max_examples"] = checks.check_int(
+    "INFER_MAX_EXAMPLES", values["max_examples"], minimum=1, allow_none=True, hint=" (None: all)"
+  )
+  out["checkpoint_step"] = checks.check_int(
+    "CHECKPOINT_STEP", values["checkpoint_step"], minimum=0, allow_none=True, hint=" (None: the latest)"
+  )
   return out
 
 

@@ -59,13 +59,14 @@ UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 # integers, no NaN or infinity). DecodeOptions checks the fields its method
 # uses; an option the user sets explicitly is checked whatever the method.
 _DECODE_CHECKS = {
-    "max_decode_len": lambda n, v: checks.check_int(n, v, minimum=1),
-    "beam_size": lambda n, v: checks.check_int(n, v, minimum=1),
-    "alpha": lambda n, v: checks.check_float(n, v, minimum=0.0, hint=" (the GNMT length penalty; 0: none)"),
-    "temperature": lambda n, v: checks.check_float(n, v, minimum=0.0, hint=" (0: greedy)"),
-    "top_k": lambda n, v: checks.check_int(n, v, minimum=0, hint=" (0: no top-k filtering)"),
-    "top_p": lambda n, v: checks.check_float(n, v, minimum=0.0, maximum=1.0, min_open=True,
-                                             hint=" (1: no nucleus filtering)"),
+  "max_decode_len": lambda n, v: checks.check_int(n, v, minimum=1),
+  "beam_size": lambda n, v: checks.check_int(n, v, minimum=1),
+  "alpha": lambda n, v: checks.check_float(n, v, minimum=0.0, hint=" (the GNMT length penalty; 0: none)"),
+  "temperature": lambda n, v: checks.check_float(n, v, minimum=0.0, hint=" (0: greedy)"),
+  "top_k": lambda n, v: checks.check_int(n, v, minimum=0, hint=" (0: no top-k filtering)"),
+  "top_p": lambda n, v: checks.check_float(
+    n, v, minimum=0.0, maximum=1.0, min_open=True, hint=" (1: no nucleus filtering)"
+  ),
 }
 
 
@@ -110,8 +111,9 @@ def mode_token_ids(vocabulary: Any) -> dict[str, int]:
   return {t: i for t, i in ids.items() if i != tokenizer.unk_id()}
 
 
-def encode_prompt(vocabulary: Any, text: str, label: str = "input 0",
-                  mode_ids: Optional[Mapping[str, int]] = None) -> list[int]:
+def encode_prompt(
+  vocabulary: Any, text: str, label: str = "input 0", mode_ids: Optional[Mapping[str, int]] = None
+) -> list[int]:
   """Token ids of one prompt (no EOS), as UL2 training would give them.
 
   A prompt that starts with a UL2 mode token of the vocabulary ("[NLU] The
@@ -139,7 +141,7 @@ def encode_prompt(vocabulary: Any, text: str, label: str = "input 0",
   stripped = text.lstrip()
   for token, token_id in mode_ids.items():
     if stripped.startswith(token):
-      rest = stripped[len(token):].lstrip()
+      rest = stripped[len(token) :].lstrip()
       if not rest:
         raise ValueError(f"{label} is only the UL2 mode token {token}; give the text to {token} after it")
       return [token_id] + list(vocabulary.encode(rest))
@@ -188,19 +190,19 @@ class Predictor:
   """Batched, jitted decoding and scoring of one model with fixed parameters."""
 
   def __init__(
-      self,
-      model: BaseModel,
-      params: PyTree,
-      *,
-      batch_size: int = 8,
-      partitioner: Optional[partitioning.Partitioner] = None,
-      vocabulary: Any = None,
-      task_feature_lengths: Optional[Mapping[str, int]] = None,
-      options: DecodeOptions = DecodeOptions(),
-      on_long_input: str = "truncate",
-      add_eos_to_inputs: Optional[bool] = None,
-      seed: int = 0,
-      step: Optional[int] = None,
+    self,
+    model: BaseModel,
+    params: PyTree,
+    *,
+    batch_size: int = 8,
+    partitioner: Optional[partitioning.Partitioner] = None,
+    vocabulary: Any = None,
+    task_feature_lengths: Optional[Mapping[str, int]] = None,
+    options: DecodeOptions = DecodeOptions(),
+    on_long_input: str = "truncate",
+    add_eos_to_inputs: Optional[bool] = None,
+    seed: int = 0,
+    step: Optional[int] = None,
   ):
     batch_size = checks.check_int("batch_size", batch_size, minimum=1)
     seed = checks.check_int("seed", seed, minimum=0)
@@ -220,8 +222,7 @@ class Predictor:
     self.task_feature_lengths = dict(task_feature_lengths or {})
     self.options = options
     self.on_long_input = on_long_input
-    self.add_eos_to_inputs = isinstance(model, EncoderDecoderModel) if add_eos_to_inputs is None \
-        else add_eos_to_inputs
+    self.add_eos_to_inputs = isinstance(model, EncoderDecoderModel) if add_eos_to_inputs is None else add_eos_to_inputs
     self.seed = seed
     self.step = step
     self.truncated = 0  # inputs/targets cut to the model's length so far
@@ -230,11 +231,15 @@ class Predictor:
 
   # ---- construction --------------------------------------------------------
   @staticmethod
-  def shardings(model: BaseModel, partitioner: partitioning.Partitioner,
-                lengths: Optional[Mapping[str, int]] = None) -> tuple[PyTree, PyTree]:
+  def shardings(
+    model: BaseModel, partitioner: partitioning.Partitioner, lengths: Optional[Mapping[str, int]] = None
+  ) -> tuple[PyTree, PyTree]:
     """(abstract params with shardings, param shardings) of `model` on the partitioner's mesh."""
-    lengths = lengths or ({"inputs": 8, "targets": 8} if isinstance(model, EncoderDecoderModel) else
-                          ({"inputs": 8, "targets": 8} if getattr(model, "prefix_lm", False) else {"targets": 8}))
+    lengths = lengths or (
+      {"inputs": 8, "targets": 8}
+      if isinstance(model, EncoderDecoderModel)
+      else ({"inputs": 8, "targets": 8} if getattr(model, "prefix_lm", False) else {"targets": 8})
+    )
     shapes = model.input_shapes(1, lengths)
     axes = model.param_logical_axes(shapes)
     unboxed = flax.core.meta.unbox(model.abstract_params(shapes))
@@ -243,8 +248,15 @@ class Predictor:
     return trainer._with_shardings(unboxed, param_shardings), param_shardings  # pylint: disable=protected-access
 
   @classmethod
-  def restore(cls, model: BaseModel, checkpoint_path: str, *, step: Optional[int] = None,
-              partitioner: Optional[partitioning.Partitioner] = None, **kwargs) -> "Predictor":
+  def restore(
+    cls,
+    model: BaseModel,
+    checkpoint_path: str,
+    *,
+    step: Optional[int] = None,
+    partitioner: Optional[partitioning.Partitioner] = None,
+    **kwargs,
+  ) -> "Predictor":
     """Loads the latest (or `step`'s) parameters under `checkpoint_path` (a run
     directory, its checkpoints/ directory or a step directory)."""
     partitioner = partitioner or partitioning.Partitioner()
@@ -267,27 +279,30 @@ class Predictor:
           return tokens, scores
 
         self._compiled[key] = jax.jit(
-            predict, in_shardings=(self._param_shardings, batch, part.replicated),
-            out_shardings=(batch, part.batch_sharding(1)))
+          predict,
+          in_shardings=(self._param_shardings, batch, part.replicated),
+          out_shardings=(batch, part.batch_sharding(1)),
+        )
       else:
         self._compiled[key] = jax.jit(
-            self.model.score_batch, in_shardings=(self._param_shardings, batch),
-            out_shardings=part.batch_sharding(1))
+          self.model.score_batch, in_shardings=(self._param_shardings, batch), out_shardings=part.batch_sharding(1)
+        )
     return self._compiled[key]
 
   def _batches(self, n: int) -> int:
     return _agreed_count(math.ceil(n / self.local_batch_size))
 
   def _pad_rows(self, x: np.ndarray, start: int) -> np.ndarray:
-    rows = x[start:start + self.local_batch_size]
+    rows = x[start : start + self.local_batch_size]
     if len(rows) < self.local_batch_size:
       pad = np.zeros((self.local_batch_size - len(rows),) + rows.shape[1:], rows.dtype)
       rows = np.concatenate([rows, pad], axis=0)
     return rows
 
   # ---- token level ---------------------------------------------------------
-  def predict_tokens(self, inputs: np.ndarray, options: Optional[DecodeOptions] = None,
-                     seed: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+  def predict_tokens(
+    self, inputs: np.ndarray, options: Optional[DecodeOptions] = None, seed: Optional[int] = None
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes int32 inputs [n, length] (0-padded; this process's rows).
 
     Returns (tokens [n, max_decode_len], scores [n]). Sampling draws batch i
@@ -342,8 +357,8 @@ class Predictor:
     n = len(ids) + int(append_eos)
     if self.on_long_input == "error":
       raise ValueError(
-          f"{label} has {n} tokens{' (EOS included)' if append_eos else ''}, more than the model's {what} length "
-          f"{length}; shorten it, raise TASK_FEATURE_LENGTHS['{what}'] or use on_long_input='truncate'."
+        f"{label} has {n} tokens{' (EOS included)' if append_eos else ''}, more than the model's {what} length "
+        f"{length}; shorten it, raise TASK_FEATURE_LENGTHS['{what}'] or use on_long_input='truncate'."
       )
     logger.warning("%s has %d tokens; truncated to the model's %s length %d", label, n, what, length)
     self.truncated += 1
@@ -365,18 +380,25 @@ class Predictor:
       enc = self.pad(inputs, self.task_feature_lengths.get("inputs"))
       tgt = self.pad(targets, lt)
       dec_in = np.concatenate([np.zeros((len(tgt), 1), np.int32), tgt[:, :-1]], axis=1)
-      return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt,
-              "decoder_loss_weights": (tgt > 0).astype(np.int32)}
+      return {
+        "encoder_input_tokens": enc,
+        "decoder_input_tokens": dec_in,
+        "decoder_target_tokens": tgt,
+        "decoder_loss_weights": (tgt > 0).astype(np.int32),
+      }
     seqs = [list(i) + list(t) for i, t in zip(inputs, targets)]
     total = sum(self.task_feature_lengths.values()) or None
     full = self.pad(seqs, total)
     weights = np.zeros_like(full)
     causal = np.zeros_like(full)
     for r, (i, t) in enumerate(zip(inputs, targets)):
-      weights[r, len(i): len(i) + len(t)] = 1
+      weights[r, len(i) : len(i) + len(t)] = 1
       causal[r, : len(i) + 1] = 1
-    feats = {"decoder_input_tokens": np.concatenate([np.zeros((len(full), 1), np.int32), full[:, :-1]], axis=1),
-             "decoder_target_tokens": full, "decoder_loss_weights": weights}
+    feats = {
+      "decoder_input_tokens": np.concatenate([np.zeros((len(full), 1), np.int32), full[:, :-1]], axis=1),
+      "decoder_target_tokens": full,
+      "decoder_loss_weights": weights,
+    }
     if getattr(self.model, "prefix_lm", False):
       feats["decoder_causal_attention"] = causal
     return feats
@@ -463,11 +485,15 @@ class Predictor:
 # ----------------------------------------------------------------------------
 # A run directory -> Predictor (gin at the edge).
 # ----------------------------------------------------------------------------
-def run_config(model: BaseModel, mixture_or_task_name: Optional[str] = None,
-               task_feature_lengths: Optional[Mapping[str, int]] = None) -> dict:
+def run_config(
+  model: BaseModel, mixture_or_task_name: Optional[str] = None, task_feature_lengths: Optional[Mapping[str, int]] = None
+) -> dict:
   """What `load` reads from a run's config.gin (bound to %MODEL etc. there)."""
-  return {"model": model, "mixture_or_task_name": mixture_or_task_name,
-          "task_feature_lengths": dict(task_feature_lengths or {})}
+  return {
+    "model": model,
+    "mixture_or_task_name": mixture_or_task_name,
+    "task_feature_lengths": dict(task_feature_lengths or {}),
+  }
 
 
 def read_run_config(run_dir: str) -> dict:
@@ -480,11 +506,11 @@ def read_run_config(run_dir: str) -> dict:
   gin.clear_config()
   gin.parse_config_file(path)
   gin.parse_config(
-      "from __gin__ import dynamic_registration\n"
-      "from t5lite import inference\n"
-      "inference.run_config.model = %MODEL\n"
-      "inference.run_config.mixture_or_task_name = %MIXTURE_OR_TASK_NAME\n"
-      "inference.run_config.task_feature_lengths = %TASK_FEATURE_LENGTHS\n"
+    "from __gin__ import dynamic_registration\n"
+    "from t5lite import inference\n"
+    "inference.run_config.model = %MODEL\n"
+    "inference.run_config.mixture_or_task_name = %MIXTURE_OR_TASK_NAME\n"
+    "inference.run_config.task_feature_lengths = %TASK_FEATURE_LENGTHS\n"
   )
   return gin.get_configurable(run_config)()
 
@@ -507,9 +533,15 @@ def task_adds_eos_to_inputs(mixture_or_task_name: str, model: BaseModel) -> bool
   return bool(feature.add_eos) if feature is not None else isinstance(model, EncoderDecoderModel)
 
 
-def load(run_dir: str, *, step: Optional[int] = None, batch_size: int = 8,
-         partitioner: Optional[partitioning.Partitioner] = None, vocabulary: Any = None,
-         **kwargs) -> Predictor:
+def load(
+  run_dir: str,
+  *,
+  step: Optional[int] = None,
+  batch_size: int = 8,
+  partitioner: Optional[partitioning.Partitioner] = None,
+  vocabulary: Any = None,
+  **kwargs,
+) -> Predictor:
   """A Predictor for a training run directory: its model (config.gin), its
   latest (or `step`'s) checkpoint and its task's vocabulary and lengths."""
   batch_size = checks.check_int("batch_size", batch_size, minimum=1)
@@ -522,5 +554,12 @@ def load(run_dir: str, *, step: Optional[int] = None, batch_size: int = 8,
   if cfg["mixture_or_task_name"] and "add_eos_to_inputs" not in kwargs:
     kwargs["add_eos_to_inputs"] = task_adds_eos_to_inputs(cfg["mixture_or_task_name"], cfg["model"])
   return Predictor.restore(
-      cfg["model"], run_dir, step=step, batch_size=batch_size, partitioner=partitioner, vocabulary=vocabulary,
-      task_feature_lengths=lengths, **kwargs)
+    cfg["model"],
+    run_dir,
+    step=step,
+    batch_size=batch_size,
+    partitioner=partitioner,
+    vocabulary=vocabulary,
+    task_feature_lengths=lengths,
+    **kwargs,
+  )

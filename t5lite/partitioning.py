@@ -39,28 +39,46 @@ Rules = Sequence[tuple[str, Union[None, str, tuple[str, ...]]]]
 # Every preset names all logical axes, so nothing is sharded by accident.
 _UNSHARDED = (("length", None), ("kv", None), ("layers", None), ("relpos_buckets", None), ("joined_kv", None))
 RULE_PRESETS: dict[str, Rules] = {
-    "data_parallel": (
-        ("batch", BATCH_MESH_AXES), ("embed", None), ("mlp", None), ("heads", None), ("vocab", None),
-        *_UNSHARDED,
-    ),
-    "fsdp": (
-        ("batch", BATCH_MESH_AXES), ("embed", "fsdp"), ("mlp", None), ("heads", None), ("vocab", None),
-        *_UNSHARDED,
-    ),
-    "tensor_parallel": (
-        ("batch", BATCH_MESH_AXES), ("embed", None), ("mlp", "model"), ("heads", "model"), ("vocab", "model"),
-        *_UNSHARDED,
-    ),
-    # FSDP and tensor parallelism together; the default, since axes of size 1 do nothing.
-    "fsdp_tensor_parallel": (
-        ("batch", BATCH_MESH_AXES), ("embed", "fsdp"), ("mlp", "model"), ("heads", "model"), ("vocab", "model"),
-        *_UNSHARDED,
-    ),
+  "data_parallel": (
+    ("batch", BATCH_MESH_AXES),
+    ("embed", None),
+    ("mlp", None),
+    ("heads", None),
+    ("vocab", None),
+    *_UNSHARDED,
+  ),
+  "fsdp": (
+    ("batch", BATCH_MESH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", None),
+    ("heads", None),
+    ("vocab", None),
+    *_UNSHARDED,
+  ),
+  "tensor_parallel": (
+    ("batch", BATCH_MESH_AXES),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("vocab", "model"),
+    *_UNSHARDED,
+  ),
+  # FSDP and tensor parallelism together; the default, since axes of size 1 do nothing.
+  "fsdp_tensor_parallel": (
+    ("batch", BATCH_MESH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("vocab", "model"),
+    *_UNSHARDED,
+  ),
 }
 DEFAULT_RULES = "fsdp_tensor_parallel"
 
 
-def resolve_mesh_shape(data: int = -1, fsdp: int = 1, model: int = 1, num_devices: Optional[int] = None) -> dict[str, int]:
+def resolve_mesh_shape(
+  data: int = -1, fsdp: int = 1, model: int = 1, num_devices: Optional[int] = None
+) -> dict[str, int]:
   """Mesh axis sizes with at most one -1 ('all the devices left') filled in.
 
   Raises:
@@ -69,9 +87,15 @@ def resolve_mesh_shape(data: int = -1, fsdp: int = 1, model: int = 1, num_device
   """
   n = num_devices or jax.device_count()
   sizes = {
-      k: checks.check_int(f"{k.upper()}_PARALLELISM", v, minimum=1, maximum=n, also=(-1,),
-                          hint=f" (-1: all devices left; there are {n} devices)")
-      for k, v in {"data": data, "fsdp": fsdp, "model": model}.items()
+    k: checks.check_int(
+      f"{k.upper()}_PARALLELISM",
+      v,
+      minimum=1,
+      maximum=n,
+      also=(-1,),
+      hint=f" (-1: all devices left; there are {n} devices)",
+    )
+    for k, v in {"data": data, "fsdp": fsdp, "model": model}.items()
   }
   free = [k for k, v in sizes.items() if v == -1]
   if len(free) > 1:
@@ -80,14 +104,13 @@ def resolve_mesh_shape(data: int = -1, fsdp: int = 1, model: int = 1, num_device
   if free:
     if n % fixed:
       raise ValueError(
-          f"Mesh {sizes} does not divide the {n} devices: the fixed axes multiply to {fixed}. "
-          f"Valid products divide {n}: {[d for d in range(1, n + 1) if n % d == 0]}."
+        f"Mesh {sizes} does not divide the {n} devices: the fixed axes multiply to {fixed}. "
+        f"Valid products divide {n}: {[d for d in range(1, n + 1) if n % d == 0]}."
       )
     sizes[free[0]] = n // fixed
   elif fixed != n:
     raise ValueError(
-        f"Mesh {sizes} uses {fixed} devices but there are {n}; the sizes must multiply to {n} "
-        "(or set one of them to -1)."
+      f"Mesh {sizes} uses {fixed} devices but there are {n}; the sizes must multiply to {n} (or set one of them to -1)."
     )
   return sizes
 
@@ -113,15 +136,15 @@ def get_rules(rules: Union[str, Rules, None]) -> tuple:
     return tuple(RULE_PRESETS[rules])
   if not isinstance(rules, (list, tuple)):
     raise ValueError(
-        f"LOGICAL_AXIS_RULES={rules!r} must be a preset name ({sorted(RULE_PRESETS)}) or a list of "
-        "(logical_name, mesh_axes) pairs."
+      f"LOGICAL_AXIS_RULES={rules!r} must be a preset name ({sorted(RULE_PRESETS)}) or a list of "
+      "(logical_name, mesh_axes) pairs."
     )
   out = []
   for entry in rules:
     if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
       raise ValueError(f"A logical-axis rule must be (logical_name, mesh_axes); got {entry!r}.")
     axes = entry[1]
-    for a in (axes if isinstance(axes, (tuple, list)) else [axes]):
+    for a in axes if isinstance(axes, (tuple, list)) else [axes]:
       if a is not None and a not in MESH_AXES:
         raise ValueError(f"Rule {entry!r} names mesh axis {a!r}; valid mesh axes: {MESH_AXES}.")
     out.append((entry[0], tuple(axes) if isinstance(axes, list) else axes))
@@ -146,7 +169,9 @@ def logical_sizes(abstract_params: PyTree, logical_axes: PyTree) -> dict[str, se
 
 
 def _axes_leaves(logical_axes: PyTree) -> list:
-  return jax.tree.leaves(logical_axes, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x))
+  return jax.tree.leaves(
+    logical_axes, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x)
+  )
 
 
 def fit_rules(rules: Rules, mesh: Mesh, sizes: Mapping[str, Iterable[int]]) -> tuple[tuple, list[str]]:
@@ -156,8 +181,8 @@ def fit_rules(rules: Rules, mesh: Mesh, sizes: Mapping[str, Iterable[int]]) -> t
     bad = [s for s in sizes.get(name, ()) if s % _axes_size(mesh, axes)]
     if axes is not None and bad:
       notes.append(
-          f"'{name}' (sizes {sorted(set(sizes[name]))}) is not divisible by mesh axes {axes} "
-          f"({_axes_size(mesh, axes)} devices): kept replicated."
+        f"'{name}' (sizes {sorted(set(sizes[name]))}) is not divisible by mesh axes {axes} "
+        f"({_axes_size(mesh, axes)} devices): kept replicated."
       )
       axes = None
     fitted.append((name, axes))
@@ -173,8 +198,9 @@ def logical_to_spec(names: Optional[Sequence[Optional[str]]], rules: Rules) -> P
 
 def specs_for(logical_axes: PyTree, rules: Rules) -> PyTree:
   return jax.tree.map(
-      lambda names: logical_to_spec(names, rules), logical_axes,
-      is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x),
+    lambda names: logical_to_spec(names, rules),
+    logical_axes,
+    is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x),
   )
 
 
@@ -194,8 +220,14 @@ class Partitioner:
 
   def __post_init__(self):
     count = jax.device_count()
-    self.num_devices = checks.check_int("NUM_DEVICES", self.num_devices, minimum=1, maximum=count, allow_none=True,
-                                        hint=f" (None: all {count} device{'s' if count != 1 else ''})")
+    self.num_devices = checks.check_int(
+      "NUM_DEVICES",
+      self.num_devices,
+      minimum=1,
+      maximum=count,
+      allow_none=True,
+      hint=f" (None: all {count} device{'s' if count != 1 else ''})",
+    )
     devices = jax.devices()[: self.num_devices] if self.num_devices else None
     self.mesh = create_mesh(self.data, self.fsdp, self.model, devices)
     self.base_rules = get_rules(self.rules)
@@ -214,8 +246,7 @@ class Partitioner:
     return NamedSharding(self.mesh, spec)
 
   def shardings_for(self, logical_axes: PyTree) -> PyTree:
-    return jax.tree.map(self.sharding, specs_for(logical_axes, self.active_rules),
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(self.sharding, specs_for(logical_axes, self.active_rules), is_leaf=lambda x: isinstance(x, P))
 
   @property
   def replicated(self) -> NamedSharding:
@@ -227,8 +258,8 @@ class Partitioner:
   def check_batch_size(self, batch_size: int) -> None:
     if batch_size % self.batch_shards:
       raise ValueError(
-          f"BATCH_SIZE={batch_size} is not divisible by the {self.batch_shards} data-parallel shards "
-          f"of mesh {dict(self.mesh.shape)} (data x fsdp); use a multiple of {self.batch_shards}."
+        f"BATCH_SIZE={batch_size} is not divisible by the {self.batch_shards} data-parallel shards "
+        f"of mesh {dict(self.mesh.shape)} (data x fsdp); use a multiple of {self.batch_shards}."
       )
 
   def global_batch(self, local_batch: Mapping[str, np.ndarray], global_batch_size: int) -> dict[str, jax.Array]:

@@ -97,19 +97,23 @@ def apply_process_settings(malloc: bool = True, xla_cpu_flags: str = DEFAULT_XLA
 
 def add_flags(parser) -> None:
   """--malloc and --xla_cpu_flags for a benchmark's argparse parser."""
-  parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                      help="tuned: keep freed memory in the process (see t5lite.runtime); "
-                           "default: leave glibc malloc as it is")
-  parser.add_argument("--xla_cpu_flags", default=DEFAULT_XLA_CPU_FLAGS,
-                      help="flags appended to XLA_FLAGS before JAX starts, on CPU-only hosts "
-                           "('' for none). Default: %(default)s")
+  parser.add_argument(
+    "--malloc",
+    choices=("tuned", "default"),
+    default="tuned",
+    help="tuned: keep freed memory in the process (see t5lite.runtime); default: leave glibc malloc as it is",
+  )
+  parser.add_argument(
+    "--xla_cpu_flags",
+    default=DEFAULT_XLA_CPU_FLAGS,
+    help="flags appended to XLA_FLAGS before JAX starts, on CPU-only hosts ('' for none). Default: %(default)s",
+  )
 
 
 def apply_flags(args) -> dict:
   """apply_process_settings as `add_flags`' flags say; warns if JAX came first."""
   if "jax" in sys.modules and (args.malloc == "tuned" or args.xla_cpu_flags):
-    print("warning: jax was imported before the process settings (malloc/XLA_FLAGS) were applied",
-          file=sys.stderr)
+    print("warning: jax was imported before the process settings (malloc/XLA_FLAGS) were applied", file=sys.stderr)
   return apply_process_settings(malloc=args.malloc == "tuned", xla_cpu_flags=args.xla_cpu_flags)
 
 
@@ -169,9 +173,12 @@ def setup_compilation_cache(directory: "str | None" = None, min_compile_time_s: 
     os.remove(probe)
   except OSError as e:
     if not _cache_state.get("warned"):
-      print(f"warning: the compilation cache directory {path} cannot be written ({e.strerror or e}); "
-            f"carrying on without a compilation cache (set COMPILATION_CACHE_DIR or {COMPILATION_CACHE_ENV} "
-            "to a writable directory, or to 'none' to silence this)", file=sys.stderr)
+      print(
+        f"warning: the compilation cache directory {path} cannot be written ({e.strerror or e}); "
+        f"carrying on without a compilation cache (set COMPILATION_CACHE_DIR or {COMPILATION_CACHE_ENV} "
+        "to a writable directory, or to 'none' to silence this)",
+        file=sys.stderr,
+      )
       _cache_state["warned"] = True
     return _cache_state.get("dir")
   jax.config.update("jax_enable_compilation_cache", True)

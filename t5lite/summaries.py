@@ -27,7 +27,7 @@ class SummaryWriter:
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     summary = summary_pb2.Summary(
-        value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]
+      value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]
     )
     self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
@@ -36,13 +36,16 @@ class SummaryWriter:
     from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2  # pylint: disable=g-import-not-at-top
 
     tensor = tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[]),
+      dtype=types_pb2.DT_STRING,
+      string_val=[text.encode("utf-8")],
+      tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[]),
     )
     value = summary_pb2.Summary.Value(
-        tag=tag, metadata=text_metadata.create_summary_metadata(display_name=tag, description=""), tensor=tensor
+      tag=tag, metadata=text_metadata.create_summary_metadata(display_name=tag, description=""), tensor=tensor
     )
-    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=[value])))
+    self._writer.add_event(
+      event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=[value]))
+    )
 
   def flush(self) -> None:
     self._writer.flush()

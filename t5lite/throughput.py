@@ -15,15 +15,15 @@ import jax
 
 # Dense bf16 peak FLOPs/s per device, matched on jax's device_kind.
 PEAK_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
+  "H100": 989e12,
+  "H200": 989e12,
+  "A100": 312e12,
+  "L4": 121e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v6 lite": 918e12,
 }
 
 

@@ -34,22 +34,30 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
   if data_dir:
     sources.set_data_dir(data_dir)
   task = registration.get_task_or_mixture(mixture_or_task_name)
-  common = dict(global_batch_size=batch_size, converter=converter, pack=pack, seed=seed,
-                process_index=jax.process_index(), process_count=jax.process_count())
+  common = dict(
+    global_batch_size=batch_size,
+    converter=converter,
+    pack=pack,
+    seed=seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   if batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {jax.process_count()} processes.")
 
   def train_batches(start_row: int):
-    return pipeline.host_batches(mixture_or_task_name, task_feature_lengths, shuffle=shuffle, num_epochs=None,
-                                 start_row=start_row, **common).as_numpy_iterator()
+    return pipeline.host_batches(
+      mixture_or_task_name, task_feature_lengths, shuffle=shuffle, num_epochs=None, start_row=start_row, **common
+    ).as_numpy_iterator()
 
   def eval_batches_factory(split: str, steps: int):
     if split not in task.splits:
       return None
 
     def eval_batches():
-      ds = pipeline.host_batches(mixture_or_task_name, task_feature_lengths, split=split, shuffle=False,
-                                 num_epochs=1, **common)
+      ds = pipeline.host_batches(
+        mixture_or_task_name, task_feature_lengths, split=split, shuffle=False, num_epochs=1, **common
+      )
       return ds.take(steps).as_numpy_iterator()
 
     return eval_batches
@@ -58,42 +66,53 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
   return train_batches, eval_batches_factory, vocab_size
 
 
-def data_spec(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], converter: str, pack: bool,
-              shuffle: bool, seed: int) -> dict[str, Any]:
+def data_spec(
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  converter: str,
+  pack: bool,
+  shuffle: bool,
+  seed: int,
+) -> dict[str, Any]:
   """What the training data stream, and so a saved data position, depends on."""
-  return {"mixture_or_task_name": mixture_or_task_name,
-          "task_feature_lengths": {k: task_feature_lengths[k] for k in sorted(task_feature_lengths)},
-          "feature_converter": converter, "pack": bool(pack), "shuffle": bool(shuffle), "seed": seed}
+  return {
+    "mixture_or_task_name": mixture_or_task_name,
+    "task_feature_lengths": {k: task_feature_lengths[k] for k in sorted(task_feature_lengths)},
+    "feature_converter": converter,
+    "pack": bool(pack),
+    "shuffle": bool(shuffle),
+    "seed": seed,
+  }
 
 
 def train(
-    *,
-    model: BaseModel,
-    model_dir: str,
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    train_steps: int,
-    batch_size: int,
-    optimizer: Callable[..., optax.GradientTransformation] = adafactor.adafactor,
-    learning_rate: Optional[optax.Schedule] = None,
-    eval_every: int = 0,
-    eval_steps: int = 10,
-    eval_split: str = "validation",
-    checkpoint_every: int = 1000,
-    keep_checkpoints: Optional[int] = 3,
-    summary_every: int = 50,
-    num_microbatches: int = 1,
-    seed: int = 0,
-    pack: bool = True,
-    shuffle: bool = True,
-    initial_checkpoint_path: Optional[str] = None,
-    data_dir: Optional[str] = None,
-    async_checkpointing: bool = True,
-    progress: bool = True,
-    partitioner: Optional[partitioning.Partitioner] = None,
-    infer_eval_every: int = 0,
-    infer_eval_examples: Optional[int] = None,
-    compilation_cache_dir: Optional[str] = None,
+  *,
+  model: BaseModel,
+  model_dir: str,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  train_steps: int,
+  batch_size: int,
+  optimizer: Callable[..., optax.GradientTransformation] = adafactor.adafactor,
+  learning_rate: Optional[optax.Schedule] = None,
+  eval_every: int = 0,
+  eval_steps: int = 10,
+  eval_split: str = "validation",
+  checkpoint_every: int = 1000,
+  keep_checkpoints: Optional[int] = 3,
+  summary_every: int = 50,
+  num_microbatches: int = 1,
+  seed: int = 0,
+  pack: bool = True,
+  shuffle: bool = True,
+  initial_checkpoint_path: Optional[str] = None,
+  data_dir: Optional[str] = None,
+  async_checkpointing: bool = True,
+  progress: bool = True,
+  partitioner: Optional[partitioning.Partitioner] = None,
+  infer_eval_every: int = 0,
+  infer_eval_examples: Optional[int] = None,
+  compilation_cache_dir: Optional[str] = None,
 ) -> dict[str, float]:
   """Trains `model` on a seqio task or mixture; returns the last train metrics.
 
@@ -113,7 +132,9 @@ def train(
 
   # Settings nothing below checks before work starts (TrainerConfig, the partitioner and the model check theirs).
   if not isinstance(model_dir, (str, os.PathLike)) or not str(model_dir).strip():
-    raise ValueError(f"MODEL_DIR={model_dir!r} must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\\"/tmp/run\\\".")
+    raise ValueError(
+      f"MODEL_DIR={model_dir!r} must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\\"/tmp/run\\\"."
+    )
   checks.check_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
   checks.check_int("INFER_EVAL_EVERY", infer_eval_every, minimum=0, hint=" (0: never)")
   checks.check_int("INFER_EVAL_EXAMPLES", infer_eval_examples, minimum=1, allow_none=True, hint=" (None: all)")
@@ -121,33 +142,58 @@ def train(
   learning_rate = learning_rate or schedules.rsqrt(1.0, 10000)
   runtime.setup_compilation_cache(compilation_cache_dir)
   config = trainer_lib.TrainerConfig(
-      train_steps=train_steps, batch_size=batch_size, task_feature_lengths=dict(task_feature_lengths),
-      eval_every=eval_every, eval_steps=eval_steps, checkpoint_every=checkpoint_every,
-      keep_checkpoints=keep_checkpoints, summary_every=summary_every, num_microbatches=num_microbatches,
-      seed=seed, async_checkpointing=async_checkpointing, progress=progress,
+    train_steps=train_steps,
+    batch_size=batch_size,
+    task_feature_lengths=dict(task_feature_lengths),
+    eval_every=eval_every,
+    eval_steps=eval_steps,
+    checkpoint_every=checkpoint_every,
+    keep_checkpoints=keep_checkpoints,
+    summary_every=summary_every,
+    num_microbatches=num_microbatches,
+    seed=seed,
+    async_checkpointing=async_checkpointing,
+    progress=progress,
   )
   train_batches, eval_factory, vocab_size = _data(
-      mixture_or_task_name, task_feature_lengths, batch_size, model.FEATURE_CONVERTER, pack, seed, data_dir,
-      shuffle,
+    mixture_or_task_name,
+    task_feature_lengths,
+    batch_size,
+    model.FEATURE_CONVERTER,
+    pack,
+    seed,
+    data_dir,
+    shuffle,
   )
   if model.config.vocab_size < vocab_size:
     raise ValueError(
-        f"The model's vocab_size={model.config.vocab_size} is smaller than the vocabulary of "
-        f"{mixture_or_task_name!r} ({vocab_size} ids); set the model's vocab_size >= {vocab_size}."
+      f"The model's vocab_size={model.config.vocab_size} is smaller than the vocabulary of "
+      f"{mixture_or_task_name!r} ({vocab_size} ids); set the model's vocab_size >= {vocab_size}."
     )
   trainer = trainer_lib.Trainer(
-      model, optimizer, learning_rate, config, model_dir, initial_checkpoint_path=initial_checkpoint_path,
-      partitioner=partitioner,
-      data_spec=data_spec(mixture_or_task_name, task_feature_lengths, model.FEATURE_CONVERTER, pack, shuffle, seed),
+    model,
+    optimizer,
+    learning_rate,
+    config,
+    model_dir,
+    initial_checkpoint_path=initial_checkpoint_path,
+    partitioner=partitioner,
+    data_spec=data_spec(mixture_or_task_name, task_feature_lengths, model.FEATURE_CONVERTER, pack, shuffle, seed),
   )
   try:
     eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None
     metric_eval = None
     if infer_eval_every:
-      metric_eval = _metric_eval_fn(model, trainer, mixture_or_task_name, task_feature_lengths, eval_split,
-                                    infer_eval_examples, seed, batch_size)
-    metrics = trainer.train(train_batches, eval_batches, metric_eval=metric_eval, metric_eval_every=infer_eval_every,
-                            on_start=lambda step: write_config(model_dir, step))
+      metric_eval = _metric_eval_fn(
+        model, trainer, mixture_or_task_name, task_feature_lengths, eval_split, infer_eval_examples, seed, batch_size
+      )
+    metrics = trainer.train(
+      train_batches,
+      eval_batches,
+      metric_eval=metric_eval,
+      metric_eval_every=infer_eval_every,
+      on_start=lambda step: write_config(model_dir, step),
+    )
     if metrics and getattr(trainer, "last_metric_eval", None):
       metrics.update({f"infer_eval/{k}": v for k, v in trainer.last_metric_eval.items()})
     return metrics
@@ -160,15 +206,27 @@ def _metric_eval_fn(model, trainer, name, lengths, split, num_examples, seed, ba
   from t5lite import eval as eval_lib, inference  # pylint: disable=g-import-not-at-top
   from t5lite.models.model import DecodeOptions  # pylint: disable=g-import-not-at-top
 
-  evaluator = eval_lib.MetricEvaluator(model, name, lengths, split=split, num_examples=num_examples, seed=seed,
-                                       output_dir=os.path.join(trainer.model_dir, "infer_eval"))
+  evaluator = eval_lib.MetricEvaluator(
+    model,
+    name,
+    lengths,
+    split=split,
+    num_examples=num_examples,
+    seed=seed,
+    output_dir=os.path.join(trainer.model_dir, "infer_eval"),
+  )
   holder = {}
 
   def fn(params, step):
     if "predictor" not in holder:
       holder["predictor"] = inference.Predictor(
-          model, params, batch_size=batch_size // jax.process_count(), partitioner=trainer.partitioner,
-          task_feature_lengths=lengths, options=DecodeOptions(max_decode_len=lengths.get("targets", 64)))
+        model,
+        params,
+        batch_size=batch_size // jax.process_count(),
+        partitioner=trainer.partitioner,
+        task_feature_lengths=lengths,
+        options=DecodeOptions(max_decode_len=lengths.get("targets", 64)),
+      )
     holder["predictor"].params = params
     return evaluator(holder["predictor"], step)
 
@@ -208,7 +266,7 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
     elif name == "--gin_search_paths" and eq:
       paths.extend(p for p in value.split(",") if p)
     elif name.startswith("--gin.") and eq:
-      bindings.append(f"{name[len('--gin.'):]} = {value}")
+      bindings.append(f"{name[len('--gin.') :]} = {value}")
     else:
       raise ValueError(_flag_problem(arg, name, bool(eq)))
     i += 1
@@ -237,8 +295,13 @@ RUN_FILES = {"train": "runs/pretrain.gin", "infer": "runs/infer.gin", "eval": "r
 _MACRO_FIXES = {"MODEL": "a model file defines it: give e.g. --gin_file=models/t5_1_1/small.gin before the run file"}
 
 
-def configure_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = (),
-                  required: Sequence[str] = REQUIRED_MACROS, run_file: str = RUN_FILES["train"]) -> None:
+def configure_gin(
+  files: Sequence[str],
+  bindings: Sequence[str],
+  search_paths: Sequence[str] = (),
+  required: Sequence[str] = REQUIRED_MACROS,
+  run_file: str = RUN_FILES["train"],
+) -> None:
   """Parses gin files (found in the cwd, the search paths or the installed gin/) and bindings.
 
   Everything is checked before anything runs: files and bindings parse, every
@@ -307,8 +370,10 @@ def _gin_parse_error(e: Exception, source: str, gin_dirs: Sequence[str]) -> Exce
   if isinstance(e, SyntaxError):
     where = f"{e.filename} line {e.lineno}" if e.filename else source
     detail = (e.msg or "").strip().splitlines()[-1].strip() if e.msg else "invalid syntax"
-    return ValueError(f"gin syntax error in {where}: {detail} in `{(e.text or '').strip()}` (a value is a Python "
-                      "literal, a quoted string, @configurable or %MACRO)")
+    return ValueError(
+      f"gin syntax error in {where}: {detail} in `{(e.text or '').strip()}` (a value is a Python "
+      "literal, a quoted string, @configurable or %MACRO)"
+    )
   text = str(e)
   first = text.strip().splitlines()[0].strip() if text.strip() else type(e).__name__
   loc = re.search(r'In file "([^"]+)", line (\d+)\n\s*(.*)', text)
@@ -318,8 +383,9 @@ def _gin_parse_error(e: Exception, source: str, gin_dirs: Sequence[str]) -> Exce
     name = missing.group(1) if missing else first
     found = _closest(name, _gin_files(gin_dirs, name))
     return FileNotFoundError(
-        f"gin file {name!r} not found{f' (included from {where})' if loc else ''}; gin files are looked up in "
-        f"{', '.join(gin_dirs + ['the cwd'])}" + (f"; did you mean {found}?" if found else ""))
+      f"gin file {name!r} not found{f' (included from {where})' if loc else ''}; gin files are looked up in "
+      f"{', '.join(gin_dirs + ['the cwd'])}" + (f"; did you mean {found}?" if found else "")
+    )
   fix = ""
   attr = re.match(r"Couldn't resolve selector (\S+); <module '([\w.]+)'.*has no attribute (\w+)", first)
   param = re.match(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", first)
@@ -334,8 +400,11 @@ def _gin_parse_error(e: Exception, source: str, gin_dirs: Sequence[str]) -> Exce
     name = re.search(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'", first)
     module, _, attr = (name.group(1).split("/")[-1] if name else "").rpartition(".")
     fix = _closest(attr, _module_names(module)) if module else None
-    fix = (f"; did you mean {module}.{fix}?" if fix else
-           "; check the spelling, and that a gin file imports its module (e.g. `from t5lite.optim import adamw`)")
+    fix = (
+      f"; did you mean {module}.{fix}?"
+      if fix
+      else "; check the spelling, and that a gin file imports its module (e.g. `from t5lite.optim import adamw`)"
+    )
   return ValueError(f"{first.rstrip('.')} (in {where}){fix}")
 
 
@@ -392,7 +461,6 @@ def _command_line_macros(bindings: Sequence[str]) -> dict[str, str]:
   from gin import config_parser  # pylint: disable=g-import-not-at-top
 
   class _NoReferences(config_parser.ParserDelegate):
-
     def configurable_reference(self, scoped_configurable_name, evaluate):
       return None
 
@@ -429,21 +497,25 @@ def _check_macros(gin, bindings: Sequence[str], required: Sequence[str], run_fil
     if name in read:
       continue
     if name in required:
-      raise ValueError(f"no gin file reads the macro {name} set on the command line: include the run file that "
-                       f"uses it (--gin_file={run_file})")
+      raise ValueError(
+        f"no gin file reads the macro {name} set on the command line: include the run file that "
+        f"uses it (--gin_file={run_file})"
+      )
     close = _closest(name, list(read))
-    fix = (f"did you mean {close} (--gin.{close}=...)?" if close else
-           f"the macros read are {', '.join(sorted(read))}")
-    raise ValueError(f"the macro {name} set on the command line ({binding!r}) is not read by any gin binding "
-                     f"(no %{name} in the gin files); {fix}")
+    fix = f"did you mean {close} (--gin.{close}=...)?" if close else f"the macros read are {', '.join(sorted(read))}"
+    raise ValueError(
+      f"the macro {name} set on the command line ({binding!r}) is not read by any gin binding "
+      f"(no %{name} in the gin files); {fix}"
+    )
   for name in sorted(set(read) - defined):
     close = _closest(name, list(defined))
     fix = _MACRO_FIXES.get(name) or (f"did you mean %{close}?" if close else f"set it with --gin.{name}=...")
     raise ValueError(f"{read[name]} reads the macro %{name}, which no gin file or flag sets; {fix}")
   for name in required:
     if name not in defined:
-      raise ValueError(f"no gin file uses the required macro {name}: include the run file (--gin_file={run_file}), "
-                       "after a model file")
+      raise ValueError(
+        f"no gin file uses the required macro {name}: include the run file (--gin_file={run_file}), after a model file"
+      )
 
 
 def _required_problem(message: str) -> Optional[str]:
@@ -496,7 +568,6 @@ def _guard_gin_package_reader(gin) -> None:
 
 
 class _DropGinPathMisses(logging.Filter):
-
   def filter(self, record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Path not found")
 
@@ -544,8 +615,9 @@ def write_config(model_dir: str, start_step: int = 0) -> Optional[str]:
   return path
 
 
-def run_gin_entry(argv: Optional[Sequence[str]], module_name: str, fn_name: str, required: Sequence[str],
-                  command: str) -> tuple[int, Any]:
+def run_gin_entry(
+  argv: Optional[Sequence[str]], module_name: str, fn_name: str, required: Sequence[str], command: str
+) -> tuple[int, Any]:
   """The shared body of the gin entry points (train, infer, eval): parse the
   T5X-style flags, join a multi-process job, configure gin, call the
   configured `module_name.fn_name`. Returns (exit code, result); errors in the
@@ -589,11 +661,16 @@ def _check_bound(gin, fn: Callable[..., Any], run_file: str) -> None:
     bound = gin.get_bindings(fn, resolve_references=False)
   except ValueError:  # no gin file configures fn
     bound = {}
-  missing = [p.name for p in inspect.signature(fn).parameters.values()
-             if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in bound]
+  missing = [
+    p.name
+    for p in inspect.signature(fn).parameters.values()
+    if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in bound
+  ]
   if missing:
-    raise ValueError(f"the gin files bind no {', '.join(missing)} for {fn.__module__}.{fn.__name__}: include the "
-                     f"run file (--gin_file={run_file}) after a model file")
+    raise ValueError(
+      f"the gin files bind no {', '.join(missing)} for {fn.__module__}.{fn.__name__}: include the "
+      f"run file (--gin_file={run_file}) after a model file"
+    )
 
 
 def _with_macro(gin, message: str) -> str:

@@ -67,25 +67,25 @@ def compute_gradients(model: BaseModel, params: PyTree, batch: Batch, rng: jax.A
       return (jax.tree.map(jnp.add, acc_grads, g), jax.tree.map(jnp.add, acc_metrics, m)), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    first_metrics = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng, micro_scale[0])[0][1])
-    zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first_metrics)
-    (grads, metrics), _ = jax.lax.scan(
-        body, (zeros, zero_metrics), (micro, micro_scale, jnp.arange(num_microbatches))
+    first_metrics = jax.eval_shape(
+      lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng, micro_scale[0])[0][1]
     )
+    zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first_metrics)
+    (grads, metrics), _ = jax.lax.scan(body, (zeros, zero_metrics), (micro, micro_scale, jnp.arange(num_microbatches)))
   grads = jax.tree.map(lambda g: g / denom, grads)
   metrics = dict(metrics, denominator=denom)
   return grads, metrics
 
 
 def train_step(
-    state: TrainState,
-    batch: Batch,
-    rng: jax.Array,
-    *,
-    model: BaseModel,
-    optimizer: optax.GradientTransformation,
-    learning_rate: Callable[[jax.Array], jax.Array],
-    num_microbatches: int = 1,
+  state: TrainState,
+  batch: Batch,
+  rng: jax.Array,
+  *,
+  model: BaseModel,
+  optimizer: optax.GradientTransformation,
+  learning_rate: Callable[[jax.Array], jax.Array],
+  num_microbatches: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step; pure, for jax.jit."""
   step_rng = jax.random.fold_in(rng, state.step)
@@ -94,13 +94,13 @@ def train_step(
   params = optax.apply_updates(state.params, updates)
   denom = m["denominator"]
   metrics = {
-      "loss": m["loss_sum"] / denom,
-      "z_loss": m["z_loss_sum"] / denom,
-      "accuracy": m["correct"] / jnp.maximum(m["target_tokens"], 1.0),
-      "target_tokens": m["target_tokens"],
-      "grad_norm": optax.global_norm(grads),
-      "param_norm": optax.global_norm(params),
-      "learning_rate": learning_rate(state.step),
+    "loss": m["loss_sum"] / denom,
+    "z_loss": m["z_loss_sum"] / denom,
+    "accuracy": m["correct"] / jnp.maximum(m["target_tokens"], 1.0),
+    "target_tokens": m["target_tokens"],
+    "grad_norm": optax.global_norm(grads),
+    "param_norm": optax.global_norm(params),
+    "learning_rate": learning_rate(state.step),
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -150,14 +150,15 @@ class TrainerConfig:
     for name in ("train_steps", "batch_size", "eval_steps", "checkpoint_every", "summary_every", "num_microbatches"):
       setattr(self, name, checks.check_int(name.upper(), getattr(self, name), minimum=1))
     self.eval_every = checks.check_int("EVAL_EVERY", self.eval_every, minimum=0, hint=" (0: never)")
-    self.keep_checkpoints = checks.check_int("KEEP_CHECKPOINTS", self.keep_checkpoints, minimum=1, allow_none=True,
-                                             hint=" (None: keep all)")
+    self.keep_checkpoints = checks.check_int(
+      "KEEP_CHECKPOINTS", self.keep_checkpoints, minimum=1, allow_none=True, hint=" (None: keep all)"
+    )
     self.seed = checks.check_int("SEED", self.seed, minimum=0, maximum=2**32 - 1)
     self.task_feature_lengths = checks.check_lengths("TASK_FEATURE_LENGTHS", self.task_feature_lengths)
     if self.batch_size % self.num_microbatches:
       raise checks.SettingError(
-          f"BATCH_SIZE={self.batch_size} is not divisible by NUM_MICROBATCHES={self.num_microbatches}; "
-          f"use a multiple of {self.num_microbatches}."
+        f"BATCH_SIZE={self.batch_size} is not divisible by NUM_MICROBATCHES={self.num_microbatches}; "
+        f"use a multiple of {self.num_microbatches}."
       )
 
 
@@ -165,15 +166,15 @@ class Trainer:
   """Runs a training job in MODEL_DIR: create or resume, loop, summarize, checkpoint."""
 
   def __init__(
-      self,
-      model: BaseModel,
-      optimizer_factory: Callable[..., optax.GradientTransformation],
-      learning_rate: Callable[[jax.Array], jax.Array],
-      config: TrainerConfig,
-      model_dir: str,
-      initial_checkpoint_path: Optional[str] = None,
-      partitioner: Optional[partitioning.Partitioner] = None,
-      data_spec: Optional[Mapping[str, Any]] = None,
+    self,
+    model: BaseModel,
+    optimizer_factory: Callable[..., optax.GradientTransformation],
+    learning_rate: Callable[[jax.Array], jax.Array],
+    config: TrainerConfig,
+    model_dir: str,
+    initial_checkpoint_path: Optional[str] = None,
+    partitioner: Optional[partitioning.Partitioner] = None,
+    data_spec: Optional[Mapping[str, Any]] = None,
   ):
     self.model = model
     self.data_spec = _jsonable(dict(data_spec)) if data_spec is not None else None
@@ -207,9 +208,9 @@ class Trainer:
     self.state_shardings = TrainState(step=part.replicated, params=self.param_shardings, opt_state=self.opt_shardings)
 
     self.checkpointer = checkpointing.Checkpointer(
-        os.path.join(self.model_dir, "checkpoints"),
-        keep=config.keep_checkpoints,
-        async_save=config.async_checkpointing,
+      os.path.join(self.model_dir, "checkpoints"),
+      keep=config.keep_checkpoints,
+      async_save=config.async_checkpointing,
     )
     # Refuse an incompatible MODEL_DIR (another model, another data stream)
     # before anything else happens; a damaged step is dealt with at restore.
@@ -220,17 +221,21 @@ class Trainer:
     self.summaries = summaries.Summaries(self.model_dir, enabled=self.is_primary)
     batch_sharding = part.batch_sharding()
     self._train_step = jax.jit(
-        functools.partial(
-            train_step, model=model, optimizer=self.optimizer, learning_rate=learning_rate,
-            num_microbatches=config.num_microbatches,
-        ),
-        in_shardings=(self.state_shardings, batch_sharding, part.replicated),
-        out_shardings=(self.state_shardings, part.replicated),
-        donate_argnums=(0,),
+      functools.partial(
+        train_step,
+        model=model,
+        optimizer=self.optimizer,
+        learning_rate=learning_rate,
+        num_microbatches=config.num_microbatches,
+      ),
+      in_shardings=(self.state_shardings, batch_sharding, part.replicated),
+      out_shardings=(self.state_shardings, part.replicated),
+      donate_argnums=(0,),
     )
     self._eval_step = jax.jit(
-        functools.partial(eval_step, model=model),
-        in_shardings=(self.param_shardings, batch_sharding), out_shardings=part.replicated,
+      functools.partial(eval_step, model=model),
+      in_shardings=(self.param_shardings, batch_sharding),
+      out_shardings=part.replicated,
     )
     self._compiled_step = None
     self.flops_per_step = model.flops_per_step(config.batch_size, config.task_feature_lengths)
@@ -274,8 +279,9 @@ class Trainer:
       except (TypeError, ValueError):  # refused before running: nothing was donated
         return self._train_step(state, batch, rng)
 
-  def restore_or_init(self, log: Callable[[str], None] = print,
-                      warn: Optional[Callable[[str], None]] = None) -> tuple[TrainState, int]:
+  def restore_or_init(
+    self, log: Callable[[str], None] = print, warn: Optional[Callable[[str], None]] = None
+  ) -> tuple[TrainState, int]:
     """(state, rows of the data stream consumed): the newest readable checkpoint
     in MODEL_DIR (a damaged newer one is moved aside with a warning, see
     Checkpointer.restore_latest), else a fresh (or fine-tuning) state at row 0.
@@ -284,8 +290,10 @@ class Trainer:
     stream, checkpointing.DamagedCheckpointError when no checkpoint is readable."""
     found = self.checkpointer.restore_latest(self.abstract_params, self.abstract_opt_state, warn=warn or log)
     if found is None:
-      self._startup_log("no checkpoint in MODEL_DIR: creating the train state"
-                        + (" from INITIAL_CHECKPOINT_PATH ..." if self.initial_checkpoint_path else " ..."))
+      self._startup_log(
+        "no checkpoint in MODEL_DIR: creating the train state"
+        + (" from INITIAL_CHECKPOINT_PATH ..." if self.initial_checkpoint_path else " ...")
+      )
       return self.fresh_state(), 0
     latest, params, opt_state, meta = found
     rows = self.check_data_position(latest, meta, log)
@@ -304,14 +312,17 @@ class Trainer:
     cfg = self.config
     saved = meta.get("data")
     if self.data_spec is not None and saved is not None and saved != self.data_spec:
-      diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {self.data_spec.get(k)!r}"
-               for k in sorted(set(saved) | set(self.data_spec)) if saved.get(k) != self.data_spec.get(k)]
+      diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, this run {self.data_spec.get(k)!r}"
+        for k in sorted(set(saved) | set(self.data_spec))
+        if saved.get(k) != self.data_spec.get(k)
+      ]
       raise ValueError(
-          f"{self.model_dir} was trained on another data stream than this run asks for ({'; '.join(diffs)}). "
-          f"Its data position (step {step}, {meta.get('rows_consumed')} rows consumed) means nothing for "
-          "another stream, so the run was not resumed and nothing was written. Resume with the values of the "
-          "checkpoint, or start a new MODEL_DIR with "
-          f"INITIAL_CHECKPOINT_PATH={self.checkpointer.directory}/{step} to train on the new data from its start."
+        f"{self.model_dir} was trained on another data stream than this run asks for ({'; '.join(diffs)}). "
+        f"Its data position (step {step}, {meta.get('rows_consumed')} rows consumed) means nothing for "
+        "another stream, so the run was not resumed and nothing was written. Resume with the values of the "
+        "checkpoint, or start a new MODEL_DIR with "
+        f"INITIAL_CHECKPOINT_PATH={self.checkpointer.directory}/{step} to train on the new data from its start."
       )
     if "rows_consumed" in meta:
       rows = int(meta["rows_consumed"])
@@ -319,27 +330,31 @@ class Trainer:
       saved_batch = int(meta.get("batch_size", cfg.batch_size))
       rows = int(meta.get("batches_consumed", step)) * saved_batch
       if log:
-        log(f"note: checkpoint step {step} predates row positions; continuing at row {rows} "
-            f"({meta.get('batches_consumed', step)} batches of {saved_batch}).")
+        log(
+          f"note: checkpoint step {step} predates row positions; continuing at row {rows} "
+          f"({meta.get('batches_consumed', step)} batches of {saved_batch})."
+        )
     saved_batch = meta.get("batch_size")
     if log and saved_batch is not None and int(saved_batch) != cfg.batch_size:
-      log(f"BATCH_SIZE changed from {saved_batch} to {cfg.batch_size} since step {step}: continuing at row {rows} "
-          "of the same data stream (no example skipped or repeated).")
+      log(
+        f"BATCH_SIZE changed from {saved_batch} to {cfg.batch_size} since step {step}: continuing at row {rows} "
+        "of the same data stream (no example skipped or repeated)."
+      )
     return rows
 
   def model_info(self) -> str:
     """The mesh, the rules, per-device bytes and each parameter's sharding (model-info.txt)."""
     part = self.partitioner
     lines = [
-        f"mesh: {dict(part.mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} process(es)",
-        f"logical-axis rules: {list(part.active_rules)}",
-        *[f"note: {n}" for n in part.notes],
-        f"parameters: {partitioning.total_bytes(self.abstract_params):,} bytes in all, "
-        f"{partitioning.bytes_per_device(self.abstract_params):,} per device",
-        f"optimizer state: {partitioning.total_bytes(self.abstract_opt_state):,} bytes in all, "
-        f"{partitioning.bytes_per_device(self.abstract_opt_state):,} per device",
-        "",
-        "parameter  shape  logical axes  partition spec",
+      f"mesh: {dict(part.mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} process(es)",
+      f"logical-axis rules: {list(part.active_rules)}",
+      *[f"note: {n}" for n in part.notes],
+      f"parameters: {partitioning.total_bytes(self.abstract_params):,} bytes in all, "
+      f"{partitioning.bytes_per_device(self.abstract_params):,} per device",
+      f"optimizer state: {partitioning.total_bytes(self.abstract_opt_state):,} bytes in all, "
+      f"{partitioning.bytes_per_device(self.abstract_opt_state):,} per device",
+      "",
+      "parameter  shape  logical axes  partition spec",
     ]
     flat_axes = partitioning._axes_leaves(self.logical_axes)  # pylint: disable=protected-access
     for (path, leaf), names in zip(jax.tree_util.tree_flatten_with_path(self.abstract_params)[0], flat_axes):
@@ -356,9 +371,14 @@ class Trainer:
   def save(self, state: TrainState, rows_consumed: int) -> None:
     """Saves the state and the data position (rows of the stream consumed)."""
     step = int(state.step)
-    meta = {"rows_consumed": int(rows_consumed), "batch_size": self.config.batch_size,
-            "batches_consumed": int(rows_consumed) // self.config.batch_size, "seed": self.config.seed,
-            "process_count": jax.process_count(), "model": type(self.model).__name__}
+    meta = {
+      "rows_consumed": int(rows_consumed),
+      "batch_size": self.config.batch_size,
+      "batches_consumed": int(rows_consumed) // self.config.batch_size,
+      "seed": self.config.seed,
+      "process_count": jax.process_count(),
+      "model": type(self.model).__name__,
+    }
     if self.data_spec is not None:
       meta["data"] = self.data_spec
     self.checkpointer.save(step, state.params, state.opt_state, meta)
@@ -378,10 +398,10 @@ class Trainer:
       return {}
     tokens = max(totals["target_tokens"], 1.0)
     result = {
-        "loss": totals["loss_sum"] / tokens,
-        "z_loss": totals["z_loss_sum"] / tokens,
-        "accuracy": totals["correct"] / tokens,
-        "target_tokens": totals["target_tokens"],
+      "loss": totals["loss_sum"] / tokens,
+      "z_loss": totals["z_loss_sum"] / tokens,
+      "accuracy": totals["correct"] / tokens,
+      "target_tokens": totals["target_tokens"],
     }
     self.summaries.write(step, "eval", result)
     return result
@@ -395,13 +415,13 @@ class Trainer:
     return flat
 
   def train(
-      self,
-      train_batches: Callable[[int], Iterator[Batch]],
-      eval_batches: Optional[Callable[[], Iterator[Batch]]] = None,
-      log: Callable[[str], None] = print,
-      metric_eval: Optional[Callable[[PyTree, int], Mapping[str, Mapping[str, float]]]] = None,
-      metric_eval_every: int = 0,
-      on_start: Optional[Callable[[int], None]] = None,
+    self,
+    train_batches: Callable[[int], Iterator[Batch]],
+    eval_batches: Optional[Callable[[], Iterator[Batch]]] = None,
+    log: Callable[[str], None] = print,
+    metric_eval: Optional[Callable[[PyTree, int], Mapping[str, Mapping[str, float]]]] = None,
+    metric_eval_every: int = 0,
+    on_start: Optional[Callable[[int], None]] = None,
   ) -> dict[str, float]:
     """Trains to `train_steps`; `train_batches(start_row)` yields this process's
     part of each global batch of the data stream from row `start_row` on.
@@ -419,8 +439,10 @@ class Trainer:
     state, rows = self.restore_or_init(log, warn=lambda message: print(message, file=sys.stderr))
     jax.block_until_ready(state)  # the time of the whole state, not of its dispatch
     start_step = int(state.step)
-    startup(f"train state ready in {time.perf_counter() - t0:.2f} s "
-            f"({f'restored step {start_step}' if start_step else 'step 0'})")
+    startup(
+      f"train state ready in {time.perf_counter() - t0:.2f} s "
+      f"({f'restored step {start_step}' if start_step else 'step 0'})"
+    )
     self.write_model_info()
     if on_start is not None:
       on_start(start_step)
@@ -462,8 +484,8 @@ class Trainer:
           m = {k: float(v) for k, v in jax.device_get(metrics).items()}
           if not math.isfinite(m["loss"]):
             raise FloatingPointError(
-                f"Loss is {m['loss']} at step {step}; stopping. The last good checkpoint is "
-                f"{'step ' + str(last_saved) if last_saved else 'none'} in {self.checkpointer.directory}."
+              f"Loss is {m['loss']} at step {step}; stopping. The last good checkpoint is "
+              f"{'step ' + str(last_saved) if last_saved else 'none'} in {self.checkpointer.directory}."
             )
           if is_summary and window_steps:
             elapsed = time.perf_counter() - window_start
@@ -488,8 +510,7 @@ class Trainer:
           window_start += time.perf_counter() - paused  # evaluation is not step time
           if result:
             progress.write(f"step {step}: eval loss {result['loss']:.4f} accuracy {result['accuracy']:.4f}")
-        if metric_eval is not None and metric_eval_every and (step % metric_eval_every == 0
-                                                              or step == cfg.train_steps):
+        if metric_eval is not None and metric_eval_every and (step % metric_eval_every == 0 or step == cfg.train_steps):
           paused = time.perf_counter()
           self._metric_eval(metric_eval, state.params, step, progress.write)
           window_start += time.perf_counter() - paused
@@ -553,5 +574,6 @@ def _progress(initial: int, total: int, enabled: bool):
     return _NoProgress()
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-  return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
-              mininterval=1.0)
+  return tqdm(
+    total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=1.0
+  )

@@ -4,6 +4,7 @@ One module per family: `pydocs` (the embedded corpus), `c4` (TFDS catalog
 C4, which the user prepares), `synthetic` (generated supervised tasks),
 `text_files` (the user's own text, registered on request).
 """
+
 import t5lite.data  # noqa: F401  (TensorFlow host-only and quiet, before any task module imports it)
 from t5lite_tasks import c4  # noqa: F401
 from t5lite_tasks import pydocs  # noqa: F401

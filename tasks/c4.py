@@ -6,11 +6,12 @@ reading these tasks raises an error that says how to prepare it. The vocabulary
 is the default one (set $T5LITE_SPM_MODEL to use another, such as T5's public
 SentencePiece model copied locally).
 """
+
 from t5lite.data import registration, sources, vocab
 
 SOURCE = sources.CatalogTfdsSource(
-    "c4/en:3.1.0",
-    prepare_hint=" (needs apache-beam and the C4 download; see the TFDS catalog page for c4)",
+  "c4/en:3.1.0",
+  prepare_hint=" (needs apache-beam and the C4 download; see the TFDS catalog page for c4)",
 )
 
 registration.register_pretraining_tasks("c4", SOURCE, vocab.default_vocabulary())

@@ -6,6 +6,7 @@ supervised pydocs_doc_to_name (name the module or topic a piece of
 documentation comes from; exact match) and pydocs_summary (write a
 document's summary line from the rest of it; ROUGE).
 """
+
 import tensorflow as tf
 
 from t5lite import metrics
@@ -26,7 +27,7 @@ def _doc_to_name(dataset, max_chars: int = 600):
 
 
 registration.register_text_to_text_task(
-    "pydocs_doc_to_name", SOURCE, VOCABULARY, preprocessors=[_doc_to_name], metric_fns=[metrics.exact_match]
+  "pydocs_doc_to_name", SOURCE, VOCABULARY, preprocessors=[_doc_to_name], metric_fns=[metrics.exact_match]
 )
 
 
@@ -44,5 +45,5 @@ def _summary(dataset, max_chars: int = 2000):
 
 
 registration.register_text_to_text_task(
-    "pydocs_summary", SOURCE, VOCABULARY, preprocessors=[_summary], metric_fns=[metrics.rouge]
+  "pydocs_summary", SOURCE, VOCABULARY, preprocessors=[_summary], metric_fns=[metrics.rouge]
 )

@@ -7,6 +7,7 @@ makes it the end-to-end check that fine-tuning, decoding and evaluation work.
 Scored by exact match. The validation split holds the strings whose sha256
 falls in 1/50 of the hash space, so no validation string is in train.
 """
+
 import hashlib
 
 import numpy as np
@@ -42,13 +43,11 @@ def reverse_examples(split: str, seed: int = 1234) -> list[tuple[str, str]]:
 def _dataset_fn(split, shuffle_files, seed=None):
   del shuffle_files, seed  # the task shuffles examples itself
   pairs = reverse_examples(split)
-  return tf.data.Dataset.from_tensor_slices(
-      {"inputs": [p[0] for p in pairs], "targets": [p[1] for p in pairs]}
-  )
+  return tf.data.Dataset.from_tensor_slices({"inputs": [p[0] for p in pairs], "targets": [p[1] for p in pairs]})
 
 
 SOURCE = seqio.FunctionDataSource(_dataset_fn, splits=list(SIZES), num_input_examples=SIZES)
 
 registration.register_text_to_text_task(
-    "synthetic_reverse", SOURCE, vocab.default_vocabulary(), metric_fns=[metrics.exact_match]
+  "synthetic_reverse", SOURCE, vocab.default_vocabulary(), metric_fns=[metrics.exact_match]
 )

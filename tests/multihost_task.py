@@ -5,6 +5,7 @@ of the seed alone (t5lite.data.pipeline.host_batches), so with shuffling and
 packing on, two processes train on the same batches as one and the losses
 agree.
 """
+
 import seqio
 import tensorflow as tf
 
@@ -19,6 +20,7 @@ def _dataset_fn(split, shuffle_files, seed=None):
 
 
 registration.register_text_to_text_task(
-    "multihost_reverse", seqio.FunctionDataSource(_dataset_fn, splits=["train", "validation"]),
-    seqio.ByteVocabulary(extra_ids=100),
+  "multihost_reverse",
+  seqio.FunctionDataSource(_dataset_fn, splits=["train", "validation"]),
+  seqio.ByteVocabulary(extra_ids=100),
 )

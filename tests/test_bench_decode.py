@@ -28,11 +28,28 @@ def test_parse_args_rejects_bad_methods():
 
 @pytest.mark.parametrize("model", ["t5", "decoder_only"])
 def test_decode_bench_tiny(model):
-  args = decode.parse_args([
-      "--model", model, "--preset", "tiny", "--vocab_size", str(VOCAB), "--batch", str(BATCH),
-      "--inputs", str(INPUTS), "--max_decode_len", str(LENGTH), "--repeats", "1", "--methods", "greedy,beam2",
-      "--prng_impl", "unsafe_rbg",  # init compiles several times faster than with threefry on CPU
-  ])
+  args = decode.parse_args(
+    [
+      "--model",
+      model,
+      "--preset",
+      "tiny",
+      "--vocab_size",
+      str(VOCAB),
+      "--batch",
+      str(BATCH),
+      "--inputs",
+      str(INPUTS),
+      "--max_decode_len",
+      str(LENGTH),
+      "--repeats",
+      "1",
+      "--methods",
+      "greedy,beam2",
+      "--prng_impl",
+      "unsafe_rbg",  # init compiles several times faster than with threefry on CPU
+    ]
+  )
   results = decode.run(args)
   assert [(r["method"], r["beam_size"]) for r in results] == [("greedy", 1), ("beam", 2)]
   for r in results:

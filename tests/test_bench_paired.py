@@ -14,8 +14,22 @@ def test_paired_rejects_a_missing_baseline_script(tmp_path):
 def test_paired_passes_train_step_flags_through(tmp_path):
   script = tmp_path / "hf_t5_train_step.py"
   script.write_text("# stand-in path; only its existence is checked here\n")
-  args = paired.parse_args(["--hf_python", "python3", "--hf_script", str(script), "--preset", "tiny",
-                            "--batch", "4", "--steps", "3", "--hf_warmup", "1"])
+  args = paired.parse_args(
+    [
+      "--hf_python",
+      "python3",
+      "--hf_script",
+      str(script),
+      "--preset",
+      "tiny",
+      "--batch",
+      "4",
+      "--steps",
+      "3",
+      "--hf_warmup",
+      "1",
+    ]
+  )
   assert (args.preset, args.batch, args.steps, args.hf_warmup, args.hf_threads) == ("tiny", 4, 3, 1, 2)
   assert args.hf_script == str(script) and args.hf_python == "python3"
 

@@ -8,9 +8,22 @@ from t5lite.bench import train_step
 
 
 def test_train_step_bench_tiny():
-  args = train_step.parse_args([
-      "--preset", "tiny", "--vocab_size", "128", "--batch", "2", "--inputs", "16", "--targets", "8", "--steps", "2",
-  ])
+  args = train_step.parse_args(
+    [
+      "--preset",
+      "tiny",
+      "--vocab_size",
+      "128",
+      "--batch",
+      "2",
+      "--inputs",
+      "16",
+      "--targets",
+      "8",
+      "--steps",
+      "2",
+    ]
+  )
   r = train_step.run(args)
   json.loads(json.dumps(r))
   assert r["impl"] == "t5lite" and r["steps"] == 2 and r["num_devices"] == 1

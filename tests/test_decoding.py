@@ -25,8 +25,9 @@ V = 5
 L = 6  # max_decode_len of the table-model tests
 
 GREEDY = jax.jit(decoding.greedy_decode, static_argnums=(0, 2, 3))
-SAMPLE = jax.jit(decoding.temperature_sample, static_argnums=(0, 3, 4),
-                 static_argnames=("temperature", "top_k", "top_p"))
+SAMPLE = jax.jit(
+  decoding.temperature_sample, static_argnums=(0, 3, 4), static_argnames=("temperature", "top_k", "top_p")
+)
 BEAM = jax.jit(decoding.beam_search, static_argnums=(0, 2, 3), static_argnames=("beam_size", "alpha"))
 
 CALLS = []  # (decoder input tokens, step) of every row_model call, in order
@@ -69,21 +70,25 @@ def lp(length, alpha):
 
 # First step: A .58, B .39. After A everything is <= 0.3 (EOS and A tie at 0.3;
 # greedy takes the lower id, EOS). After B, C has 0.9; after C, EOS has 0.9.
-GREEDY_TRAP = log_table({
+GREEDY_TRAP = log_table(
+  {
     PAD: [0.01, 0.01, 0.58, 0.39, 0.01],
     A: [0.1, 0.3, 0.3, 0.1, 0.2],
     B: [0.025, 0.025, 0.025, 0.025, 0.9],
     C: [0.025, 0.9, 0.025, 0.025, 0.025],
-})
+  }
+)
 
 # Short: EOS at once (.5). Long: A B C EOS = .47 * .96**3 = .4158 < .5, but over
 # 4 tokens instead of 1.
-SHORT_VS_LONG = log_table({
+SHORT_VS_LONG = log_table(
+  {
     PAD: [0.01, 0.5, 0.47, 0.01, 0.01],
     A: [0.01, 0.01, 0.01, 0.96, 0.01],
     B: [0.01, 0.01, 0.01, 0.01, 0.96],
     C: [0.01, 0.96, 0.01, 0.01, 0.01],
-})
+  }
+)
 
 # Greedy: A (.5) then A A ... (.32 each), far below the EOS it passed over at
 # step 0 (.4). A search that finished every EOS among its 2*beam candidates
@@ -136,8 +141,7 @@ def test_eos_padding_and_scores_stop_accumulating():
   # log-probs must not count. Row 1 never says EOS.
   ends = log_table({PAD: [0.05, 0.05, 0.8, 0.05, 0.05], A: [0.0, 0.7, 0.1, 0.1, 0.1]})
   ends[PAD] = np.log([0.05, 0.05, 0.8, 0.05, 0.05])
-  never = log_table({PAD: [0.1, 0.0, 0.1, 0.7, 0.1], B: [0.1, 0.0, 0.1, 0.1, 0.7],
-                     C: [0.1, 0.0, 0.1, 0.7, 0.1]})
+  never = log_table({PAD: [0.1, 0.0, 0.1, 0.7, 0.1], B: [0.1, 0.0, 0.1, 0.1, 0.7], C: [0.1, 0.0, 0.1, 0.7, 0.1]})
   tokens, scores = GREEDY(row_model, tables(ends, never), 2, L)
   np.testing.assert_array_equal(tokens, [[A, EOS, 0, 0, 0, 0], [B, C, B, C, B, C]])
   np.testing.assert_allclose(scores, [math.log(0.8 * 0.7), 6 * math.log(0.7)], rtol=1e-5)
@@ -176,10 +180,20 @@ def test_sampling_is_reproducible_and_seed_dependent():
 
 def test_top_k_top_p_filter_keeps_the_right_tokens():
   log_probs = jnp.asarray(SHARED_MASS[:1])  # A .45, B .45, C .06, EOS .03, pad .01
-  for top_k, top_p, kept in ((0, 1.0, {PAD, EOS, A, B, C}), (2, 1.0, {A, B}), (1, 1.0, {A}),
-                             (9, 1.0, {PAD, EOS, A, B, C}), (0, 0.44, {A}), (0, 0.46, {A, B}),
-                             (0, 0.8, {A, B}), (0, 0.95, {A, B, C}), (0, 0.97, {EOS, A, B, C}),
-                             (0, 1e-6, {A}), (2, 0.95, {A, B}), (4, 0.8, {A, B})):
+  for top_k, top_p, kept in (
+    (0, 1.0, {PAD, EOS, A, B, C}),
+    (2, 1.0, {A, B}),
+    (1, 1.0, {A}),
+    (9, 1.0, {PAD, EOS, A, B, C}),
+    (0, 0.44, {A}),
+    (0, 0.46, {A, B}),
+    (0, 0.8, {A, B}),
+    (0, 0.95, {A, B, C}),
+    (0, 0.97, {EOS, A, B, C}),
+    (0, 1e-6, {A}),
+    (2, 0.95, {A, B}),
+    (4, 0.8, {A, B}),
+  ):
     filtered = np.asarray(decoding._filter_top_k_top_p(log_probs, top_k, top_p))[0]
     assert set(np.flatnonzero(np.isfinite(filtered)).tolist()) == kept, (top_k, top_p)
     np.testing.assert_array_equal(filtered[sorted(kept)], SHARED_MASS[0, sorted(kept)])
@@ -227,11 +241,12 @@ def test_beam_search_finds_what_greedy_misses():
   tokens, scores = BEAM(row_model, tables(GREEDY_TRAP), 1, L, beam_size=2, alpha=0.6)
   np.testing.assert_array_equal(tokens, [[[B, C, EOS, 0, 0, 0], [A, EOS, 0, 0, 0, 0]]])
   np.testing.assert_allclose(
-      scores, [[math.log(0.39 * 0.9 * 0.9) / (8 / 6) ** 0.6, math.log(0.58 * 0.3) / (7 / 6) ** 0.6]], rtol=1e-6)
+    scores, [[math.log(0.39 * 0.9 * 0.9) / (8 / 6) ** 0.6, math.log(0.58 * 0.3) / (7 / 6) ** 0.6]], rtol=1e-6
+  )
 
 
 def test_length_penalty_changes_the_winner():
-  short, long = math.log(0.5), math.log(0.47 * 0.96 ** 3)
+  short, long = math.log(0.5), math.log(0.47 * 0.96**3)
   assert short > long and short / lp(1, 1.0) < long / lp(4, 1.0)
   tokens, scores = BEAM(row_model, tables(SHORT_VS_LONG), 1, L, beam_size=2, alpha=0.0)
   np.testing.assert_array_equal(tokens[0], [[EOS, 0, 0, 0, 0, 0], [A, B, C, EOS, 0, 0]])
@@ -255,8 +270,9 @@ def test_beam_with_fewer_finished_than_beams_fills_from_alive():
   no_eos = log_table({t: [0.1, 0.0, 0.6, 0.3, 0.0] for t in range(V)})
   tokens, scores = BEAM(row_model, tables(no_eos), 1, L, beam_size=2, alpha=0.6)
   np.testing.assert_array_equal(tokens[0], [[A] * L, [A] * (L - 1) + [B]])
-  np.testing.assert_allclose(scores[0], [L * math.log(0.6) / lp(L, 0.6),
-                                         ((L - 1) * math.log(0.6) + math.log(0.3)) / lp(L, 0.6)], rtol=1e-5)
+  np.testing.assert_allclose(
+    scores[0], [L * math.log(0.6) / lp(L, 0.6), ((L - 1) * math.log(0.6) + math.log(0.3)) / lp(L, 0.6)], rtol=1e-5
+  )
 
 
 # A model whose distribution depends on history kept in its cache: the first
@@ -279,8 +295,11 @@ def history_model(tokens, cache, step):
 
 
 def history_cache(batch):
-  return {"hist": jnp.zeros((batch, HIST_LEN), jnp.int32), "kind": jnp.arange(batch, dtype=jnp.int32) % 2,
-          "calls": jnp.int32(0)}  # a scalar leaf: left alone by expand/gather
+  return {
+    "hist": jnp.zeros((batch, HIST_LEN), jnp.int32),
+    "kind": jnp.arange(batch, dtype=jnp.int32) % 2,
+    "calls": jnp.int32(0),
+  }  # a scalar leaf: left alone by expand/gather
 
 
 def reference_log_prob(kind, outputs):

@@ -29,7 +29,8 @@ def run_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("infer_run")
   texts = [topics[k] for k in sorted(topics)][:40]
   vocab = vocab_lib.sentencepiece_vocabulary(
-      vocab_lib.train_sentencepiece(texts, str(root / "spm.model"), vocab_size=600))
+    vocab_lib.train_sentencepiece(texts, str(root / "spm.model"), vocab_size=600)
+  )
 
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed
@@ -46,9 +47,16 @@ def run_dir(tmp_path_factory):
 
 def _infer(run_dir, out, **kwargs):
   path, model = run_dir
-  args = dict(model=model, checkpoint_path=path, output_dir=str(out), mixture_or_task_name=TASK,
-              task_feature_lengths=LENGTHS, batch_size=4, max_decode_len=3,
-              partitioner=partitioning.Partitioner(num_devices=1))
+  args = dict(
+    model=model,
+    checkpoint_path=path,
+    output_dir=str(out),
+    mixture_or_task_name=TASK,
+    task_feature_lengths=LENGTHS,
+    batch_size=4,
+    max_decode_len=3,
+    partitioner=partitioning.Partitioner(num_devices=1),
+  )
   args.update(kwargs)
   return infer_lib.infer(**args)
 
@@ -58,7 +66,9 @@ def _write(path, lines):
   return str(path)
 
 
-@pytest.mark.parametrize("bad_line, suffix, message", [
+@pytest.mark.parametrize(
+  "bad_line, suffix, message",
+  [
     ("", ".txt", "empty line"),
     ("   ", ".txt", "empty line"),
     ("", ".jsonl", "empty line"),
@@ -67,7 +77,8 @@ def _write(path, lines):
     ('{"inputs": 7}', ".jsonl", "'inputs' is a JSON int, not a string"),
     ('["copy: a"]', ".jsonl", "a JSON list, not an object"),
     ("[NLU]", ".txt", "is only the UL2 mode token [NLU]"),  # found by encoding every line up front
-])
+  ],
+)
 def test_bad_line_11_is_named_before_anything_is_written(run_dir, tmp_path, bad_line, suffix, message):
   good = GOOD if suffix == ".txt" else [json.dumps({"inputs": g}) for g in GOOD]
   src = _write(tmp_path / f"in{suffix}", good[:10] + [bad_line] + good[10:])
@@ -93,15 +104,20 @@ def test_every_bad_line_is_listed_and_score_mode_needs_targets(run_dir, tmp_path
   assert f"{src}:4: not valid JSON" in msg
   assert not (tmp_path / "out").exists()
   # The same file predicts: targets are optional there, and line 4 is still bad.
-  with pytest.raises(ValueError, match=r"(?s)has 1 bad line\(s\).*pairs.jsonl:4: not valid JSON \(Expecting value at column 1\)"):
+  with pytest.raises(
+    ValueError, match=r"(?s)has 1 bad line\(s\).*pairs.jsonl:4: not valid JSON \(Expecting value at column 1\)"
+  ):
     _infer(run_dir, tmp_path / "out", input_file=src)
 
 
 def test_too_long_line_is_refused_up_front(run_dir, tmp_path):
   long = "copy: " + " ".join(["word number"] * 20)
   src = _write(tmp_path / "in.txt", GOOD[:10] + [long])
-  with pytest.raises(ValueError, match=rf"{src}:11 has \d+ tokens \(EOS included\), more than the model's inputs "
-                                       r"length 16"):
+  with pytest.raises(
+    ValueError,
+    match=rf"{src}:11 has \d+ tokens \(EOS included\), more than the model's inputs "
+    r"length 16",
+  ):
     _infer(run_dir, tmp_path / "out", input_file=src, on_long_input="error")
   assert not (tmp_path / "out").exists()
 
@@ -118,7 +134,9 @@ def test_good_file_writes_one_line_per_input(run_dir, tmp_path):
   assert limited["lines"] == 3
 
 
-@pytest.mark.parametrize("setting, value, message", [
+@pytest.mark.parametrize(
+  "setting, value, message",
+  [
     ("batch_size", True, "INFER_BATCH_SIZE=True must be an integer >= 1, not a bool"),
     ("batch_size", 0, "INFER_BATCH_SIZE=0 must be an integer >= 1"),
     ("batch_size", 2.5, "INFER_BATCH_SIZE=2.5 must be an integer >= 1, not a float"),
@@ -137,13 +155,22 @@ def test_good_file_writes_one_line_per_input(run_dir, tmp_path):
     ("max_examples", 0, "INFER_MAX_EXAMPLES=0 must be None or an integer >= 1 (None: all)"),
     ("checkpoint_step", -5, "CHECKPOINT_STEP=-5 must be None or an integer >= 0 (None: the latest)"),
     ("task_feature_lengths", {"inputs": 0, "targets": 8}, "TASK_FEATURE_LENGTHS['inputs']=0 must be an integer >= 1"),
-    ("task_feature_lengths", {"inputs": 16, "targets": True},
-     "TASK_FEATURE_LENGTHS['targets']=True must be an integer >= 1, not a bool"),
-])
+    (
+      "task_feature_lengths",
+      {"inputs": 16, "targets": True},
+      "TASK_FEATURE_LENGTHS['targets']=True must be an integer >= 1, not a bool",
+    ),
+  ],
+)
 def test_numeric_settings_are_checked_before_the_checkpoint(tmp_path, setting, value, message):
   # No checkpoint and no task exist: the setting is the first thing reported.
-  args = dict(model=None, checkpoint_path=str(tmp_path / "none"), output_dir=str(tmp_path / "out"),
-              mixture_or_task_name="no_such_task", task_feature_lengths=LENGTHS)
+  args = dict(
+    model=None,
+    checkpoint_path=str(tmp_path / "none"),
+    output_dir=str(tmp_path / "out"),
+    mixture_or_task_name="no_such_task",
+    task_feature_lengths=LENGTHS,
+  )
   args[setting] = value
   with pytest.raises(ValueError) as e:
     infer_lib.infer(**args)

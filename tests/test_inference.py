@@ -27,8 +27,9 @@ STEPS = 400
 
 def _sharded_params(model, part):
   abstract, shardings = inference.Predictor.shardings(model, part)
-  shapes = model.input_shapes(1, {"inputs": 8, "targets": 8} if isinstance(model, model_lib.EncoderDecoderModel)
-                              else {"targets": 8})
+  shapes = model.input_shapes(
+    1, {"inputs": 8, "targets": 8} if isinstance(model, model_lib.EncoderDecoderModel) else {"targets": 8}
+  )
   with part.context():
     return model.init_params(jax.random.key(0), shapes, shardings)
 
@@ -75,12 +76,15 @@ def tiny_params():
   return model, _sharded_params(model, part), part
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({"batch_size": True}, "batch_size=True must be an integer >= 1, not a bool"),
     ({"batch_size": math.nan}, "batch_size=nan must be an integer >= 1, not a float"),
     ({"seed": -1}, "seed=-1 must be an integer >= 0"),
     ({"task_feature_lengths": {"inputs": 0}}, "task_feature_lengths['inputs']=0 must be an integer >= 1"),
-])
+  ],
+)
 def test_predictor_settings_name_the_bad_value(tiny_params, kwargs, message):
   model, params, part = tiny_params
   with pytest.raises(ValueError) as e:
@@ -88,7 +92,9 @@ def test_predictor_settings_name_the_bad_value(tiny_params, kwargs, message):
   assert str(e.value).startswith(message)
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"top_p": math.nan}, "top_p=nan must be a finite number in (0.0, 1.0] (1: no nucleus filtering)"),
     ({"temperature": math.inf}, "temperature=inf must be a finite number >= 0.0 (0: greedy)"),
     ({"max_decode_len": math.inf}, "max_decode_len=inf must be an integer >= 1, not a float"),
@@ -97,17 +103,23 @@ def test_predictor_settings_name_the_bad_value(tiny_params, kwargs, message):
     ({"beam_size": 0}, "beam_size=0 must be an integer >= 1"),  # set explicitly: checked for greedy too
     ({"top_k": -3}, "top_k=-3 must be an integer >= 0 (0: no top-k filtering)"),
     ({"alpha": math.nan}, "alpha=nan must be a finite number >= 0.0 (the GNMT length penalty; 0: none)"),
-    ({"beams": 4}, "unknown decoding option 'beams'; valid options are ['method', 'max_decode_len', 'beam_size', "
-     "'alpha', 'temperature', 'top_k', 'top_p', 'eos_id']"),
-])
+    (
+      {"beams": 4},
+      "unknown decoding option 'beams'; valid options are ['method', 'max_decode_len', 'beam_size', "
+      "'alpha', 'temperature', 'top_k', 'top_p', 'eos_id']",
+    ),
+  ],
+)
 def test_decode_overrides_are_checked(tiny_params, overrides, message):
   model, params, part = tiny_params
   pred = inference.Predictor(model, params, partitioner=part)
   with pytest.raises(ValueError) as e:
     pred.predict(["reverse: a b"], **overrides)  # checked before the prompt is encoded (no vocabulary here)
   assert str(e.value).startswith(message)
-  assert inference.check_decode_settings({"max_decode_len": np.int64(8), "top_k": 3}) == {"max_decode_len": 8,
-                                                                                         "top_k": 3}
+  assert inference.check_decode_settings({"max_decode_len": np.int64(8), "top_k": 3}) == {
+    "max_decode_len": 8,
+    "top_k": 3,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -123,8 +135,7 @@ def sp_vocab(tmp_path_factory):
 
 def _text_predictor(tiny_params, vocab, lengths, **kwargs):
   model, params, part = tiny_params
-  return inference.Predictor(model, params, partitioner=part, vocabulary=vocab, task_feature_lengths=lengths,
-                             **kwargs)
+  return inference.Predictor(model, params, partitioner=part, vocabulary=vocab, task_feature_lengths=lengths, **kwargs)
 
 
 def _seqio_features(vocab, texts, key, length, add_eos=True):
@@ -163,16 +174,19 @@ def test_long_prompt_and_target_end_with_eos_as_in_training(tiny_params, sp_voca
   assert feats["decoder_target_tokens"][3, -1] == 1 and feats["decoder_loss_weights"][3].sum() == 16
   # A feature without EOS (decoder-only inputs) is cut to the length, as the feature converter does.
   no_eos = _text_predictor(tiny_params, sp_vocab, {"inputs": 16, "targets": 16}, add_eos_to_inputs=False)
-  np.testing.assert_array_equal(no_eos.pad(no_eos.encode_inputs(prompts), 16),
-                                _seqio_features(sp_vocab, prompts, "inputs", 16, add_eos=False))
+  np.testing.assert_array_equal(
+    no_eos.pad(no_eos.encode_inputs(prompts), 16), _seqio_features(sp_vocab, prompts, "inputs", 16, add_eos=False)
+  )
   assert inference.fit_to_length([5, 6, 7], 2, append_eos=True) == ([5, 1], True)
   assert inference.fit_to_length([5, 6, 7], 3, append_eos=False) == ([5, 6, 7], False)
 
 
 def test_ul2_mode_token_prompts_encode_as_ul2_training(tiny_params, sp_vocab):
   # Words that are one piece each, so the text of a training example encodes back to its ids.
-  candidates = ("the of and to a in is that for it as with be by this are or an not on function "
-                "value return list object class name module type from at if which when").split()
+  candidates = (
+    "the of and to a in is that for it as with be by this are or an not on function "
+    "value return list object class name module type from at if which when"
+  ).split()
   words = [w for w in candidates if len(sp_vocab.encode(w)) == 1]
   assert len(words) >= 20
   doc = " ".join((words * 4)[:90])
@@ -223,12 +237,20 @@ def test_checkpoint_directory_without_a_checkpoint_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("finetune"))
-  rc = train_lib.main([
-      "--gin_file=experiments/quickstart_finetune.gin", f'--gin.MODEL_DIR="{path}"',
-      "--gin.INITIAL_CHECKPOINT_PATH=None", f"--gin.TRAIN_STEPS={STEPS}", "--gin.CHECKPOINT_EVERY=200",
-      "--gin.EVAL_EVERY=0", f"--gin.INFER_EVAL_EVERY={STEPS}", "--gin.INFER_EVAL_EXAMPLES=100",
-      "--gin.KEEP_CHECKPOINTS=None", "--gin.NUM_DEVICES=1",  # one CPU device: 8 simulated ones are slower
-  ])
+  rc = train_lib.main(
+    [
+      "--gin_file=experiments/quickstart_finetune.gin",
+      f'--gin.MODEL_DIR="{path}"',
+      "--gin.INITIAL_CHECKPOINT_PATH=None",
+      f"--gin.TRAIN_STEPS={STEPS}",
+      "--gin.CHECKPOINT_EVERY=200",
+      "--gin.EVAL_EVERY=0",
+      f"--gin.INFER_EVAL_EVERY={STEPS}",
+      "--gin.INFER_EVAL_EXAMPLES=100",
+      "--gin.KEEP_CHECKPOINTS=None",
+      "--gin.NUM_DEVICES=1",  # one CPU device: 8 simulated ones are slower
+    ]
+  )
   assert rc == 0
   return path
 
@@ -261,7 +283,9 @@ def test_api_predict_and_score(predictor):
     predictor.predict(["reverse: a", "  "])
   long_input = "reverse: " + " ".join("abcdefghijklmnopqrstuvwxyz" * 2)
   predictor.on_long_input = "error"
-  with pytest.raises(ValueError, match=r"input 0 has \d+ tokens \(EOS included\), more than the model's inputs length 32"):
+  with pytest.raises(
+    ValueError, match=r"input 0 has \d+ tokens \(EOS included\), more than the model's inputs length 32"
+  ):
     predictor.predict([long_input])
   predictor.on_long_input = "truncate"
   before = predictor.truncated
@@ -273,9 +297,16 @@ def test_api_predict_and_score(predictor):
 
 def _infer(run_dir, out, **kwargs):
   cfg = inference.read_run_config(run_dir)
-  args = dict(model=cfg["model"], checkpoint_path=run_dir, output_dir=str(out),
-              mixture_or_task_name="synthetic_reverse", task_feature_lengths=cfg["task_feature_lengths"],
-              batch_size=8, max_examples=21, partitioner=partitioning.Partitioner(num_devices=1))
+  args = dict(
+    model=cfg["model"],
+    checkpoint_path=run_dir,
+    output_dir=str(out),
+    mixture_or_task_name="synthetic_reverse",
+    task_feature_lengths=cfg["task_feature_lengths"],
+    batch_size=8,
+    max_examples=21,
+    partitioner=partitioning.Partitioner(num_devices=1),
+  )
   args.update(kwargs)
   return infer_lib.infer(**args)
 
@@ -326,10 +357,15 @@ def test_infer_score_mode_and_files(run_dir, predictor, tmp_path):
 def test_eval_over_all_checkpoints_and_cli(run_dir, tmp_path):
   assert [s for s, _ in checkpointing.list_checkpoints(run_dir)] == [200, 400]
   out = tmp_path / "eval"
-  rc = eval_lib.main([
-      f"--gin_file={run_dir}/config.gin", "--gin_file=runs/eval.gin", f'--gin.EVAL_OUTPUT_DIR="{out}"',
-      "--gin.CHECKPOINT_STEPS='all'", "--gin.EVAL_NUM_EXAMPLES=40",
-  ])
+  rc = eval_lib.main(
+    [
+      f"--gin_file={run_dir}/config.gin",
+      "--gin_file=runs/eval.gin",
+      f'--gin.EVAL_OUTPUT_DIR="{out}"',
+      "--gin.CHECKPOINT_STEPS='all'",
+      "--gin.EVAL_NUM_EXAMPLES=40",
+    ]
+  )
   assert rc == 0
   results = json.load(open(out / "results.json"))
   assert sorted(results) == ["200", "400"]
@@ -338,8 +374,26 @@ def test_eval_over_all_checkpoints_and_cli(run_dir, tmp_path):
   assert results["400"]["synthetic_reverse"]["exact_match"] >= 10.0
   assert any(n.startswith("synthetic_reverse-metrics") for n in os.listdir(out))  # seqio's JSON logger
   mtime = os.path.getmtime(out / "results.json")
-  assert eval_lib.main([f"--gin_file={run_dir}/config.gin", "--gin_file=runs/eval.gin",
-                        f'--gin.EVAL_OUTPUT_DIR="{out}"', "--gin.CHECKPOINT_STEPS='all'"]) == 0
+  assert (
+    eval_lib.main(
+      [
+        f"--gin_file={run_dir}/config.gin",
+        "--gin_file=runs/eval.gin",
+        f'--gin.EVAL_OUTPUT_DIR="{out}"',
+        "--gin.CHECKPOINT_STEPS='all'",
+      ]
+    )
+    == 0
+  )
   assert os.path.getmtime(out / "results.json") == mtime  # both steps done: skipped
-  assert eval_lib.main([f"--gin_file={run_dir}/config.gin", "--gin_file=runs/eval.gin",
-                        f'--gin.EVAL_OUTPUT_DIR="{out}"', "--gin.CHECKPOINT_STEPS=[300]"]) == 1
+  assert (
+    eval_lib.main(
+      [
+        f"--gin_file={run_dir}/config.gin",
+        "--gin_file=runs/eval.gin",
+        f'--gin.EVAL_OUTPUT_DIR="{out}"',
+        "--gin.CHECKPOINT_STEPS=[300]",
+      ]
+    )
+    == 1
+  )

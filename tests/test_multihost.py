@@ -54,14 +54,33 @@ def test_two_processes_match_one_process_and_checkpoint_restores_elsewhere(tmp_p
   gin_file.write_text(GIN)
   train = [sys.executable, "-m", "t5lite.train", f"--gin_file={gin_file}"]
   one = subprocess.run(
-      train + [f"--gin.MODEL_DIR='{tmp_path / 'one'}'"], cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"),
+    train + [f"--gin.MODEL_DIR='{tmp_path / 'one'}'"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"),
   )
   assert one.returncode == 0, one.stderr[-3000:]
   two = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "local.py"), "--num_processes", "2", "--devices_per_process", "4",
-       "--timeout", "500", "--"] + train + [f"--gin.MODEL_DIR='{tmp_path / 'two'}'"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, env=_env(),
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "local.py"),
+      "--num_processes",
+      "2",
+      "--devices_per_process",
+      "4",
+      "--timeout",
+      "500",
+      "--",
+    ]
+    + train
+    + [f"--gin.MODEL_DIR='{tmp_path / 'two'}'"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=_env(),
   )
   assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
   assert "[p0]" in two.stdout and "[p1]" in two.stdout
@@ -70,16 +89,24 @@ def test_two_processes_match_one_process_and_checkpoint_restores_elsewhere(tmp_p
   np.testing.assert_allclose(two_losses, one_losses, rtol=1e-5)
   # One checkpoint (step 4), written by both processes together; one process wrote the summaries.
   assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["4"]
-  assert "mesh: {'data': 8, 'fsdp': 1, 'model': 1, 'expert': 1} over 8 devices in 2 process(es)" in (
-      tmp_path / "two" / "model-info.txt").read_text()
+  assert (
+    "mesh: {'data': 8, 'fsdp': 1, 'model': 1, 'expert': 1} over 8 devices in 2 process(es)"
+    in (tmp_path / "two" / "model-info.txt").read_text()
+  )
   # It restores in this single process onto another mesh, equal to the one-process run's state.
   model = model_lib.EncoderDecoderModel(config=t5.T5Config(**dict(t5.T5_PRESETS["tiny"], vocab_size=384)))
   lengths = {"inputs": 24, "targets": 16}
   states = []
   for run, mesh in (("two", (1, 2, 4)), ("one", (8, 1, 1))):
     cfg = trainer_lib.TrainerConfig(train_steps=4, batch_size=8, task_feature_lengths=lengths, progress=False)
-    tr = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path / run),
-                             partitioner=partitioning.Partitioner(*mesh))
+    tr = trainer_lib.Trainer(
+      model,
+      adafactor.adafactor,
+      schedules.constant(0.01),
+      cfg,
+      str(tmp_path / run),
+      partitioner=partitioning.Partitioner(*mesh),
+    )
     state, rows = tr.restore_or_init()
     assert rows == 4 * 8 and int(state.step) == 4
     states.append(state)
@@ -89,24 +116,51 @@ def test_two_processes_match_one_process_and_checkpoint_restores_elsewhere(tmp_p
 
   # Inference over the validation split in two processes: each writes its own
   # shard of the examples, and together they hold what one process decodes.
-  infer = [sys.executable, "-m", "t5lite.infer", f"--gin_file={gin_file}", "--gin_file=runs/infer.gin",
-           f"--gin.MODEL_DIR='{tmp_path / 'two'}'", "--gin.INFER_MAX_EXAMPLES=11", "--gin.MAX_DECODE_LEN=6"]
+  infer = [
+    sys.executable,
+    "-m",
+    "t5lite.infer",
+    f"--gin_file={gin_file}",
+    "--gin_file=runs/infer.gin",
+    f"--gin.MODEL_DIR='{tmp_path / 'two'}'",
+    "--gin.INFER_MAX_EXAMPLES=11",
+    "--gin.MAX_DECODE_LEN=6",
+  ]
   two_infer = subprocess.run(
-      [sys.executable, os.path.join(REPO, "launch", "local.py"), "--num_processes", "2", "--devices_per_process", "4",
-       "--timeout", "500", "--"] + infer + [f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer2'}'",
-                                           "--gin.INFER_BATCH_SIZE=4"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, env=_env(),
+    [
+      sys.executable,
+      os.path.join(REPO, "launch", "local.py"),
+      "--num_processes",
+      "2",
+      "--devices_per_process",
+      "4",
+      "--timeout",
+      "500",
+      "--",
+    ]
+    + infer
+    + [f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer2'}'", "--gin.INFER_BATCH_SIZE=4"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=_env(),
   )
   assert two_infer.returncode == 0, two_infer.stdout[-3000:] + two_infer.stderr[-3000:]
   one_infer = subprocess.run(
-      infer + [f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer1'}'", "--gin.INFER_BATCH_SIZE=8"], cwd=REPO,
-      capture_output=True, text=True, timeout=600,
-      env=dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"),
+    infer + [f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer1'}'", "--gin.INFER_BATCH_SIZE=8"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"),
   )
   assert one_infer.returncode == 0, one_infer.stderr[-3000:]
   shards = sorted(n for n in os.listdir(tmp_path / "infer2") if not n.endswith(".done"))
-  assert shards == ["multihost_reverse-validation-predict-4.jsonl-00000-of-00002",
-                    "multihost_reverse-validation-predict-4.jsonl-00001-of-00002"]
+  assert shards == [
+    "multihost_reverse-validation-predict-4.jsonl-00000-of-00002",
+    "multihost_reverse-validation-predict-4.jsonl-00001-of-00002",
+  ]
   rows = lambda path: [json.loads(line) for line in open(path)]  # noqa: E731
   parts = [rows(tmp_path / "infer2" / n) for n in shards]
   assert [len(p) for p in parts] == [6, 5]  # examples 0, 2, 4, ... and 1, 3, 5, ...

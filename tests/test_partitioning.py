@@ -53,18 +53,18 @@ def _batches(model, batch_size, seed=0):
     li, lt = LENGTHS["inputs"], LENGTHS["targets"]
     tgt = rng.integers(3, 500, (batch_size, lt), dtype=np.int32)
     b = {
-        "encoder_input_tokens": rng.integers(3, 500, (batch_size, li), dtype=np.int32),
-        "decoder_target_tokens": tgt,
-        "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
-        "decoder_loss_weights": np.ones((batch_size, lt), np.int32),
+      "encoder_input_tokens": rng.integers(3, 500, (batch_size, li), dtype=np.int32),
+      "decoder_target_tokens": tgt,
+      "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
+      "decoder_loss_weights": np.ones((batch_size, lt), np.int32),
     }
   else:
     length = 48
     tgt = rng.integers(3, 500, (batch_size, length), dtype=np.int32)
     b = {
-        "decoder_target_tokens": tgt,
-        "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
-        "decoder_loss_weights": np.ones((batch_size, length), np.int32),
+      "decoder_target_tokens": tgt,
+      "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
+      "decoder_loss_weights": np.ones((batch_size, length), np.int32),
     }
   while True:
     yield b
@@ -73,8 +73,15 @@ def _batches(model, batch_size, seed=0):
 def _train(tmp_path, model, mesh, steps=3, num_devices=None, lengths=None):
   lengths = lengths or (LENGTHS if isinstance(model, model_lib.EncoderDecoderModel) else {"targets": 48})
   part = partitioning.Partitioner(*mesh, num_devices=num_devices)
-  cfg = trainer_lib.TrainerConfig(train_steps=steps, batch_size=8, task_feature_lengths=lengths,
-                                  summary_every=1, checkpoint_every=steps, progress=False, async_checkpointing=False)
+  cfg = trainer_lib.TrainerConfig(
+    train_steps=steps,
+    batch_size=8,
+    task_feature_lengths=lengths,
+    summary_every=1,
+    checkpoint_every=steps,
+    progress=False,
+    async_checkpointing=False,
+  )
   tr = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path), partitioner=part)
   tr.train(lambda skip: _batches(model, 8))
   tr.close()
@@ -127,7 +134,9 @@ def test_fsdp_shards_params_and_optimizer_state_and_restores_anywhere(tmp_path):
   for mesh, n in (((1, 1, 8), None), ((1, 1, 1), 1)):
     part = partitioning.Partitioner(*mesh, num_devices=n)
     cfg = trainer_lib.TrainerConfig(train_steps=2, batch_size=8, task_feature_lengths=LENGTHS, progress=False)
-    other = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path / "fsdp"), partitioner=part)
+    other = trainer_lib.Trainer(
+      model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path / "fsdp"), partitioner=part
+    )
     state, rows = other.restore_or_init()
     assert rows == 2 * 8 and int(state.step) == 2
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):
@@ -146,8 +155,9 @@ def test_num_devices_outside_the_devices_is_an_error(num_devices):
   assert str(e.value) == f"NUM_DEVICES={num_devices} must be None or an integer in [1, 8] (None: all 8 devices)"
 
 
-@pytest.mark.parametrize("num_devices, note", [(True, "not a bool"), (2.5, "not a float"), (4.0, "not a float"),
-                                               ("8", "not a string")])
+@pytest.mark.parametrize(
+  "num_devices, note", [(True, "not a bool"), (2.5, "not a float"), (4.0, "not a float"), ("8", "not a string")]
+)
 def test_num_devices_of_the_wrong_type_is_an_error(num_devices, note):
   with pytest.raises(ValueError, match=f"NUM_DEVICES={num_devices!r} must be None or an integer in \\[1, 8\\], {note}"):
     partitioning.Partitioner(num_devices=num_devices)
@@ -161,13 +171,16 @@ def test_num_devices_in_range_takes_the_first_devices():
   assert list(part.mesh.devices.flat) == jax.devices()[:2]
 
 
-@pytest.mark.parametrize("sizes, message", [
+@pytest.mark.parametrize(
+  "sizes, message",
+  [
     (dict(data=0), r"DATA_PARALLELISM=0 must be -1 or an integer in \[1, 8\] \(-1: all devices left; there are 8"),
     (dict(fsdp=True), "FSDP_PARALLELISM=True must be -1 or an integer in .*, not a bool"),
     (dict(model=2.0), "MODEL_PARALLELISM=2.0 must be -1 or an integer in .*, not a float"),
     (dict(data=16), r"DATA_PARALLELISM=16 must be -1 or an integer in \[1, 8\]"),
     (dict(data=-2), "DATA_PARALLELISM=-2 must be"),
-])
+  ],
+)
 def test_parallelism_sizes_are_checked(sizes, message):
   with pytest.raises(ValueError, match=message):
     partitioning.Partitioner(**sizes)

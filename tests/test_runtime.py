@@ -6,10 +6,15 @@ from t5lite import runtime
 
 
 def test_user_flags_win_and_new_ones_are_appended(monkeypatch):
-  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=eltwise --xla_force_host_platform_device_count=8")
+  monkeypatch.setenv(
+    "XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=eltwise --xla_force_host_platform_device_count=8"
+  )
   got = runtime.set_xla_cpu_flags(runtime.DEFAULT_XLA_CPU_FLAGS + " --xla_cpu_multi_thread_eigen=false").split()
-  assert got == ["--xla_cpu_experimental_ynn_fusion_type=eltwise", "--xla_force_host_platform_device_count=8",
-                 "--xla_cpu_multi_thread_eigen=false"]
+  assert got == [
+    "--xla_cpu_experimental_ynn_fusion_type=eltwise",
+    "--xla_force_host_platform_device_count=8",
+    "--xla_cpu_multi_thread_eigen=false",
+  ]
 
 
 def test_compilation_cache_writes_programs_and_an_unwritable_directory_only_warns(tmp_path, capsys, monkeypatch):
@@ -24,8 +29,11 @@ def test_compilation_cache_writes_programs_and_an_unwritable_directory_only_warn
     assert runtime.setup_compilation_cache(str(blocker / "cache")) is None
     assert runtime.setup_compilation_cache(str(blocker / "cache")) is None
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"warning: the compilation cache directory {blocker / 'cache'} "
-                                               "cannot be written") and "T5LITE_COMPILATION_CACHE_DIR" in err[0]
+    assert (
+      len(err) == 1
+      and err[0].startswith(f"warning: the compilation cache directory {blocker / 'cache'} cannot be written")
+      and "T5LITE_COMPILATION_CACHE_DIR" in err[0]
+    )
     # 'none' turns it off; the environment variable names the default.
     assert runtime.setup_compilation_cache("none") is None
     monkeypatch.setenv("T5LITE_COMPILATION_CACHE_DIR", str(tmp_path / "from_env"))

@@ -39,9 +39,16 @@ def tiny_model(**overrides):
 
 def run(model_dir, steps, *, model=None, lr=None, **kwargs):
   args = dict(
-      model=model or tiny_model(), model_dir=str(model_dir), mixture_or_task_name="ttrain_span_corruption",
-      task_feature_lengths=LENGTHS, train_steps=steps, batch_size=8, summary_every=1, checkpoint_every=5,
-      learning_rate=lr or schedules.constant(0.01), progress=False,
+    model=model or tiny_model(),
+    model_dir=str(model_dir),
+    mixture_or_task_name="ttrain_span_corruption",
+    task_feature_lengths=LENGTHS,
+    train_steps=steps,
+    batch_size=8,
+    summary_every=1,
+    checkpoint_every=5,
+    learning_rate=lr or schedules.constant(0.01),
+    progress=False,
   )
   args.update(kwargs)
   return train_lib.train(**args)
@@ -101,8 +108,11 @@ def test_gradient_accumulation_matches_one_batch():
   state = trainer_lib.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
   outs = []
   for n in (1, 4):
-    step = jax.jit(functools.partial(trainer_lib.train_step, model=model, optimizer=opt,
-                                     learning_rate=schedules.constant(0.01), num_microbatches=n))
+    step = jax.jit(
+      functools.partial(
+        trainer_lib.train_step, model=model, optimizer=opt, learning_rate=schedules.constant(0.01), num_microbatches=n
+      )
+    )
     outs.append(step(state, batch, jax.random.key(1)))
   (s1, m1), (s4, m4) = outs
   assert m1["loss"] == pytest.approx(float(m4["loss"]), rel=1e-5)
@@ -162,8 +172,7 @@ def test_finetune_starts_from_another_runs_params(tmp_path):
   saved, _, _ = ckpt.restore(5, abstract, jax.eval_shape(opt.init, abstract))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(saved)):
     np.testing.assert_array_equal(a, b)
-  run(tmp_path / "ft", 3, initial_checkpoint_path=str(tmp_path / "pre"),
-      mixture_or_task_name="ttrain_prefix_lm")
+  run(tmp_path / "ft", 3, initial_checkpoint_path=str(tmp_path / "pre"), mixture_or_task_name="ttrain_prefix_lm")
   assert [r["step"] for r in read_metrics(tmp_path / "ft")] == [1, 2, 3]
   # Starting from trained weights: lower first loss than a fresh model's ln(V).
   assert read_metrics(tmp_path / "ft")[0]["loss"] < read_metrics(tmp_path / "pre")[0]["loss"] - 0.3
@@ -172,8 +181,9 @@ def test_finetune_starts_from_another_runs_params(tmp_path):
 
 
 def test_decoder_only_trains_on_lm_task(tmp_path):
-  model = model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(
-      vocab_size=384, d_model=32, num_heads=2, d_kv=16, d_ff=64, num_layers=2))
+  model = model_lib.DecoderOnlyModel(
+    config=decoder_only.DecoderOnlyConfig(vocab_size=384, d_model=32, num_heads=2, d_kv=16, d_ff=64, num_layers=2)
+  )
   run(tmp_path, 20, model=model, mixture_or_task_name="ttrain_lm", task_feature_lengths={"targets": 64})
   rows = read_metrics(tmp_path)
   assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
@@ -183,11 +193,19 @@ def test_decoder_only_trains_on_lm_task(tmp_path):
 def test_gin_command_line_writes_a_reusable_config(tmp_path, capsys):
   model_dir = tmp_path / "run"
   flags = [
-      "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/pretrain.gin",
-      f"--gin.MODEL_DIR='{model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='ttrain_span_corruption'",
-      "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=8",
-      "--gin.CHECKPOINT_EVERY=2", "--gin.SUMMARY_EVERY=1", "--gin.t5.T5Config.vocab_size=384", "--gin.t5.T5Config.num_encoder_layers=1",
-      "--gin.t5.T5Config.num_decoder_layers=1", "--gin.train_lib.train.progress=False",
+    "--gin_file=models/t5_1_1/tiny.gin",
+    "--gin_file=runs/pretrain.gin",
+    f"--gin.MODEL_DIR='{model_dir}'",
+    "--gin.MIXTURE_OR_TASK_NAME='ttrain_span_corruption'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+    "--gin.TRAIN_STEPS=4",
+    "--gin.BATCH_SIZE=8",
+    "--gin.CHECKPOINT_EVERY=2",
+    "--gin.SUMMARY_EVERY=1",
+    "--gin.t5.T5Config.vocab_size=384",
+    "--gin.t5.T5Config.num_encoder_layers=1",
+    "--gin.t5.T5Config.num_decoder_layers=1",
+    "--gin.train_lib.train.progress=False",
   ]
   assert train_lib.main(flags) == 0
   config = (model_dir / "config.gin").read_text()
@@ -202,7 +220,9 @@ def test_gin_errors_name_the_problem(tmp_path, capsys):
   assert train_lib.main(["--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/pretrain.gin"]) == 1
   assert "required gin macro MODEL_DIR is not set" in capsys.readouterr().err
   bad = tmp_path / "bad.gin"
-  bad.write_text("from __gin__ import dynamic_registration\nfrom t5lite.models import t5\n\nt5.T5Config.no_such_field = 3\n")
+  bad.write_text(
+    "from __gin__ import dynamic_registration\nfrom t5lite.models import t5\n\nt5.T5Config.no_such_field = 3\n"
+  )
   assert train_lib.main([f"--gin_file={bad}"]) == 1
   err = capsys.readouterr().err
   assert "bad.gin" in err and "line 4" in err
@@ -234,8 +254,14 @@ def test_resume_with_another_batch_size_continues_at_the_same_row(tmp_path, caps
   run(tmp_path, 2, batch_size=8, checkpoint_every=2)
   meta = _meta(tmp_path, 2)
   assert (meta["rows_consumed"], meta["batch_size"]) == (16, 8)
-  assert meta["data"] == {"feature_converter": "enc_dec", "mixture_or_task_name": "ttrain_span_corruption",
-                          "pack": True, "seed": 0, "shuffle": True, "task_feature_lengths": {"inputs": 64, "targets": 16}}
+  assert meta["data"] == {
+    "feature_converter": "enc_dec",
+    "mixture_or_task_name": "ttrain_span_corruption",
+    "pack": True,
+    "seed": 0,
+    "shuffle": True,
+    "task_feature_lengths": {"inputs": 64, "targets": 16},
+  }
   capsys.readouterr()
   run(tmp_path, 3, batch_size=16, checkpoint_every=1)
   out = capsys.readouterr().out
@@ -244,12 +270,17 @@ def test_resume_with_another_batch_size_continues_at_the_same_row(tmp_path, caps
   assert _meta(tmp_path, 3)["rows_consumed"] == 32 and _meta(tmp_path, 3)["batch_size"] == 16
 
 
-@pytest.mark.parametrize("change,expect", [
+@pytest.mark.parametrize(
+  "change,expect",
+  [
     (dict(seed=1), "seed: checkpoint 0, this run 1"),
-    (dict(task_feature_lengths={"inputs": 64, "targets": 24}),
-     "task_feature_lengths: checkpoint {'inputs': 64, 'targets': 16}, this run {'inputs': 64, 'targets': 24}"),
+    (
+      dict(task_feature_lengths={"inputs": 64, "targets": 24}),
+      "task_feature_lengths: checkpoint {'inputs': 64, 'targets': 16}, this run {'inputs': 64, 'targets': 24}",
+    ),
     (dict(pack=False), "pack: checkpoint True, this run False"),
-])
+  ],
+)
 def test_resume_on_another_data_stream_is_refused_and_writes_nothing(tmp_path, change, expect):
   run(tmp_path, 2, checkpoint_every=2)
   before = sorted(os.listdir(tmp_path)), (tmp_path / "metrics.jsonl").read_text()
@@ -264,10 +295,17 @@ def test_resume_on_another_data_stream_is_refused_and_writes_nothing(tmp_path, c
 def test_config_gin_describes_each_start(tmp_path, capsys):
   model_dir = tmp_path / "run"
   flags = [
-      "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/pretrain.gin", f"--gin.MODEL_DIR='{model_dir}'",
-      "--gin.MIXTURE_OR_TASK_NAME='ttrain_span_corruption'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
-      "--gin.CHECKPOINT_EVERY=2", "--gin.t5.T5Config.vocab_size=384", "--gin.t5.T5Config.num_encoder_layers=1",
-      "--gin.t5.T5Config.num_decoder_layers=1", "--gin.train_lib.train.progress=False", "--gin.SUMMARY_EVERY=1",
+    "--gin_file=models/t5_1_1/tiny.gin",
+    "--gin_file=runs/pretrain.gin",
+    f"--gin.MODEL_DIR='{model_dir}'",
+    "--gin.MIXTURE_OR_TASK_NAME='ttrain_span_corruption'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+    "--gin.CHECKPOINT_EVERY=2",
+    "--gin.t5.T5Config.vocab_size=384",
+    "--gin.t5.T5Config.num_encoder_layers=1",
+    "--gin.t5.T5Config.num_decoder_layers=1",
+    "--gin.train_lib.train.progress=False",
+    "--gin.SUMMARY_EVERY=1",
   ]
   assert train_lib.main(flags + ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8"]) == 0
   assert train_lib.main(flags + ["--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=16"]) == 0
@@ -331,24 +369,39 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
   model_dir = tmp_path / "run"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   cache = tmp_path / "compilation_cache"
-  env.update(PYTHONPATH=repo + os.pathsep + env.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
-             T5LITE_COMPILATION_CACHE_DIR=str(cache))
+  env.update(
+    PYTHONPATH=repo + os.pathsep + env.get("PYTHONPATH", ""),
+    JAX_PLATFORMS="cpu",
+    T5LITE_COMPILATION_CACHE_DIR=str(cache),
+  )
 
   def train(steps):
     return subprocess.run(
-        [sys.executable, "-m", "t5lite.train", f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{model_dir}'",
-         f"--gin.TRAIN_STEPS={steps}"], cwd=repo, capture_output=True, text=True, timeout=600, env=env)
+      [
+        sys.executable,
+        "-m",
+        "t5lite.train",
+        f"--gin_file={gin_file}",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.TRAIN_STEPS={steps}",
+      ],
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=env,
+    )
 
   first = train(14)
   assert first.returncode == 0, first.stderr[-3000:]
   # Start-up says where its time went, in order, and the compiled train step went to the cache.
   startup = [line for line in first.stderr.splitlines() if line.startswith("startup: ")]
   assert [re.sub(r"[\d.]+ s", "N s", line) for line in startup] == [
-      "startup: no checkpoint in MODEL_DIR: creating the train state ...",
-      "startup: train state ready in N s (step 0)",
-      "startup: first batch in N s; compiling the train step ...",
-      "startup: train step compiled in N s",
-      "startup: first step in N s",
+    "startup: no checkpoint in MODEL_DIR: creating the train state ...",
+    "startup: train state ready in N s (step 0)",
+    "startup: first batch in N s; compiling the train step ...",
+    "startup: train step compiled in N s",
+    "startup: first step in N s",
   ], first.stderr[-3000:]
   assert any(name.startswith("jit_train_step") for name in os.listdir(cache)), os.listdir(cache)
   assert checkpointing.list_checkpoints(str(model_dir))[-1][0] == 14
@@ -404,82 +457,137 @@ def _error(capsys, command="train"):
   err = capsys.readouterr().err
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f"t5lite {command}: error: "), err
-  return lines[0][len(f"t5lite {command}: error: "):]
+  return lines[0][len(f"t5lite {command}: error: ") :]
 
 
 QUICKSTART = ["--gin_file=experiments/quickstart.gin", "--gin.MODEL_DIR='/nonexistent/t5lite_test_run'"]
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     # A mistyped macro is not ignored (it trained the experiment's 500 steps); the closest one is named.
-    (QUICKSTART + ["--gin.TRAIN_STEP=2"],
-     "the macro TRAIN_STEP set on the command line ('TRAIN_STEP = 2') is not read by any gin binding "
-     "(no %TRAIN_STEP in the gin files); did you mean TRAIN_STEPS (--gin.TRAIN_STEPS=...)?"),
-    (QUICKSTART + ["--gin_bindings=batch_size = 8"],
-     "the macro batch_size set on the command line ('batch_size = 8') is not read by any gin binding "
-     "(no %batch_size in the gin files); did you mean BATCH_SIZE (--gin.BATCH_SIZE=...)?"),
+    (
+      QUICKSTART + ["--gin.TRAIN_STEP=2"],
+      "the macro TRAIN_STEP set on the command line ('TRAIN_STEP = 2') is not read by any gin binding "
+      "(no %TRAIN_STEP in the gin files); did you mean TRAIN_STEPS (--gin.TRAIN_STEPS=...)?",
+    ),
+    (
+      QUICKSTART + ["--gin_bindings=batch_size = 8"],
+      "the macro batch_size set on the command line ('batch_size = 8') is not read by any gin binding "
+      "(no %batch_size in the gin files); did you mean BATCH_SIZE (--gin.BATCH_SIZE=...)?",
+    ),
     # Unknown flags, a flag without its value.
-    (["--gin_fle=experiments/quickstart.gin"], "unknown flag '--gin_fle=experiments/quickstart.gin'; did you mean --gin_file?"),
-    (["experiments/quickstart.gin"],
-     "unexpected argument 'experiments/quickstart.gin'; gin files are given as --gin_file=experiments/quickstart.gin "
-     "(use --gin_file=FILE, --gin.NAME=VALUE, --gin_bindings='NAME = VALUE' or --gin_search_paths=DIR,DIR)"),
+    (
+      ["--gin_fle=experiments/quickstart.gin"],
+      "unknown flag '--gin_fle=experiments/quickstart.gin'; did you mean --gin_file?",
+    ),
+    (
+      ["experiments/quickstart.gin"],
+      "unexpected argument 'experiments/quickstart.gin'; gin files are given as --gin_file=experiments/quickstart.gin "
+      "(use --gin_file=FILE, --gin.NAME=VALUE, --gin_bindings='NAME = VALUE' or --gin_search_paths=DIR,DIR)",
+    ),
     (QUICKSTART + ["--gin.TRAIN_STEPS"], "--gin.TRAIN_STEPS needs a value: --gin.TRAIN_STEPS=VALUE"),
     ([], "give at least one --gin_file (e.g. --gin_file=experiments/quickstart.gin)"),
     # gin syntax errors (SyntaxError and tokenize.TokenError used to escape as tracebacks).
-    (QUICKSTART + ["--gin.TRAIN_STEPS=(1"],
-     "gin syntax error in the binding 'TRAIN_STEPS = (1': a bracket or a string is not closed "
-     "(EOF in multi-line statement)"),
-    (QUICKSTART + ["--gin.MIXTURE_OR_TASK_NAME=pydocs_lm"],
-     "gin syntax error in the binding 'MIXTURE_OR_TASK_NAME = pydocs_lm': Failed to parse token 'pydocs_lm' in "
-     "`MIXTURE_OR_TASK_NAME = pydocs_lm` (a value is a Python literal, a quoted string, @configurable or %MACRO)"),
+    (
+      QUICKSTART + ["--gin.TRAIN_STEPS=(1"],
+      "gin syntax error in the binding 'TRAIN_STEPS = (1': a bracket or a string is not closed "
+      "(EOF in multi-line statement)",
+    ),
+    (
+      QUICKSTART + ["--gin.MIXTURE_OR_TASK_NAME=pydocs_lm"],
+      "gin syntax error in the binding 'MIXTURE_OR_TASK_NAME = pydocs_lm': Failed to parse token 'pydocs_lm' in "
+      "`MIXTURE_OR_TASK_NAME = pydocs_lm` (a value is a Python literal, a quoted string, @configurable or %MACRO)",
+    ),
     # Unknown configurables, references and parameters, with the closest real name.
-    (QUICKSTART + ["--gin.t5.T5Conf.d_model=3"],
-     "No configurable matching 't5.T5Conf' (in the binding 't5.T5Conf.d_model = 3'); did you mean t5.T5Config?"),
-    (QUICKSTART + ["--gin.train_lib.train.optimizer=@adamw.adamww"],
-     "No configurable matching reference '@adamw.adamww' (in the binding 'train_lib.train.optimizer = @adamw.adamww'); "
-     "did you mean adamw.adamw?"),
-    (QUICKSTART + ["--gin.t5.T5Config.d_modle=3"],
-     "Configurable 't5.T5Config' doesn't have a parameter named 'd_modle' (in the binding "
-     "'t5.T5Config.d_modle = 3'); did you mean d_model?"),
+    (
+      QUICKSTART + ["--gin.t5.T5Conf.d_model=3"],
+      "No configurable matching 't5.T5Conf' (in the binding 't5.T5Conf.d_model = 3'); did you mean t5.T5Config?",
+    ),
+    (
+      QUICKSTART + ["--gin.train_lib.train.optimizer=@adamw.adamww"],
+      "No configurable matching reference '@adamw.adamww' (in the binding 'train_lib.train.optimizer = @adamw.adamww'); "
+      "did you mean adamw.adamw?",
+    ),
+    (
+      QUICKSTART + ["--gin.t5.T5Config.d_modle=3"],
+      "Configurable 't5.T5Config' doesn't have a parameter named 'd_modle' (in the binding "
+      "'t5.T5Config.d_modle = 3'); did you mean d_model?",
+    ),
     # A macro read but never set (gin printed the whole config), a required macro left unset.
-    (QUICKSTART + ["--gin.TRAIN_STEPS=%TRAIN_STEP"],
-     "TRAIN_STEPS reads the macro %TRAIN_STEP, which no gin file or flag sets; did you mean %TRAIN_STEPS?"),
-    (["--gin_file=runs/pretrain.gin"],
-     "train_lib.train.model reads the macro %MODEL, which no gin file or flag sets; a model file defines it: "
-     "give e.g. --gin_file=models/t5_1_1/small.gin before the run file"),
-    (["--gin_file=experiments/quickstart.gin"],
-     "The required gin macro MODEL_DIR is not set: add --gin.MODEL_DIR=... or bind it in an experiment file."),
-    (["--gin_file=models/t5_1_1/tiny.gin"],
-     "no gin file uses the required macro MODEL_DIR: include the run file (--gin_file=runs/pretrain.gin), "
-     "after a model file"),
-    (["--gin_file=models/t5_1_1/tiny.gin", "--gin.MODEL_DIR='/tmp/x'"],
-     "no gin file reads the macro MODEL_DIR set on the command line: include the run file that uses it "
-     "(--gin_file=runs/pretrain.gin)"),
+    (
+      QUICKSTART + ["--gin.TRAIN_STEPS=%TRAIN_STEP"],
+      "TRAIN_STEPS reads the macro %TRAIN_STEP, which no gin file or flag sets; did you mean %TRAIN_STEPS?",
+    ),
+    (
+      ["--gin_file=runs/pretrain.gin"],
+      "train_lib.train.model reads the macro %MODEL, which no gin file or flag sets; a model file defines it: "
+      "give e.g. --gin_file=models/t5_1_1/small.gin before the run file",
+    ),
+    (
+      ["--gin_file=experiments/quickstart.gin"],
+      "The required gin macro MODEL_DIR is not set: add --gin.MODEL_DIR=... or bind it in an experiment file.",
+    ),
+    (
+      ["--gin_file=models/t5_1_1/tiny.gin"],
+      "no gin file uses the required macro MODEL_DIR: include the run file (--gin_file=runs/pretrain.gin), "
+      "after a model file",
+    ),
+    (
+      ["--gin_file=models/t5_1_1/tiny.gin", "--gin.MODEL_DIR='/tmp/x'"],
+      "no gin file reads the macro MODEL_DIR set on the command line: include the run file that uses it "
+      "(--gin_file=runs/pretrain.gin)",
+    ),
     # Bad values, named by the macro users set.
-    (QUICKSTART + ["--gin.NUM_DEVICES=16"], "NUM_DEVICES=16 must be None or an integer in [1, 8] (None: all 8 devices)"),
-    (QUICKSTART + ["--gin.NUM_DEVICES=-1"], "NUM_DEVICES=-1 must be None or an integer in [1, 8] (None: all 8 devices)"),
+    (
+      QUICKSTART + ["--gin.NUM_DEVICES=16"],
+      "NUM_DEVICES=16 must be None or an integer in [1, 8] (None: all 8 devices)",
+    ),
+    (
+      QUICKSTART + ["--gin.NUM_DEVICES=-1"],
+      "NUM_DEVICES=-1 must be None or an integer in [1, 8] (None: all 8 devices)",
+    ),
     (QUICKSTART + ["--gin.NUM_DEVICES=0"], "NUM_DEVICES=0 must be None or an integer in [1, 8] (None: all 8 devices)"),
-    (QUICKSTART + ["--gin.BATCH_SIZE='16'"],
-     "BATCH_SIZE='16' must be an integer >= 1, not a string (write the number without quotes)"),
+    (
+      QUICKSTART + ["--gin.BATCH_SIZE='16'"],
+      "BATCH_SIZE='16' must be an integer >= 1, not a string (write the number without quotes)",
+    ),
     (QUICKSTART + ["--gin.TRAIN_STEPS=500.0"], "TRAIN_STEPS=500.0 must be an integer >= 1, not a float"),
     (QUICKSTART + ["--gin.EVAL_EVERY=True"], "EVAL_EVERY=True must be an integer >= 0, not a bool (0: never)"),
     (QUICKSTART + ["--gin.KEEP_CHECKPOINTS=0"], "KEEP_CHECKPOINTS=0 must be None or an integer >= 1 (None: keep all)"),
     (QUICKSTART + ["--gin.INFER_EVAL_EXAMPLES=0"], "INFER_EVAL_EXAMPLES=0 must be None or an integer >= 1 (None: all)"),
-    (QUICKSTART + ["--gin.WARMUP_STEPS=0"],
-     "schedules.rsqrt.warmup_steps=0 must be an integer >= 1 (set by the macro WARMUP_STEPS)"),
-    (QUICKSTART + ["--gin.LEARNING_RATE=1e999"],
-     "schedules.rsqrt.base_learning_rate=inf must be a finite number > 0.0 (set by the macro LEARNING_RATE)"),
-    (QUICKSTART + ["--gin.adafactor.adafactor.decay_rate=1.5"],
-     "adafactor.adafactor.decay_rate=1.5 must be a finite number in (0.0, 1.0]"),
-    (QUICKSTART + ["--gin.t5.T5Config.dropout_rate=1.0"], "T5Config.dropout_rate=1.0 must be a finite number in [0.0, 1.0)"),
-    (QUICKSTART + ["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 58}"],
-     "TASK_FEATURE_LENGTHS['inputs']=0 must be an integer >= 1"),
+    (
+      QUICKSTART + ["--gin.WARMUP_STEPS=0"],
+      "schedules.rsqrt.warmup_steps=0 must be an integer >= 1 (set by the macro WARMUP_STEPS)",
+    ),
+    (
+      QUICKSTART + ["--gin.LEARNING_RATE=1e999"],
+      "schedules.rsqrt.base_learning_rate=inf must be a finite number > 0.0 (set by the macro LEARNING_RATE)",
+    ),
+    (
+      QUICKSTART + ["--gin.adafactor.adafactor.decay_rate=1.5"],
+      "adafactor.adafactor.decay_rate=1.5 must be a finite number in (0.0, 1.0]",
+    ),
+    (
+      QUICKSTART + ["--gin.t5.T5Config.dropout_rate=1.0"],
+      "T5Config.dropout_rate=1.0 must be a finite number in [0.0, 1.0)",
+    ),
+    (
+      QUICKSTART + ["--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 58}"],
+      "TASK_FEATURE_LENGTHS['inputs']=0 must be an integer >= 1",
+    ),
     # An empty or missing run directory would train into the working directory or crash.
-    (["--gin_file=experiments/quickstart.gin", "--gin.MODEL_DIR=''"],
-     'MODEL_DIR=\'\' must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\"/tmp/run\\".'),
-    (["--gin_file=experiments/quickstart.gin", "--gin.MODEL_DIR=None"],
-     'MODEL_DIR=None must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\"/tmp/run\\".'),
-])
+    (
+      ["--gin_file=experiments/quickstart.gin", "--gin.MODEL_DIR=''"],
+      'MODEL_DIR=\'\' must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\"/tmp/run\\".',
+    ),
+    (
+      ["--gin_file=experiments/quickstart.gin", "--gin.MODEL_DIR=None"],
+      'MODEL_DIR=None must be a path (a non-empty string), e.g. --gin.MODEL_DIR=\\"/tmp/run\\".',
+    ),
+  ],
+)
 def test_command_line_and_gin_mistakes_are_one_line_errors(flags, message, capsys, no_work):
   assert train_lib.main(flags) == 1
   assert _error(capsys) == message
@@ -489,8 +597,10 @@ def test_errors_in_gin_files_name_the_file_and_line(tmp_path, capsys, no_work):
   bad = tmp_path / "bad.gin"
   bad.write_text("from __gin__ import dynamic_registration\nfrom t5lite.models import t5\n\nt5.T5Confg.d_model = 3\n")
   assert train_lib.main([f"--gin_file={bad}"]) == 1
-  assert _error(capsys) == (f"unknown configurable t5.T5Confg: module t5lite.models.t5 has no T5Confg (in {bad} line 4: "
-                            "`t5.T5Confg.d_model = 3`); did you mean T5Config?")
+  assert _error(capsys) == (
+    f"unknown configurable t5.T5Confg: module t5lite.models.t5 has no T5Confg (in {bad} line 4: "
+    "`t5.T5Confg.d_model = 3`); did you mean T5Config?"
+  )
   bad.write_text("from __gin__ import dynamic_registration\nfrom t5lite.models import t5\nt5.T5Config.d_model = abc\n")
   assert train_lib.main([f"--gin_file={bad}"]) == 1
   assert _error(capsys).startswith(f"gin syntax error in {bad} line 3: Failed to parse token 'abc'")
@@ -507,18 +617,36 @@ def test_errors_in_gin_files_name_the_file_and_line(tmp_path, capsys, no_work):
 def test_infer_and_eval_refuse_a_mistyped_macro(tmp_path, capsys):
   from t5lite import eval as eval_lib, infer as infer_lib  # pylint: disable=g-import-not-at-top
 
-  common = ["--gin_file=models/t5_1_1/tiny.gin", f"--gin.MODEL_DIR='{tmp_path}'",
-            "--gin.MIXTURE_OR_TASK_NAME='ttrain_span_corruption'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}"]
-  assert infer_lib.main(common + ["--gin_file=runs/infer.gin", f"--gin.INFER_OUTPUT_DIR='{tmp_path}/infer'",
-                                  "--gin.BEAM_SIZ=2"]) == 1
-  assert _error(capsys, "infer").endswith("is not read by any gin binding (no %BEAM_SIZ in the gin files); "
-                                          "did you mean BEAM_SIZE (--gin.BEAM_SIZE=...)?")
-  assert eval_lib.main(common + ["--gin_file=runs/eval.gin", f"--gin.EVAL_OUTPUT_DIR='{tmp_path}/eval'",
-                                 "--gin.CHECKPOINT_STEP='all'"]) == 1
+  common = [
+    "--gin_file=models/t5_1_1/tiny.gin",
+    f"--gin.MODEL_DIR='{tmp_path}'",
+    "--gin.MIXTURE_OR_TASK_NAME='ttrain_span_corruption'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+  ]
+  assert (
+    infer_lib.main(
+      common + ["--gin_file=runs/infer.gin", f"--gin.INFER_OUTPUT_DIR='{tmp_path}/infer'", "--gin.BEAM_SIZ=2"]
+    )
+    == 1
+  )
+  assert _error(capsys, "infer").endswith(
+    "is not read by any gin binding (no %BEAM_SIZ in the gin files); did you mean BEAM_SIZE (--gin.BEAM_SIZE=...)?"
+  )
+  assert (
+    eval_lib.main(
+      common + ["--gin_file=runs/eval.gin", f"--gin.EVAL_OUTPUT_DIR='{tmp_path}/eval'", "--gin.CHECKPOINT_STEP='all'"]
+    )
+    == 1
+  )
   assert _error(capsys, "eval").endswith("did you mean CHECKPOINT_STEPS (--gin.CHECKPOINT_STEPS=...)?")
   # eval.gin has no NUM_DEVICES macro: the binding itself, checked where the partitioner reads it.
-  assert eval_lib.main(common + ["--gin_file=runs/eval.gin", "--gin.EVAL_OUTPUT_DIR='x'",
-                                 "--gin.partitioning.Partitioner.num_devices=-1"]) == 1
+  assert (
+    eval_lib.main(
+      common
+      + ["--gin_file=runs/eval.gin", "--gin.EVAL_OUTPUT_DIR='x'", "--gin.partitioning.Partitioner.num_devices=-1"]
+    )
+    == 1
+  )
   assert _error(capsys, "eval") == "NUM_DEVICES=-1 must be None or an integer in [1, 8] (None: all 8 devices)"
   assert sorted(os.listdir(tmp_path)) == []
 
@@ -529,18 +657,32 @@ def test_a_mistyped_macro_from_the_shell_prints_one_line_and_no_traceback(tmp_pa
 
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
-      [sys_lib.executable, "-m", "t5lite.train", "--gin_file=experiments/quickstart.gin",
-       f'--gin.MODEL_DIR="{tmp_path}"', "--gin.TRAIN_STEP=2"],
-      cwd=repo, capture_output=True, text=True, timeout=300, check=False)
+    [
+      sys_lib.executable,
+      "-m",
+      "t5lite.train",
+      "--gin_file=experiments/quickstart.gin",
+      f'--gin.MODEL_DIR="{tmp_path}"',
+      "--gin.TRAIN_STEP=2",
+    ],
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines() == [
-      "t5lite train: error: the macro TRAIN_STEP set on the command line ('TRAIN_STEP = 2') is not read by any gin "
-      "binding (no %TRAIN_STEP in the gin files); did you mean TRAIN_STEPS (--gin.TRAIN_STEPS=...)?"]
+    "t5lite train: error: the macro TRAIN_STEP set on the command line ('TRAIN_STEP = 2') is not read by any gin "
+    "binding (no %TRAIN_STEP in the gin files); did you mean TRAIN_STEPS (--gin.TRAIN_STEPS=...)?"
+  ]
   assert os.listdir(tmp_path) == []  # no config.gin, no checkpoint: nothing ran
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("train_steps", 0, "TRAIN_STEPS=0 must be an integer >= 1"),
     ("batch_size", True, "BATCH_SIZE=True must be an integer >= 1, not a bool"),
     ("batch_size", 8.0, "BATCH_SIZE=8.0 must be an integer >= 1, not a float"),
@@ -553,9 +695,13 @@ def test_a_mistyped_macro_from_the_shell_prints_one_line_and_no_traceback(tmp_pa
     ("num_microbatches", 3, "BATCH_SIZE=8 is not divisible by NUM_MICROBATCHES=3; use a multiple of 3."),
     ("seed", -1, "SEED=-1 must be an integer in [0, 4294967295]"),
     ("seed", 1.5, "SEED=1.5 must be an integer in [0, 4294967295], not a float"),
-    ("task_feature_lengths", {"inputs": 64, "targets": math.nan},
-     "TASK_FEATURE_LENGTHS['targets']=nan must be an integer >= 1, not a float"),
-])
+    (
+      "task_feature_lengths",
+      {"inputs": 64, "targets": math.nan},
+      "TASK_FEATURE_LENGTHS['targets']=nan must be an integer >= 1, not a float",
+    ),
+  ],
+)
 def test_trainer_config_checks_each_setting(field, value, message):
   args = dict(train_steps=10, batch_size=8, task_feature_lengths=LENGTHS)
   with pytest.raises(ValueError) as e:
@@ -565,14 +711,19 @@ def test_trainer_config_checks_each_setting(field, value, message):
   assert (config.keep_checkpoints, config.eval_every, config.seed, type(config.seed)) == (None, 0, 3, int)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(infer_eval_every=-5), "INFER_EVAL_EVERY=-5 must be an integer >= 0 (0: never)"),
     (dict(infer_eval_every=2.0), "INFER_EVAL_EVERY=2.0 must be an integer >= 0, not a float (0: never)"),
     (dict(infer_eval_examples=0), "INFER_EVAL_EXAMPLES=0 must be None or an integer >= 1 (None: all)"),
     (dict(task_feature_lengths=64), "TASK_FEATURE_LENGTHS=64 must be a non-empty dict of feature lengths"),
-    (dict(optimizer=functools.partial(adafactor.adafactor, clipping_threshold=0.0)),
-     "adafactor.adafactor.clipping_threshold=0.0 must be None or a finite number > 0.0 (None: no clipping)"),
-])
+    (
+      dict(optimizer=functools.partial(adafactor.adafactor, clipping_threshold=0.0)),
+      "adafactor.adafactor.clipping_threshold=0.0 must be None or a finite number > 0.0 (None: no clipping)",
+    ),
+  ],
+)
 def test_train_checks_its_own_settings_before_any_work(tmp_path, kwargs, message, no_work):
   with pytest.raises(ValueError) as e:
     run(tmp_path, 5, **kwargs)
@@ -583,14 +734,16 @@ def test_train_checks_its_own_settings_before_any_work(tmp_path, kwargs, message
 def test_train_step_takes_arguments_the_compiled_step_was_not_compiled_for(tmp_path):
   from t5lite.bench import train_step as bench  # pylint: disable=g-import-not-at-top
 
-  cfg = trainer_lib.TrainerConfig(train_steps=3, batch_size=8, task_feature_lengths=LENGTHS, progress=False,
-                                  async_checkpointing=False)
+  cfg = trainer_lib.TrainerConfig(
+    train_steps=3, batch_size=8, task_feature_lengths=LENGTHS, progress=False, async_checkpointing=False
+  )
   tr = trainer_lib.Trainer(tiny_model(), adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path))
   try:
     state = tr.fresh_state()
     rng = jax.random.key(1)
-    full, short = (tr.partitioner.global_batch(bench.make_batches("encoder_decoder", 8, n, 16, 384, 1)[0], 8)
-                   for n in (64, 32))
+    full, short = (
+      tr.partitioner.global_batch(bench.make_batches("encoder_decoder", 8, n, 16, 384, 1)[0], 8) for n in (64, 32)
+    )
     tr.compile_train_step(state, full, rng)
     state, m1 = tr.train_step(state, full, rng)
     # Shorter inputs: the compiled step refuses them before running (nothing donated), jit compiles them.

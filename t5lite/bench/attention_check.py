@@ -67,9 +67,9 @@ import numpy as np
 # are sums of many terms of both signs, whose cancellation magnifies rounding:
 # 5e-2. In float32 the two CPU implementations agree to under 1e-6.
 TOLERANCES = {
-    "bfloat16": {"loss": 1e-2, "logits": 5e-2, "grad": 2e-2, "rel_embedding": 5e-2},
-    "float16": {"loss": 5e-3, "logits": 2e-2, "grad": 1e-2, "rel_embedding": 3e-2},
-    "float32": {"loss": 1e-5, "logits": 1e-5, "grad": 1e-5, "rel_embedding": 1e-5},
+  "bfloat16": {"loss": 1e-2, "logits": 5e-2, "grad": 2e-2, "rel_embedding": 5e-2},
+  "float16": {"loss": 5e-3, "logits": 2e-2, "grad": 1e-2, "rel_embedding": 3e-2},
+  "float32": {"loss": 1e-5, "logits": 1e-5, "grad": 1e-5, "rel_embedding": 1e-5},
 }
 _ORDER = ("ok", "fallback", "mismatch", "error")  # worst last
 _CUDNN_CALL = re.compile(r"__cudnn\$\w+")
@@ -95,8 +95,11 @@ def _pack(rng: np.random.Generator, vocab: int, length: int, num_segments: int, 
   (at least one padding position): (tokens, segment ids, positions); padding
   has token 0, segment 0, position 0."""
   room = length - 1
-  cuts = np.sort(rng.choice(np.arange(min_len, room - min_len + 1), num_segments - 1, replace=False)) \
-      if num_segments > 1 else np.array([], int)
+  cuts = (
+    np.sort(rng.choice(np.arange(min_len, room - min_len + 1), num_segments - 1, replace=False))
+    if num_segments > 1
+    else np.array([], int)
+  )
   end = int(rng.integers(max(cuts[-1] + min_len if len(cuts) else min_len, room - 4), room + 1))
   bounds = [0, *cuts.tolist(), end]
   tokens = np.zeros(length, np.int32)
@@ -212,8 +215,12 @@ def lower(model, params, batch) -> dict:
     lower_s = time.perf_counter() - t0
   finally:
     log.removeHandler(handler)
-  return {"lowered": lowered, "lower_s": lower_s, "lowered_calls": _CUDNN_CALL.findall(lowered.as_text()),
-          "fallback_warning": handler.messages[0] if handler.messages else None}
+  return {
+    "lowered": lowered,
+    "lower_s": lower_s,
+    "lowered_calls": _CUDNN_CALL.findall(lowered.as_text()),
+    "fallback_warning": handler.messages[0] if handler.messages else None,
+  }
 
 
 def compile_lowered(lowered) -> tuple[Any, float, Optional[list[str]]]:
@@ -235,10 +242,13 @@ def execute(prepared: dict, compiled, compile_s: float, compiled_calls, params, 
   (loss, logits), grads = compiled(params, batch)
   jax.block_until_ready(grads)
   return {
-      "loss": float(loss), "logits": np.asarray(logits, np.float64),
-      "grads": jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda g: np.asarray(g, np.float64), grads))[0],
-      "compile_s": prepared["lower_s"] + compile_s, "fallback_warning": prepared["fallback_warning"],
-      "lowered_calls": prepared["lowered_calls"], "compiled_calls": compiled_calls,
+    "loss": float(loss),
+    "logits": np.asarray(logits, np.float64),
+    "grads": jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda g: np.asarray(g, np.float64), grads))[0],
+    "compile_s": prepared["lower_s"] + compile_s,
+    "fallback_warning": prepared["fallback_warning"],
+    "lowered_calls": prepared["lowered_calls"],
+    "compiled_calls": compiled_calls,
   }
 
 
@@ -270,28 +280,45 @@ def compare(ref: dict, cand: dict, tolerance: dict, candidate: str) -> dict:
     d = b - a
     finite = finite and bool(np.isfinite(b).all())
     leaf_diff, leaf_ref = float(np.sqrt(np.sum(d * d))), float(np.sqrt(np.sum(a * a)))
-    sq_diff, sq_ref = sq_diff + leaf_diff ** 2, sq_ref + leaf_ref ** 2
+    sq_diff, sq_ref = sq_diff + leaf_diff**2, sq_ref + leaf_ref**2
     grad_max = max(grad_max, float(np.abs(d).max()) if d.size else 0.0)
     leaf_rel = _rel(leaf_diff, leaf_ref)
     if not leaf_rel <= worst[1]:
       worst = (name, leaf_rel)
     if "rel_embedding" in name:
-      tables[name] = {"norm": [_g(leaf_ref), _g(float(np.sqrt(np.sum(b * b))))], "rel_diff": _g(leaf_rel),
-                      "max_abs_diff": _g(float(np.abs(d).max()))}
+      tables[name] = {
+        "norm": [_g(leaf_ref), _g(float(np.sqrt(np.sum(b * b))))],
+        "rel_diff": _g(leaf_rel),
+        "max_abs_diff": _g(float(np.abs(d).max())),
+      }
   grad_rel = _rel(math.sqrt(sq_diff), math.sqrt(sq_ref))
   rel_emb = max((_rel_value(t["rel_diff"]) for t in tables.values()), default=0.0)
   out.update(
-      loss_rel_diff=_g(loss_rel), logits_max_abs_diff=_g(logits_max), logits_rel_diff=_g(logits_rel),
-      grad_max_abs_diff=_g(grad_max), grad_rel_diff=_g(grad_rel), worst_leaf=[worst[0], _g(worst[1])],
-      rel_embedding_rel_diff=_g(rel_emb), rel_embedding=tables, finite=finite,
-      compile_s=[round(ref["compile_s"], 2), round(cand["compile_s"], 2)],
+    loss_rel_diff=_g(loss_rel),
+    logits_max_abs_diff=_g(logits_max),
+    logits_rel_diff=_g(logits_rel),
+    grad_max_abs_diff=_g(grad_max),
+    grad_rel_diff=_g(grad_rel),
+    worst_leaf=[worst[0], _g(worst[1])],
+    rel_embedding_rel_diff=_g(rel_emb),
+    rel_embedding=tables,
+    finite=finite,
+    compile_s=[round(ref["compile_s"], 2), round(cand["compile_s"], 2)],
   )
-  within = (finite and loss_rel <= tolerance["loss"] and logits_rel <= tolerance["logits"]
-            and grad_rel <= tolerance["grad"] and rel_emb <= tolerance["rel_embedding"] and bool(tables))
+  within = (
+    finite
+    and loss_rel <= tolerance["loss"]
+    and logits_rel <= tolerance["logits"]
+    and grad_rel <= tolerance["grad"]
+    and rel_emb <= tolerance["rel_embedding"]
+    and bool(tables)
+  )
   verdict = "ok" if within else "mismatch"
   if candidate == "cudnn_flash_jax":
-    calls = {"lowered": sorted(set(cand["lowered_calls"])),
-             "compiled": None if cand["compiled_calls"] is None else sorted(set(cand["compiled_calls"]))}
+    calls = {
+      "lowered": sorted(set(cand["lowered_calls"])),
+      "compiled": None if cand["compiled_calls"] is None else sorted(set(cand["compiled_calls"])),
+    }
     out["cudnn_calls"] = calls
     out["cudnn_forward"] = any("fmha" in c and "Backward" not in c for c in calls["lowered"])
     out["cudnn_backward"] = any("fmha" in c and "Backward" in c for c in calls["lowered"])
@@ -311,10 +338,13 @@ def prepare_case(kind: str, packed: bool, args, candidate: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  lengths = {"inputs": args.inputs, "targets": args.targets} if kind == "t5" else {
-      "targets": args.inputs + args.targets}
-  batch = {k: jnp.asarray(v) for k, v in
-           make_batch(kind, packed, args.batch, lengths, args.vocab_size, seed=args.seed + 2 * packed).items()}
+  lengths = (
+    {"inputs": args.inputs, "targets": args.targets} if kind == "t5" else {"targets": args.inputs + args.targets}
+  )
+  batch = {
+    k: jnp.asarray(v)
+    for k, v in make_batch(kind, packed, args.batch, lengths, args.vocab_size, seed=args.seed + 2 * packed).items()
+  }
   models = {name: build_model(kind, name, args) for name in (args.reference, candidate)}  # checks both names
   model = models[args.reference]
   # The same parameters for both implementations.
@@ -342,11 +372,23 @@ def run(args, emit) -> dict:
   device = jax.devices()[0]
   tolerance = TOLERANCES[args.dtype]
   line: dict[str, Any] = {
-      "impl": "attention_check", "reference": args.reference, "candidate": candidate,
-      "compared": f"{args.reference} vs {candidate}", "dtype": args.dtype, "tolerances": tolerance,
-      "preset": args.preset, "layers": args.layers, "batch": args.batch, "inputs": args.inputs,
-      "targets": args.targets, "vocab_size": args.vocab_size, "platform": device.platform,
-      "device": device.device_kind, "jax": jax.__version__, "cases": {}, "complete": False,
+    "impl": "attention_check",
+    "reference": args.reference,
+    "candidate": candidate,
+    "compared": f"{args.reference} vs {candidate}",
+    "dtype": args.dtype,
+    "tolerances": tolerance,
+    "preset": args.preset,
+    "layers": args.layers,
+    "batch": args.batch,
+    "inputs": args.inputs,
+    "targets": args.targets,
+    "vocab_size": args.vocab_size,
+    "platform": device.platform,
+    "device": device.device_kind,
+    "jax": jax.__version__,
+    "cases": {},
+    "complete": False,
   }
   if candidate == args.reference:
     line["note"] = f"'auto' runs {candidate!r} here, the reference itself"
@@ -375,8 +417,10 @@ def run(args, emit) -> dict:
       if case in prepared:
         p = prepared[case]
         try:
-          results = {name: execute(impl, *futures[(case, name)].result(), p["params"], p["batch"])
-                     for name, impl in p["impls"].items()}
+          results = {
+            name: execute(impl, *futures[(case, name)].result(), p["params"], p["batch"])
+            for name, impl in p["impls"].items()
+          }
           line["cases"][case] = compare(results[args.reference], results[candidate], tolerance, candidate)
           stage(f"{case}: {line['cases'][case]['verdict']}")
         except Exception as e:  # pylint: disable=broad-except  # a compile or run failure: the next case runs
@@ -390,7 +434,8 @@ def run(args, emit) -> dict:
     used = [c.get("cudnn_forward") and c.get("cudnn_backward") for c in line["cases"].values() if "error" not in c]
     line["cudnn_used"] = bool(used) and all(used)
     line["fallback_warning"] = next(
-        (c["fallback_warning"] for c in line["cases"].values() if c.get("fallback_warning")), None)
+      (c["fallback_warning"] for c in line["cases"].values() if c.get("fallback_warning")), None
+    )
   if errors:
     line["error"] = next(f"{case}: {message}" for case, message in errors.items())
   return line

@@ -24,8 +24,14 @@ def _measure(task_name: str, lengths: Mapping[str, int], converter: str, example
 
   t0 = time.perf_counter()
   ds = pipeline.get_dataset(
-      task_name, lengths, split="train", batch_size=batch, converter=converter,
-      shuffle=True, seed=seed, num_epochs=None,
+    task_name,
+    lengths,
+    split="train",
+    batch_size=batch,
+    converter=converter,
+    shuffle=True,
+    seed=seed,
+    num_epochs=None,
   )
   it = ds.as_numpy_iterator()
   first = next(it)  # graph building and the first batch
@@ -41,13 +47,13 @@ def _measure(task_name: str, lengths: Mapping[str, int], converter: str, example
     rows += len(b[tok_keys[0]])
   elapsed = time.perf_counter() - start
   return {
-      "converter": converter,
-      "examples_per_s": round(seen / elapsed, 1),
-      "tokens_per_s": round(tokens / elapsed, 1),
-      "examples_per_row": round(seen / rows, 2),
-      "examples": seen,
-      "seconds": round(elapsed, 2),
-      "setup_s": round(setup_s, 2),
+    "converter": converter,
+    "examples_per_s": round(seen / elapsed, 1),
+    "tokens_per_s": round(tokens / elapsed, 1),
+    "examples_per_row": round(seen / rows, 2),
+    "examples": seen,
+    "seconds": round(elapsed, 2),
+    "setup_s": round(setup_s, 2),
   }
 
 

@@ -122,8 +122,9 @@ def run(args) -> list[dict]:
   device = jax.devices()[0]
   results = []
   for method, beams in methods:
-    opts = model_lib.DecodeOptions(method=method, max_decode_len=args.max_decode_len, beam_size=beams,
-                                   alpha=ALPHA, eos_id=EOS_NEVER)
+    opts = model_lib.DecodeOptions(
+      method=method, max_decode_len=args.max_decode_len, beam_size=beams, alpha=ALPHA, eos_id=EOS_NEVER
+    )
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     tokens, _ = predict(params, inputs, opts)
@@ -140,7 +141,8 @@ def run(args) -> list[dict]:
     tokens = np.asarray(out[0])
     decoded_tokens = int(tokens.shape[0] * tokens.shape[1])  # best hypothesis of each row
     median = statistics.median(times)
-    results.append({
+    results.append(
+      {
         "impl": "t5lite",
         "model": args.model,
         "preset": args.preset,
@@ -161,8 +163,8 @@ def run(args) -> list[dict]:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "cpu_per_wall": round(sum(cpu) / sum(times), 2) if sum(times) > 0 else None,
         "loadavg_1m_start_end": [
-            None if load_start is None else round(load_start, 2),
-            round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+          None if load_start is None else round(load_start, 2),
+          round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         ],
         "vocab_size": args.vocab_size,
         "dtype": args.dtype,
@@ -173,27 +175,29 @@ def run(args) -> list[dict]:
         "num_devices": jax.device_count(),
         "jax": jax.__version__,
         "python": platform.python_version(),
-    })
+      }
+    )
   return results
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", choices=("t5", "decoder_only"), default="t5")
-  p.add_argument("--preset", default="tiny",
-                 help="t5: tiny/small/base/large/xl/xxl; decoder_only: tiny/small/base/1b")
+  p.add_argument("--preset", default="tiny", help="t5: tiny/small/base/large/xl/xxl; decoder_only: tiny/small/base/1b")
   p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--inputs", type=int, default=512,
-                 help="encoder input length (t5) or prompt length (decoder_only)")
+  p.add_argument("--inputs", type=int, default=512, help="encoder input length (t5) or prompt length (decoder_only)")
   p.add_argument("--max_decode_len", type=int, default=64)
   p.add_argument("--methods", default="greedy,beam4", help="comma list of 'greedy' and 'beamN'")
   p.add_argument("--repeats", type=int, default=3, help="timed calls after the first (compile) call")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--vocab_size", type=int, default=32128)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--prng_impl", default="",
-                 help="PRNG of the parameter init, e.g. 'unsafe_rbg' (compiles several times faster on "
-                      "CPU than threefry); default: JAX's. Only init_s depends on it")
+  p.add_argument(
+    "--prng_impl",
+    default="",
+    help="PRNG of the parameter init, e.g. 'unsafe_rbg' (compiles several times faster on "
+    "CPU than threefry); default: JAX's. Only init_s depends on it",
+  )
   runtime.add_flags(p)
   args = p.parse_args(argv)
   for name in ("batch", "inputs", "max_decode_len", "repeats"):

@@ -73,6 +73,7 @@ FIRST_VARIANT = "dot_product"
 @dataclasses.dataclass
 class Run:
   """One benchmark: `python argv...` from the repository root."""
+
   name: str
   argv: list[str]
   timeout_s: float
@@ -83,6 +84,7 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class Sizes:
   """The plan's shapes and timeouts for one mode (GPU or CPU smoke)."""
+
   reference: tuple[str, ...]
   attention_check: tuple[str, ...]
   base: tuple[str, ...]
@@ -96,17 +98,25 @@ class Sizes:
 
 
 GPU = Sizes(
-    reference=("--layers", "12", "--d_model", "768", "--d_ff", "2048", "--batch", "128", "--length", "512"),
-    attention_check=("--candidate", "cudnn_flash_jax", "--dtype", "bfloat16"),
-    base=("--preset", "base", "--batch", "128", "--inputs", "512", "--targets", "114"),
-    large=("--preset", "large", "--batch", "64", "--inputs", "512", "--targets", "114"),
-    one_b=("--model", "decoder_only", "--preset", "1b", "--batch", "16", "--inputs", "1024", "--targets", "1024"),
-    common=("--dtype", "bfloat16"),
-    hf=("--preset", "base", "--batch", "128", "--dtype", "bfloat16"),
-    cache_flags=(),
-    cache_every_run=False,
-    timeouts={"reference": 60, "attention_check": 45, "base_cold": 150, "base_warm": 60, "hf_base": 90,
-              "large": 150, "1b": 150, "variant": 100},
+  reference=("--layers", "12", "--d_model", "768", "--d_ff", "2048", "--batch", "128", "--length", "512"),
+  attention_check=("--candidate", "cudnn_flash_jax", "--dtype", "bfloat16"),
+  base=("--preset", "base", "--batch", "128", "--inputs", "512", "--targets", "114"),
+  large=("--preset", "large", "--batch", "64", "--inputs", "512", "--targets", "114"),
+  one_b=("--model", "decoder_only", "--preset", "1b", "--batch", "16", "--inputs", "1024", "--targets", "1024"),
+  common=("--dtype", "bfloat16"),
+  hf=("--preset", "base", "--batch", "128", "--dtype", "bfloat16"),
+  cache_flags=(),
+  cache_every_run=False,
+  timeouts={
+    "reference": 60,
+    "attention_check": 45,
+    "base_cold": 150,
+    "base_warm": 60,
+    "hf_base": 90,
+    "large": 150,
+    "1b": 150,
+    "variant": 100,
+  },
 )
 
 # Tiny sizes for 2 CPU cores. float32 and a small vocabulary keep each compile
@@ -118,32 +128,53 @@ GPU = Sizes(
 # float32, where the two agree to under 1e-6, on one-layer stacks (it compiles
 # eight programs, about 35 s); it does not use the cache, so base_cold stays cold.
 SMOKE = Sizes(
-    reference=("--layers", "2", "--d_model", "64", "--d_ff", "128", "--batch", "2", "--length", "16"),
-    attention_check=("--candidate", "cpu_dot_product", "--dtype", "float32", "--layers", "1", "--vocab_size",
-                     "256"),
-    base=("--preset", "tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
-    large=("--preset", "tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
-    one_b=("--model", "decoder_only", "--preset", "tiny", "--batch", "2", "--inputs", "16", "--targets", "16"),
-    common=("--dtype", "float32", "--vocab_size", "256"),
-    hf=("--preset", "tiny", "--batch", "2", "--dtype", "float32", "--input-len", "32", "--target-len", "8",
-        "--vocab", "256", "--warmup", "1"),
-    cache_flags=("--compilation_cache_min_compile_s", "0"),
-    cache_every_run=True,
-    timeouts={"reference": 60, "attention_check": 120, "base_cold": 120, "base_warm": 90, "hf_base": 90,
-              "large": 120, "1b": 120, "variant": 120},
+  reference=("--layers", "2", "--d_model", "64", "--d_ff", "128", "--batch", "2", "--length", "16"),
+  attention_check=("--candidate", "cpu_dot_product", "--dtype", "float32", "--layers", "1", "--vocab_size", "256"),
+  base=("--preset", "tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
+  large=("--preset", "tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
+  one_b=("--model", "decoder_only", "--preset", "tiny", "--batch", "2", "--inputs", "16", "--targets", "16"),
+  common=("--dtype", "float32", "--vocab_size", "256"),
+  hf=(
+    "--preset",
+    "tiny",
+    "--batch",
+    "2",
+    "--dtype",
+    "float32",
+    "--input-len",
+    "32",
+    "--target-len",
+    "8",
+    "--vocab",
+    "256",
+    "--warmup",
+    "1",
+  ),
+  cache_flags=("--compilation_cache_min_compile_s", "0"),
+  cache_every_run=True,
+  timeouts={
+    "reference": 60,
+    "attention_check": 120,
+    "base_cold": 120,
+    "base_warm": 90,
+    "hf_base": 90,
+    "large": 120,
+    "1b": 120,
+    "variant": 120,
+  },
 )
 
 
 def build_plan(
-    sizes: Sizes,
-    *,
-    steps: int,
-    cache_dir: str,
-    attention_variants: Sequence[str],
-    attention_names: Optional[Sequence[str]],
-    hf_script: str,
-    hf_skip: Optional[str],
-    timeout_scale: float = 1.0,
+  sizes: Sizes,
+  *,
+  steps: int,
+  cache_dir: str,
+  attention_variants: Sequence[str],
+  attention_names: Optional[Sequence[str]],
+  hf_script: str,
+  hf_skip: Optional[str],
+  timeout_scale: float = 1.0,
 ) -> list[Run]:
   """The runs in order. `attention_names` are the valid implementations (None:
   unknown, every variant is skipped); `hf_skip` says why HF cannot run."""
@@ -153,8 +184,7 @@ def build_plan(
   cache = ("--compilation_cache_dir", cache_dir, *sizes.cache_flags)
 
   def t5lite(shape, *extra, cached=sizes.cache_every_run):
-    return ["-m", "t5lite.bench.train_step", *shape, *sizes.common, *step_flags, *extra,
-            *(cache if cached else ())]
+    return ["-m", "t5lite.bench.train_step", *shape, *sizes.common, *step_flags, *extra, *(cache if cached else ())]
 
   def variant(name):
     skip = None
@@ -168,16 +198,15 @@ def build_plan(
   # the attention check says whether it can work, base_attn_dot_product runs
   # base without it.
   plan = [
-      Run("reference", ["-m", "t5lite.bench.reference", *sizes.reference, *step_flags], t["reference"]),
-      Run("attention_check", ["-m", "t5lite.bench.attention_check", *sizes.attention_check],
-          t["attention_check"]),
-      Run("base_cold", t5lite(sizes.base, cached=True), t["base_cold"]),
-      Run("base_warm", t5lite(sizes.base, cached=True), t["base_warm"]),
-      *[variant(n) for n in attention_variants if n == FIRST_VARIANT],
-      Run("hf_base", [hf_script, *sizes.hf, *step_flags], t["hf_base"], skip=hf_skip),
-      Run("large", t5lite(sizes.large), t["large"]),
-      Run("1b", t5lite(sizes.one_b), t["1b"]),
-      *[variant(n) for n in attention_variants if n != FIRST_VARIANT],
+    Run("reference", ["-m", "t5lite.bench.reference", *sizes.reference, *step_flags], t["reference"]),
+    Run("attention_check", ["-m", "t5lite.bench.attention_check", *sizes.attention_check], t["attention_check"]),
+    Run("base_cold", t5lite(sizes.base, cached=True), t["base_cold"]),
+    Run("base_warm", t5lite(sizes.base, cached=True), t["base_warm"]),
+    *[variant(n) for n in attention_variants if n == FIRST_VARIANT],
+    Run("hf_base", [hf_script, *sizes.hf, *step_flags], t["hf_base"], skip=hf_skip),
+    Run("large", t5lite(sizes.large), t["large"]),
+    Run("1b", t5lite(sizes.one_b), t["1b"]),
+    *[variant(n) for n in attention_variants if n != FIRST_VARIANT],
   ]
   for flag, suffix in ((("--remat_policy", "minimal"), "remat_minimal"), (("--scan_layers",), "scan")):
     plan.append(Run(f"large_{suffix}", t5lite(sizes.large, *flag), t["variant"]))
@@ -190,8 +219,15 @@ def read_attention_names(env: dict) -> Optional[list[str]]:
   that this process never starts a JAX backend (the children need the GPU)."""
   code = "import json; from t5lite.bench import train_step as t; print(json.dumps(list(t.attention_implementations())))"
   try:
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "JAX_PLATFORMS": "cpu"},
-                         stdout=subprocess.PIPE, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=REPO,
+      env={**env, "JAX_PLATFORMS": "cpu"},
+      stdout=subprocess.PIPE,
+      text=True,
+      timeout=120,
+      check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
   except (subprocess.SubprocessError, OSError, ValueError, IndexError):
     return None
@@ -225,8 +261,7 @@ def execute(run: Run, timeout_s: float, env: dict) -> dict:
   line = {"run": run.name}
   t0 = time.monotonic()
   try:
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=None, text=True,
-                          timeout=timeout_s)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout_s)
   except subprocess.TimeoutExpired as e:
     line.update(status="timeout", wall_s=round(time.monotonic() - t0, 1), timeout_s=round(timeout_s, 3))
     partial = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -283,7 +318,8 @@ def summarize(lines: Sequence[dict], wall_s: float) -> dict:
     if "cudnn_used" in check:
       out["attention_check_cudnn_used"] = check["cudnn_used"]
   out["auto_failed_dot_product_ok"] = (
-      by.get("base_cold", {}).get("status") in ("error", "timeout") and "base_attn_dot_product" in ok)
+    by.get("base_cold", {}).get("status") in ("error", "timeout") and "base_attn_dot_product" in ok
+  )
   out["base_run"] = base_run  # the base run of the ratio: base_attn_dot_product only when 'auto' failed
   if base and hf and hf.get("tokens_per_s"):
     out["base_vs_hf_tokens_per_s"] = round(base["tokens_per_s"] / hf["tokens_per_s"], 3)
@@ -310,24 +346,34 @@ def summarize(lines: Sequence[dict], wall_s: float) -> dict:
 
 def environment(mode: str, budget_s: float, plan: Sequence[Run]) -> dict:
   versions = {}
-  for dist in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorboard", "torch",
-               "transformers"):
+  for dist in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorboard", "torch", "transformers"):
     try:
       versions[dist] = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
       versions[dist] = None
   needed = ("jax", "flax", "optax", "orbax.checkpoint", "tensorboard", "numpy")  # by the t5lite runs
   line = {
-      "run": "env", "status": "ok", "mode": mode, "budget_s": budget_s, "python": platform.python_version(),
-      "executable": sys.executable, "versions": versions,
-      "missing_for_t5lite": [m for m in needed if not _importable(m)],
-      "plan": [r.name for r in plan], "host": platform.node(), "cpus": os.cpu_count(),
+    "run": "env",
+    "status": "ok",
+    "mode": mode,
+    "budget_s": budget_s,
+    "python": platform.python_version(),
+    "executable": sys.executable,
+    "versions": versions,
+    "missing_for_t5lite": [m for m in needed if not _importable(m)],
+    "plan": [r.name for r in plan],
+    "host": platform.node(),
+    "cpus": os.cpu_count(),
   }
   if shutil.which("nvidia-smi"):
     try:
       line["nvidia_smi"] = subprocess.run(
-          ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=20).stdout.strip()
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=20,
+      ).stdout.strip()
     except (subprocess.SubprocessError, OSError) as e:
       line["nvidia_smi"] = f"nvidia-smi failed: {e}"
   return line
@@ -359,8 +405,11 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p.add_argument("--timeout_scale", type=float, default=1.0, help="multiplies every run's timeout")
   p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 8; smoke 1)")
   p.add_argument("--only", default="", help="comma-separated run names (default: the whole plan)")
-  p.add_argument("--hf_script", default=DEFAULT_HF_SCRIPT,
-                 help="the PyTorch baseline script (copy ../shared/bench/hf_t5_train_step_gpu.py there)")
+  p.add_argument(
+    "--hf_script",
+    default=DEFAULT_HF_SCRIPT,
+    help="the PyTorch baseline script (copy ../shared/bench/hf_t5_train_step_gpu.py there)",
+  )
   p.add_argument("--output", default="", help="also write the JSON lines to this file")
   p.add_argument("--keep_workdir", action="store_true", help="keep the compilation cache and temp files")
   args = p.parse_args(argv)
@@ -383,9 +432,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   hf_script = os.path.abspath(args.hf_script)
 
   def plan_with(names):
-    return build_plan(sizes, steps=args.steps, cache_dir=os.path.join(workdir, "compilation_cache"),
-                      attention_variants=variants, attention_names=names, hf_script=hf_script,
-                      hf_skip=hf_skip_reason(hf_script), timeout_scale=args.timeout_scale)
+    return build_plan(
+      sizes,
+      steps=args.steps,
+      cache_dir=os.path.join(workdir, "compilation_cache"),
+      attention_variants=variants,
+      attention_names=names,
+      hf_script=hf_script,
+      hf_skip=hf_skip_reason(hf_script),
+      timeout_scale=args.timeout_scale,
+    )
 
   known = [r.name for r in plan_with(())]
   unknown = [n for n in args.only if n not in known]
@@ -421,8 +477,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         emit({"run": run.name, "status": "skipped", "wall_s": 0.0, "reason": run.skip})
         continue
       if left < args.min_run_s:
-        emit({"run": run.name, "status": "skipped", "wall_s": 0.0,
-              "reason": f"budget: {max(left, 0.0):.0f} s left of {args.budget_s:.0f} s"})
+        emit(
+          {
+            "run": run.name,
+            "status": "skipped",
+            "wall_s": 0.0,
+            "reason": f"budget: {max(left, 0.0):.0f} s left of {args.budget_s:.0f} s",
+          }
+        )
         continue
       timeout = min(run.timeout_s, left)
       print(f"[bench.gpu] {run.name}: timeout {timeout:.0f} s, {left:.0f} s left", file=sys.stderr, flush=True)

@@ -52,8 +52,8 @@ ALPHA = 0.6  # length penalty of beam search, as t5lite.bench.decode
 
 # T5 v1.1 sizes, as t5lite.models.t5.T5_PRESETS.
 PRESETS = {
-    "tiny": dict(d_model=128, d_ff=512, num_heads=4, d_kv=32, num_layers=2, num_decoder_layers=2),
-    "small": dict(d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=8, num_decoder_layers=8),
+  "tiny": dict(d_model=128, d_ff=512, num_heads=4, d_kv=32, num_layers=2, num_decoder_layers=2),
+  "small": dict(d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=8, num_decoder_layers=8),
 }
 
 
@@ -77,17 +77,17 @@ def parse_methods(spec: str) -> list[tuple[str, int]]:
 
 def build_model(preset: str, vocab_size: int, dtype: str):
   config = transformers.T5Config(
-      vocab_size=vocab_size,
-      feed_forward_proj="gated-gelu",
-      relative_attention_num_buckets=32,
-      relative_attention_max_distance=128,
-      dropout_rate=0.0,
-      layer_norm_epsilon=1e-6,
-      tie_word_embeddings=False,
-      decoder_start_token_id=0,
-      pad_token_id=0,
-      eos_token_id=1,
-      **PRESETS[preset],
+    vocab_size=vocab_size,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    dropout_rate=0.0,
+    layer_norm_epsilon=1e-6,
+    tie_word_embeddings=False,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+    **PRESETS[preset],
   )
   model = transformers.T5ForConditionalGeneration(config)
   if model.lm_head.weight is model.shared.weight:
@@ -105,12 +105,12 @@ def build_model(preset: str, vocab_size: int, dtype: str):
 
 def generate_kwargs(method: str, beams: int, max_decode_len: int) -> dict:
   kwargs = dict(
-      max_new_tokens=max_decode_len,
-      min_new_tokens=max_decode_len,
-      num_beams=beams,
-      do_sample=False,
-      use_cache=True,
-      early_stopping=False,
+    max_new_tokens=max_decode_len,
+    min_new_tokens=max_decode_len,
+    num_beams=beams,
+    do_sample=False,
+    use_cache=True,
+    early_stopping=False,
   )
   if method == "beam":
     kwargs["length_penalty"] = ALPHA
@@ -156,10 +156,12 @@ def run(args) -> list[dict]:
     # generate returns the decoder start token followed by the new tokens.
     new_tokens = out.shape[1] - 1
     if out.shape[0] != args.batch or new_tokens != args.max_decode_len:
-      raise RuntimeError(f"generate returned shape {tuple(out.shape)}; expected "
-                         f"({args.batch}, {args.max_decode_len + 1})")
+      raise RuntimeError(
+        f"generate returned shape {tuple(out.shape)}; expected ({args.batch}, {args.max_decode_len + 1})"
+      )
     median = statistics.median(times)
-    results.append({
+    results.append(
+      {
         "impl": "hf_torch",
         "model": "t5",
         "preset": args.preset,
@@ -180,8 +182,8 @@ def run(args) -> list[dict]:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "cpu_per_wall": round(sum(cpu) / sum(times), 2) if sum(times) > 0 else None,
         "loadavg_1m_start_end": [
-            None if load_start is None else round(load_start, 2),
-            round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+          None if load_start is None else round(load_start, 2),
+          round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         ],
         "vocab_size": args.vocab_size,
         "dtype": args.dtype,
@@ -192,7 +194,8 @@ def run(args) -> list[dict]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-    })
+      }
+    )
   return results
 
 
@@ -207,8 +210,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--vocab_size", type=int, default=32128)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--flush-denormal", dest="flush_denormal", action=argparse.BooleanOptionalAction,
-                 default=True, help="torch.set_flush_denormal(True) (default: on)")
+  p.add_argument(
+    "--flush-denormal",
+    dest="flush_denormal",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="torch.set_flush_denormal(True) (default: on)",
+  )
   p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
   args = p.parse_args(argv)
   for name in ("batch", "inputs", "max_decode_len", "repeats"):

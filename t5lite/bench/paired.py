@@ -85,8 +85,19 @@ class HfWorker:
   """The PyTorch side: a subprocess that runs one step per request."""
 
   def __init__(self, python: str, script: str, args):
-    cmd = [python, "-c", _WORKER, script, args.preset, str(args.batch), str(args.inputs), str(args.targets),
-           str(args.vocab_size), str(args.hf_threads), str(args.seed)]
+    cmd = [
+      python,
+      "-c",
+      _WORKER,
+      script,
+      args.preset,
+      str(args.batch),
+      str(args.inputs),
+      str(args.targets),
+      str(args.vocab_size),
+      str(args.hf_threads),
+      str(args.seed),
+    ]
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self.info = self._read()
 
@@ -136,31 +147,31 @@ def run(args) -> dict:
   ratios = [t / o for o, t in zip(ours, theirs)]
   med_o, med_t = statistics.median(ours), statistics.median(theirs)
   return {
-      "preset": args.preset,
-      "batch": args.batch,
-      "inputs": args.inputs,
-      "targets": args.targets,
-      "dtype": args.dtype,
-      "steps": args.steps,
-      "ratio_median": round(statistics.median(ratios), 3),
-      "ratio_min": round(min(ratios), 3),
-      "ratio_max": round(max(ratios), 3),
-      "pairs_t5lite_faster": sum(r > 1.0 for r in ratios),
-      "t5lite_tokens_per_s": round(tokens / med_o, 1),
-      "hf_tokens_per_s": round(tokens / med_t, 1),
-      "t5lite_median_step_s": round(med_o, 4),
-      "hf_median_step_s": round(med_t, 4),
-      "t5lite_step_s": [round(x, 3) for x in ours],
-      "hf_step_s": [round(x, 3) for x in theirs],
-      "t5lite_cpu_per_wall": round(sum(ours_cpu) / sum(ours), 2),
-      "hf_cpu_per_wall": round(sum(theirs_cpu) / sum(theirs), 2),
-      "t5lite_compile_s": round(compile_s, 2),
-      "t5lite_params": runner.n_params,
-      "hf_params": worker.info["params"],
-      "t5lite_loss_first_last": [round(runner.losses[0], 4), round(runner.losses[-1], 4)],
-      "hf_loss_first_last": [round(hf_losses[0], 4), round(hf_losses[-1], 4)],
-      "torch": worker.info["torch"],
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "preset": args.preset,
+    "batch": args.batch,
+    "inputs": args.inputs,
+    "targets": args.targets,
+    "dtype": args.dtype,
+    "steps": args.steps,
+    "ratio_median": round(statistics.median(ratios), 3),
+    "ratio_min": round(min(ratios), 3),
+    "ratio_max": round(max(ratios), 3),
+    "pairs_t5lite_faster": sum(r > 1.0 for r in ratios),
+    "t5lite_tokens_per_s": round(tokens / med_o, 1),
+    "hf_tokens_per_s": round(tokens / med_t, 1),
+    "t5lite_median_step_s": round(med_o, 4),
+    "hf_median_step_s": round(med_t, 4),
+    "t5lite_step_s": [round(x, 3) for x in ours],
+    "hf_step_s": [round(x, 3) for x in theirs],
+    "t5lite_cpu_per_wall": round(sum(ours_cpu) / sum(ours), 2),
+    "hf_cpu_per_wall": round(sum(theirs_cpu) / sum(theirs), 2),
+    "t5lite_compile_s": round(compile_s, 2),
+    "t5lite_params": runner.n_params,
+    "hf_params": worker.info["params"],
+    "t5lite_loss_first_last": [round(runner.losses[0], 4), round(runner.losses[-1], 4)],
+    "hf_loss_first_last": [round(hf_losses[0], 4), round(hf_losses[-1], 4)],
+    "torch": worker.info["torch"],
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 
@@ -169,8 +180,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
   extra = argparse.ArgumentParser(add_help=False)
   extra.add_argument("--hf_python", required=True, help="a Python with torch and transformers")
-  extra.add_argument("--hf_script", default=default_hf_script(),
-                     help="the shared baseline script (default: %(default)s)")
+  extra.add_argument(
+    "--hf_script", default=default_hf_script(), help="the shared baseline script (default: %(default)s)"
+  )
   extra.add_argument("--hf_warmup", type=int, default=2, help="untimed PyTorch steps first")
   extra.add_argument("--hf_threads", type=int, default=2, help="torch.set_num_threads")
   known, rest = extra.parse_known_args(argv)

@@ -46,9 +46,11 @@ def init_params(layers: int, d_model: int, d_ff: int, seed: int = 0) -> list[tup
   down so that the residual stream stays near unit size through the stack."""
   rng = np.random.default_rng(seed)
   return [
-      (rng.normal(0.0, d_model ** -0.5, (d_model, d_ff)).astype(np.float32),
-       rng.normal(0.0, 0.1 * d_ff ** -0.5, (d_ff, d_model)).astype(np.float32))
-      for _ in range(layers)
+    (
+      rng.normal(0.0, d_model**-0.5, (d_model, d_ff)).astype(np.float32),
+      rng.normal(0.0, 0.1 * d_ff**-0.5, (d_ff, d_model)).astype(np.float32),
+    )
+    for _ in range(layers)
   ]
 
 
@@ -79,8 +81,9 @@ def run(args) -> dict:
   assert float(trivial(small)[0]) == 3.0
 
   params = jax.device_put(init_params(args.layers, args.d_model, args.d_ff, args.seed))
-  x = jax.device_put(np.random.default_rng(args.seed + 1).normal(
-      size=(args.batch, args.length, args.d_model)).astype(jnp.bfloat16))
+  x = jax.device_put(
+    np.random.default_rng(args.seed + 1).normal(size=(args.batch, args.length, args.d_model)).astype(jnp.bfloat16)
+  )
   t0 = time.perf_counter()
   lowered = sgd_step.lower(params, x)
   lower_s = time.perf_counter() - t0
@@ -102,26 +105,26 @@ def run(args) -> dict:
   except Exception:  # pylint: disable=broad-except  # backends without memory statistics
     stats = {}
   return {
-      "impl": "jax_reference",
-      "backend_init_s": round(backend_init_s, 3),
-      "trivial_compile_s": round(trivial_compile_s, 4),
-      "dense_layers": args.layers,
-      "dense_shape": [args.d_model, args.d_ff],
-      "dense_batch": [args.batch, args.length],
-      "dense_lower_s": round(lower_s, 3),
-      "dense_compile_s": round(dense_compile_s, 3),
-      "dense_compile_s_per_layer": round(dense_compile_s / args.layers, 4),
-      "dense_first_step_s": round(first_step_s, 4),
-      "dense_step_s": round(step_s, 5),
-      "dense_flops_per_step": flops,
-      "dense_tflops_per_s": round(flops / step_s / 1e12, 4),
-      "dense_first_loss": round(losses[0], 5),
-      "dense_last_loss": round(losses[-1], 5),
-      "steps": len(times),
-      "peak_device_bytes": stats.get("peak_bytes_in_use"),
-      "device": device.device_kind,
-      "platform": device.platform,
-      "jax": jax.__version__,
+    "impl": "jax_reference",
+    "backend_init_s": round(backend_init_s, 3),
+    "trivial_compile_s": round(trivial_compile_s, 4),
+    "dense_layers": args.layers,
+    "dense_shape": [args.d_model, args.d_ff],
+    "dense_batch": [args.batch, args.length],
+    "dense_lower_s": round(lower_s, 3),
+    "dense_compile_s": round(dense_compile_s, 3),
+    "dense_compile_s_per_layer": round(dense_compile_s / args.layers, 4),
+    "dense_first_step_s": round(first_step_s, 4),
+    "dense_step_s": round(step_s, 5),
+    "dense_flops_per_step": flops,
+    "dense_tflops_per_s": round(flops / step_s / 1e12, 4),
+    "dense_first_loss": round(losses[0], 5),
+    "dense_last_loss": round(losses[-1], 5),
+    "steps": len(times),
+    "peak_device_bytes": stats.get("peak_bytes_in_use"),
+    "device": device.device_kind,
+    "platform": device.platform,
+    "jax": jax.__version__,
   }
 
 

@@ -20,11 +20,11 @@ from typing import Optional, Sequence
 
 # (rules preset, data, fsdp, model)
 MESHES = (
-    ("data_parallel", -1, 1, 1),
-    ("fsdp", 1, -1, 1),
-    ("tensor_parallel", 1, 1, -1),
-    ("fsdp_tensor_parallel", 2, 2, -1),
-    ("fsdp_tensor_parallel", -1, 1, 2),
+  ("data_parallel", -1, 1, 1),
+  ("fsdp", 1, -1, 1),
+  ("tensor_parallel", 1, 1, -1),
+  ("fsdp_tensor_parallel", 2, 2, -1),
+  ("fsdp_tensor_parallel", -1, 1, 2),
 )
 
 
@@ -38,17 +38,17 @@ def _random_batch(model, batch_size, lengths, seed=0):
     lt = lengths["targets"]
     tgt = rng.integers(3, vocab, (batch_size, lt), dtype=np.int32)
     return {
-        "encoder_input_tokens": rng.integers(3, vocab, shapes["encoder_input_tokens"], dtype=np.int32),
-        "decoder_target_tokens": tgt,
-        "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
-        "decoder_loss_weights": np.ones_like(tgt),
+      "encoder_input_tokens": rng.integers(3, vocab, shapes["encoder_input_tokens"], dtype=np.int32),
+      "decoder_target_tokens": tgt,
+      "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
+      "decoder_loss_weights": np.ones_like(tgt),
     }
   length = shapes["decoder_input_tokens"][1]
   tgt = rng.integers(3, vocab, (batch_size, length), dtype=np.int32)
   return {
-      "decoder_target_tokens": tgt,
-      "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
-      "decoder_loss_weights": np.ones_like(tgt),
+    "decoder_target_tokens": tgt,
+    "decoder_input_tokens": np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], 1),
+    "decoder_loss_weights": np.ones_like(tgt),
   }
 
 
@@ -59,8 +59,9 @@ def run_mesh(model, rules, mesh, batch_size, lengths, steps) -> dict:
   from t5lite.optim import adafactor, schedules  # pylint: disable=g-import-not-at-top
 
   part = partitioning.Partitioner(*mesh, rules=rules)
-  cfg = trainer_lib.TrainerConfig(train_steps=steps, batch_size=batch_size, task_feature_lengths=lengths,
-                                  progress=False, async_checkpointing=False)
+  cfg = trainer_lib.TrainerConfig(
+    train_steps=steps, batch_size=batch_size, task_feature_lengths=lengths, progress=False, async_checkpointing=False
+  )
   with tempfile.TemporaryDirectory() as tmp:
     tr = trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, tmp, partitioner=part)
     state = tr.fresh_state()
@@ -77,17 +78,17 @@ def run_mesh(model, rules, mesh, batch_size, lengths, steps) -> dict:
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t)
     result = {
-        "bench": "scaling",
-        "rules": rules,
-        "mesh": {k: v for k, v in part.mesh.shape.items() if k != "expert"},
-        "median_step_s": round(statistics.median(times), 4),
-        "compile_s": round(compile_s, 2),
-        "param_bytes_total": partitioning.total_bytes(tr.abstract_params),
-        "param_bytes_per_device": partitioning.bytes_per_device(tr.abstract_params),
-        "opt_bytes_total": partitioning.total_bytes(tr.abstract_opt_state),
-        "opt_bytes_per_device": partitioning.bytes_per_device(tr.abstract_opt_state),
-        "loss": round(float(metrics["loss"]), 4),
-        "notes": part.notes,
+      "bench": "scaling",
+      "rules": rules,
+      "mesh": {k: v for k, v in part.mesh.shape.items() if k != "expert"},
+      "median_step_s": round(statistics.median(times), 4),
+      "compile_s": round(compile_s, 2),
+      "param_bytes_total": partitioning.total_bytes(tr.abstract_params),
+      "param_bytes_per_device": partitioning.bytes_per_device(tr.abstract_params),
+      "opt_bytes_total": partitioning.total_bytes(tr.abstract_opt_state),
+      "opt_bytes_per_device": partitioning.bytes_per_device(tr.abstract_opt_state),
+      "loss": round(float(metrics["loss"]), 4),
+      "notes": part.notes,
     }
     tr.close()
   return result
@@ -104,7 +105,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--devices", type=int, default=8, help="simulated CPU devices when no accelerator")
   a = p.parse_args(argv)
   if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={a.devices}").strip()
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={a.devices}"
+    ).strip()
 
   from t5lite.models import decoder_only, model as model_lib, t5  # pylint: disable=g-import-not-at-top
 

@@ -68,15 +68,15 @@ def attention_implementations() -> tuple[str, ...]:
 
 
 def make_batches(
-    model_kind: str, batch: int, inputs: int, targets: int, vocab: int, count: int, seed: int = 0
+  model_kind: str, batch: int, inputs: int, targets: int, vocab: int, count: int, seed: int = 0
 ) -> list[dict[str, np.ndarray]]:
   """Random packed-format batches (numpy int32, float32 weights), pre-generated."""
   rng = np.random.default_rng(seed)
 
   def seq(length):
     return {
-        "segment_ids": np.ones((batch, length), np.int32),
-        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy(),
+      "segment_ids": np.ones((batch, length), np.int32),
+      "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy(),
     }
 
   out = []
@@ -85,7 +85,8 @@ def make_batches(
       enc = rng.integers(2, vocab, (batch, inputs), dtype=np.int32)
       tgt = rng.integers(2, vocab, (batch, targets), dtype=np.int32)
       e, d = seq(inputs), seq(targets)
-      out.append({
+      out.append(
+        {
           "encoder_input_tokens": enc,
           "encoder_segment_ids": e["segment_ids"],
           "encoder_positions": e["positions"],
@@ -95,18 +96,21 @@ def make_batches(
           "decoder_loss_weights": np.ones((batch, targets), np.float32),
           "decoder_segment_ids": d["segment_ids"],
           "decoder_positions": d["positions"],
-      })
+        }
+      )
     else:
       length = inputs + targets
       tgt = rng.integers(2, vocab, (batch, length), dtype=np.int32)
       d = seq(length)
-      out.append({
+      out.append(
+        {
           "decoder_input_tokens": np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1),
           "decoder_target_tokens": tgt,
           "decoder_loss_weights": np.ones((batch, length), np.float32),
           "decoder_segment_ids": d["segment_ids"],
           "decoder_positions": d["positions"],
-      })
+        }
+      )
   return out
 
 
@@ -114,8 +118,11 @@ def build_model(args):
   from t5lite.models import decoder_only, model as model_lib, t5  # pylint: disable=g-import-not-at-top
 
   overrides = dict(
-      vocab_size=args.vocab_size, dtype=args.dtype, scan_layers=args.scan_layers,
-      remat_policy=args.remat_policy, attention=args.attention,
+    vocab_size=args.vocab_size,
+    dtype=args.dtype,
+    scan_layers=args.scan_layers,
+    remat_policy=args.remat_policy,
+    attention=args.attention,
   )
   if args.model == "encoder_decoder":
     cfg = t5.t5_config(args.preset, **overrides)
@@ -150,12 +157,23 @@ class StepRunner:
     # partitioner's context so that the model's logical-axis constraints apply.
     self.part = partitioning.Partitioner(num_devices=args.devices)
     config = trainer.TrainerConfig(
-        train_steps=1 + args.steps, batch_size=args.batch, task_feature_lengths=self.lengths,
-        num_microbatches=args.microbatches, seed=args.seed, progress=False, async_checkpointing=False,
+      train_steps=1 + args.steps,
+      batch_size=args.batch,
+      task_feature_lengths=self.lengths,
+      num_microbatches=args.microbatches,
+      seed=args.seed,
+      progress=False,
+      async_checkpointing=False,
     )
     self.workdir = tempfile.mkdtemp(prefix="t5lite-bench-")
-    self.trainer = trainer.Trainer(self.model, adafactor.adafactor, schedules.constant(args.learning_rate), config,
-                                   self.workdir, partitioner=self.part)
+    self.trainer = trainer.Trainer(
+      self.model,
+      adafactor.adafactor,
+      schedules.constant(args.learning_rate),
+      config,
+      self.workdir,
+      partitioner=self.part,
+    )
     stage("initialising the state ...")
     t0 = time.perf_counter()
     self.state = self.trainer.fresh_state()
@@ -166,8 +184,9 @@ class StepRunner:
 
     stage("making the batches ...")
     kind = "encoder_decoder" if args.model == "encoder_decoder" else "decoder_only"
-    host_batches = make_batches(kind, args.batch, args.inputs, args.targets, args.vocab_size, 1 + args.steps,
-                                seed=args.seed + 1)
+    host_batches = make_batches(
+      kind, args.batch, args.inputs, args.targets, args.vocab_size, 1 + args.steps, seed=args.seed + 1
+    )
     self.batches = [self.part.global_batch(b, args.batch) for b in host_batches]
     jax.block_until_ready(self.batches)
     self.step_rng = jax.random.key(args.seed + 1)
@@ -259,74 +278,90 @@ def run(args) -> dict:
   flops_per_s = flops_per_step / median
   device = jax.devices()[0]
   return {
-      "impl": "t5lite",
-      "preset": args.preset,
-      "model": args.model,
-      "batch": args.batch,
-      "inputs": args.inputs,
-      "targets": args.targets,
-      "dtype": args.dtype,
-      "tokens_per_s": round(tokens_per_step / median, 1),
-      "median_step_s": round(median, 4),
-      "min_step_s": round(min(times), 4),
-      "mean_step_s": round(sum(times) / len(times), 4),
-      "compile_s": round(compile_s, 3),
-      "init_s": round(init_s, 3),
-      "first_step_s": round(first_step_s, 3),
-      "time_to_first_step_s": round(time_to_first_step_s, 2),
-      "compilation_cache_dir": cache_dir,
-      "params": n_params,
-      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-      "peak_device_bytes": peak_device_bytes(),
-      "mfu": throughput.mfu(flops_per_s),
-      "flops_per_s": round(flops_per_s, 1),
-      "flops_per_step": flops_per_step,
-      "steps": len(times),
-      "microbatches": args.microbatches,
-      "scan_layers": args.scan_layers,
-      "remat_policy": args.remat_policy,
-      "attention": args.attention,
-      "vocab_size": args.vocab_size,
-      "cpu_per_wall": round(sum(cpu) / sum(times), 2),
-      "median_cpu_s": round(statistics.median(cpu), 4),
-      "loadavg_1m_start_end": [
-          None if load_start is None else round(load_start, 2),
-          round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-      ],
-      "first_loss": round(first_loss, 4),
-      "last_loss": round(last_loss, 4),
-      "malloc_tuned": getattr(args, "malloc_tuned", False),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "device": device.device_kind,
-      "platform": device.platform,
-      "num_devices": part.mesh.size,
-      "jax": jax.__version__,
-      "python": platform.python_version(),
+    "impl": "t5lite",
+    "preset": args.preset,
+    "model": args.model,
+    "batch": args.batch,
+    "inputs": args.inputs,
+    "targets": args.targets,
+    "dtype": args.dtype,
+    "tokens_per_s": round(tokens_per_step / median, 1),
+    "median_step_s": round(median, 4),
+    "min_step_s": round(min(times), 4),
+    "mean_step_s": round(sum(times) / len(times), 4),
+    "compile_s": round(compile_s, 3),
+    "init_s": round(init_s, 3),
+    "first_step_s": round(first_step_s, 3),
+    "time_to_first_step_s": round(time_to_first_step_s, 2),
+    "compilation_cache_dir": cache_dir,
+    "params": n_params,
+    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+    "peak_device_bytes": peak_device_bytes(),
+    "mfu": throughput.mfu(flops_per_s),
+    "flops_per_s": round(flops_per_s, 1),
+    "flops_per_step": flops_per_step,
+    "steps": len(times),
+    "microbatches": args.microbatches,
+    "scan_layers": args.scan_layers,
+    "remat_policy": args.remat_policy,
+    "attention": args.attention,
+    "vocab_size": args.vocab_size,
+    "cpu_per_wall": round(sum(cpu) / sum(times), 2),
+    "median_cpu_s": round(statistics.median(cpu), 4),
+    "loadavg_1m_start_end": [
+      None if load_start is None else round(load_start, 2),
+      round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    ],
+    "first_loss": round(first_loss, 4),
+    "last_loss": round(last_loss, 4),
+    "malloc_tuned": getattr(args, "malloc_tuned", False),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "device": device.device_kind,
+    "platform": device.platform,
+    "num_devices": part.mesh.size,
+    "jax": jax.__version__,
+    "python": platform.python_version(),
   }
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", choices=("encoder_decoder", "decoder_only"), default="encoder_decoder")
-  p.add_argument("--preset", default="small",
-                 help="encoder_decoder: tiny/small/base/large/xl/xxl; decoder_only: tiny/small/base/1b")
+  p.add_argument(
+    "--preset", default="small", help="encoder_decoder: tiny/small/base/large/xl/xxl; decoder_only: tiny/small/base/1b"
+  )
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--inputs", type=int, default=512)
   p.add_argument("--targets", type=int, default=114)
   p.add_argument("--steps", type=int, default=10, help="timed steps after the first (compile) step")
-  p.add_argument("--devices", type=int, default=1,
-                 help="devices of the data-parallel mesh (default 1: one CPU device or one accelerator)")
+  p.add_argument(
+    "--devices",
+    type=int,
+    default=1,
+    help="devices of the data-parallel mesh (default 1: one CPU device or one accelerator)",
+  )
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--microbatches", type=int, default=1)
   p.add_argument("--scan_layers", action="store_true")
   p.add_argument("--remat_policy", default="none", choices=("none", "full", "dots_saveable", "minimal"))
-  p.add_argument("--attention", choices=attention_implementations(), default="auto",
-                 help="attention implementation (t5lite.kernels.backend); auto picks the one for this backend")
-  p.add_argument("--compilation_cache_dir", default="none",
-                 help="persistent compilation cache directory; 'none' (default) measures a cold compile")
-  p.add_argument("--compilation_cache_min_compile_s", type=float, default=1.0,
-                 help="programs that took at least this long to compile are cached (jax's "
-                      "jax_persistent_cache_min_compile_time_secs; 0 caches every program)")
+  p.add_argument(
+    "--attention",
+    choices=attention_implementations(),
+    default="auto",
+    help="attention implementation (t5lite.kernels.backend); auto picks the one for this backend",
+  )
+  p.add_argument(
+    "--compilation_cache_dir",
+    default="none",
+    help="persistent compilation cache directory; 'none' (default) measures a cold compile",
+  )
+  p.add_argument(
+    "--compilation_cache_min_compile_s",
+    type=float,
+    default=1.0,
+    help="programs that took at least this long to compile are cached (jax's "
+    "jax_persistent_cache_min_compile_time_secs; 0 caches every program)",
+  )
   p.add_argument("--vocab_size", type=int, default=32128)
   p.add_argument("--learning_rate", type=float, default=1e-3)
   p.add_argument("--seed", type=int, default=0)

@@ -52,12 +52,12 @@ def denoised_lengths(length: int, noise_density: float, mean_noise_span_length: 
 
 
 def span_corruption_raw_length(
-    inputs_length: int,
-    targets_length: Optional[int],
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
-    extra_inputs_tokens: int = 0,
-    max_spans: Optional[int] = None,
+  inputs_length: int,
+  targets_length: Optional[int],
+  noise_density: float = 0.15,
+  mean_noise_span_length: float = 3.0,
+  extra_inputs_tokens: int = 0,
+  max_spans: Optional[int] = None,
 ) -> int:
   """The longest raw chunk whose corrupted inputs and targets fit the lengths.
 
@@ -82,10 +82,10 @@ def span_corruption_raw_length(
   if best < 2:
     inp, tgt = denoised_lengths(2, noise_density, mean_noise_span_length)
     raise ValueError(
-        f"Sequence lengths inputs={inputs_length}, targets={targets_length} are too "
-        f"short for span corruption (noise_density={noise_density}, "
-        f"mean_noise_span_length={mean_noise_span_length}): the minimum is "
-        f"inputs={inp + extra_inputs_tokens}, targets={tgt}."
+      f"Sequence lengths inputs={inputs_length}, targets={targets_length} are too "
+      f"short for span corruption (noise_density={noise_density}, "
+      f"mean_noise_span_length={mean_noise_span_length}): the minimum is "
+      f"inputs={inp + extra_inputs_tokens}, targets={tgt}."
     )
   return best
 
@@ -99,17 +99,15 @@ def _check_denoiser_args(noise_density: float, mean_noise_span_length: float) ->
 
 def _feature_length(sequence_length: Optional[Mapping[str, int]], key: str) -> Optional[int]:
   if sequence_length is None or key not in sequence_length:
-    raise ValueError(
-        f"This objective needs a '{key}' length in task_feature_lengths, got {sequence_length}."
-    )
+    raise ValueError(f"This objective needs a '{key}' length in task_feature_lengths, got {sequence_length}.")
   return sequence_length[key]
 
 
 def check_token_feature(
-    dataset: tf.data.Dataset,
-    preprocessor: str,
-    feature: str = "targets",
-    tokenizer: str = "seqio.preprocessors.tokenize (with_eos=False)",
+  dataset: tf.data.Dataset,
+  preprocessor: str,
+  feature: str = "targets",
+  tokenizer: str = "seqio.preprocessors.tokenize (with_eos=False)",
 ) -> None:
   """Raises a ValueError unless `dataset` has a 1-D integer feature `feature`.
 
@@ -131,18 +129,24 @@ def check_token_feature(
   spec = dataset.element_spec
   if not isinstance(spec, Mapping):
     raise ValueError(
-        f"{preprocessor} needs a dataset of feature dicts with a '{feature}' feature of token ids; got elements "
-        f"of type {spec}. Put the source's text in a dict (seqio sources give dicts) and {tokenizer} before "
-        f"{preprocessor}."
+      f"{preprocessor} needs a dataset of feature dicts with a '{feature}' feature of token ids; got elements "
+      f"of type {spec}. Put the source's text in a dict (seqio sources give dicts) and {tokenizer} before "
+      f"{preprocessor}."
     )
   if feature not in spec:
     strings = sorted(k for k, v in spec.items() if getattr(v, "dtype", None) == tf.string)
-    rekey = (f" For example functools.partial(seqio.preprocessors.rekey, key_map={{'{feature}': "
-             f"'{strings[0]}'}}), then {tokenizer}; register_pretraining_tasks(..., text_key='{strings[0]}') "
-             "does both.") if strings else ""
+    rekey = (
+      (
+        f" For example functools.partial(seqio.preprocessors.rekey, key_map={{'{feature}': "
+        f"'{strings[0]}'}}), then {tokenizer}; register_pretraining_tasks(..., text_key='{strings[0]}') "
+        "does both."
+      )
+      if strings
+      else ""
+    )
     raise ValueError(
-        f"{preprocessor} reads the feature '{feature}' (the tokenized documents), but the dataset has only "
-        f"{sorted(spec)}. Map your text feature to '{feature}' and tokenize it before {preprocessor}.{rekey}"
+      f"{preprocessor} reads the feature '{feature}' (the tokenized documents), but the dataset has only "
+      f"{sorted(spec)}. Map your text feature to '{feature}' and tokenize it before {preprocessor}.{rekey}"
     )
   s = spec[feature]
   dtype = getattr(s, "dtype", None)
@@ -150,28 +154,31 @@ def check_token_feature(
     if dtype == tf.string:
       fix = f"Put {tokenizer} before {preprocessor} in the Task's preprocessors."
     else:
-      fix = (f"Give it token ids (int32 or int64), as {tokenizer} produces; "
-             f"cast them with tf.cast(x, tf.int32) if they are ids stored as another type.")
+      fix = (
+        f"Give it token ids (int32 or int64), as {tokenizer} produces; "
+        f"cast them with tf.cast(x, tf.int32) if they are ids stored as another type."
+      )
     raise ValueError(
-        f"{preprocessor} reads '{feature}' as token ids (int32 or int64), but it is "
-        f"{dtype.name if dtype is not None else type(s).__name__}: {s}. {fix}"
+      f"{preprocessor} reads '{feature}' as token ids (int32 or int64), but it is "
+      f"{dtype.name if dtype is not None else type(s).__name__}: {s}. {fix}"
     )
   rank = s.shape.rank
   if rank is not None and rank != 1:
     raise ValueError(
-        f"{preprocessor} reads '{feature}' as one document of token ids per example (shape [length]), but its "
-        f"shape is {s.shape}; apply {preprocessor} before batching (or unbatch first)."
+      f"{preprocessor} reads '{feature}' as one document of token ids per example (shape [length]), but its "
+      f"shape is {s.shape}; apply {preprocessor} before batching (or unbatch first)."
     )
 
 
-def _check_output_features(output_features: Mapping[str, seqio.Feature], preprocessor: str,
-                           needed: Sequence[str]) -> None:
+def _check_output_features(
+  output_features: Mapping[str, seqio.Feature], preprocessor: str, needed: Sequence[str]
+) -> None:
   """Raises a ValueError naming the Task output features `preprocessor` needs and lacks."""
   missing = [k for k in needed if k not in (output_features or {})]
   if missing:
     raise ValueError(
-        f"{preprocessor} needs the output feature(s) {missing} in the Task's output_features (for their "
-        f"vocabulary); the Task has {sorted(output_features or {})}."
+      f"{preprocessor} needs the output feature(s) {missing} in the Task's output_features (for their "
+      f"vocabulary); the Task has {sorted(output_features or {})}."
     )
 
 
@@ -185,11 +192,11 @@ def _mode_prefix(output_features, mode_token: Optional[str]) -> Optional[int]:
 # Concatenate and split.
 # --------------------------------------------------------------------------- #
 def concatenate_and_split(
-    dataset: tf.data.Dataset,
-    chunk_length: int,
-    feature_key: str = "targets",
-    min_length: int = 2,
-    concat_docs: int = CONCAT_DOCS,
+  dataset: tf.data.Dataset,
+  chunk_length: int,
+  feature_key: str = "targets",
+  min_length: int = 2,
+  concat_docs: int = CONCAT_DOCS,
 ) -> tf.data.Dataset:
   """Concatenates tokenized documents in groups and cuts them into chunks.
 
@@ -209,9 +216,7 @@ def concatenate_and_split(
     n = tf.size(tokens)
     full = n // chunk_length
     rest = n - full * chunk_length
-    lengths = tf.concat(
-        [tf.fill([full], chunk_length), tf.reshape(rest, [1])[: tf.cast(rest > 0, tf.int32)]], 0
-    )
+    lengths = tf.concat([tf.fill([full], chunk_length), tf.reshape(rest, [1])[: tf.cast(rest > 0, tf.int32)]], 0)
     return tf.RaggedTensor.from_row_lengths(tokens, tf.cast(lengths, tf.int64))
 
   ds = ds.map(to_chunks, num_parallel_calls=tf.data.AUTOTUNE)
@@ -233,10 +238,10 @@ def _random_composition(total: tf.Tensor, parts: tf.Tensor, seed: tf.Tensor) -> 
 
 
 def noise_span_mask(
-    length: tf.Tensor,
-    noise_density: float,
-    mean_noise_span_length: float,
-    seeds: Sequence[tf.Tensor],
+  length: tf.Tensor,
+  noise_density: float,
+  mean_noise_span_length: float,
+  seeds: Sequence[tf.Tensor],
 ) -> tf.Tensor:
   """A boolean mask of noise positions: alternating clean and noise spans.
 
@@ -247,17 +252,13 @@ def noise_span_mask(
   length = tf.cast(length, tf.int32)
   num_noise = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
   num_noise = tf.clip_by_value(num_noise, 1, length - 1)
-  num_spans = tf.cast(
-      tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32
-  )
+  num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
   num_spans = tf.minimum(tf.maximum(num_spans, 1), tf.minimum(num_noise, length - num_noise))
   noise_lengths = _random_composition(num_noise, num_spans, seeds[0])
   clean_lengths = _random_composition(length - num_noise, num_spans, seeds[1])
   interleaved = tf.reshape(tf.stack([clean_lengths, noise_lengths], axis=1), [-1])
   span_starts = tf.cumsum(interleaved)[:-1]
-  start_marks = tf.math.unsorted_segment_sum(
-      tf.ones_like(span_starts), span_starts, length
-  )
+  start_marks = tf.math.unsorted_segment_sum(tf.ones_like(span_starts), span_starts, length)
   span_number = tf.cumsum(start_marks)
   return tf.equal(span_number % 2, 1)
 
@@ -271,6 +272,7 @@ def corrupt_spans(tokens: tf.Tensor, noise_mask: tf.Tensor, vocab_size: int):
   previous = tf.concat([[False], noise_mask[:-1]], 0)
   span_start = tf.logical_and(noise_mask, tf.logical_not(previous))
   sentinels = vocab_size - tf.cumsum(tf.cast(span_start, tokens.dtype))
+
   # Each position emits up to two ids: [sentinel if a span starts, token].
   def emit(keep_token):
     values = tf.reshape(tf.stack([sentinels, tokens], axis=1), [-1])
@@ -291,14 +293,14 @@ def _corrupt_example(x, seeds, noise_density, mean_noise_span_length, vocab_size
 
 
 def denoise(
-    dataset: tf.data.Dataset,
-    sequence_length: Mapping[str, int],
-    output_features: Mapping[str, seqio.Feature],
-    *,
-    noise_density: float = 0.15,
-    mean_noise_span_length: float = 3.0,
-    mode_token: Optional[str] = None,
-    name: Optional[str] = None,
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int],
+  output_features: Mapping[str, seqio.Feature],
+  *,
+  noise_density: float = 0.15,
+  mean_noise_span_length: float = 3.0,
+  mode_token: Optional[str] = None,
+  name: Optional[str] = None,
 ) -> tf.data.Dataset:
   """Span corruption over concatenated documents (any R/X denoiser).
 
@@ -314,44 +316,47 @@ def denoise(
       missing or non-integer 'targets' feature (raw text: tokenize first), a
       vocabulary without sentinels, lengths too short for one noise span.
   """
-  name = name or (f"denoise(noise_density={noise_density}, mean_noise_span_length={mean_noise_span_length}"
-                  f"{'' if mode_token is None else f', mode_token={mode_token!r}'})")
+  name = name or (
+    f"denoise(noise_density={noise_density}, mean_noise_span_length={mean_noise_span_length}"
+    f"{'' if mode_token is None else f', mode_token={mode_token!r}'})"
+  )
   _check_denoiser_args(noise_density, mean_noise_span_length)
   check_token_feature(dataset, name)
   _check_output_features(output_features, name, ["targets"] + (["inputs"] if mode_token is not None else []))
   vocabulary = output_features["targets"].vocabulary
   if vocabulary.extra_ids < 1:
     raise ValueError(
-        f"{vocabulary} has no extra ids, so no sentinels for span corruption; "
-        "use a vocabulary with extra_ids=100 as T5 does."
+      f"{vocabulary} has no extra ids, so no sentinels for span corruption; "
+      "use a vocabulary with extra_ids=100 as T5 does."
     )
   raw = span_corruption_raw_length(
-      _feature_length(sequence_length, "inputs"),
-      _feature_length(sequence_length, "targets"),
-      noise_density,
-      mean_noise_span_length,
-      extra_inputs_tokens=int(mode_token is not None),
-      max_spans=vocabulary.extra_ids,
+    _feature_length(sequence_length, "inputs"),
+    _feature_length(sequence_length, "targets"),
+    noise_density,
+    mean_noise_span_length,
+    extra_inputs_tokens=int(mode_token is not None),
+    max_spans=vocabulary.extra_ids,
   )
   mode_id = _mode_prefix(output_features, mode_token)
   ds = concatenate_and_split(dataset, raw)
   return _corrupt_example(
-      ds,
-      noise_density=noise_density,
-      mean_noise_span_length=mean_noise_span_length,
-      vocab_size=vocabulary.vocab_size,
-      mode_id=mode_id,
+    ds,
+    noise_density=noise_density,
+    mean_noise_span_length=mean_noise_span_length,
+    vocab_size=vocabulary.vocab_size,
+    mode_id=mode_id,
   )
 
 
 def span_corruption(
-    dataset: tf.data.Dataset,
-    sequence_length: Mapping[str, int],
-    output_features: Mapping[str, seqio.Feature],
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int],
+  output_features: Mapping[str, seqio.Feature],
 ) -> tf.data.Dataset:
   """T5 span corruption: `denoise` with noise density 0.15, mean noise span 3."""
-  return denoise(dataset, sequence_length, output_features, noise_density=0.15, mean_noise_span_length=3.0,
-                 name="span_corruption")
+  return denoise(
+    dataset, sequence_length, output_features, noise_density=0.15, mean_noise_span_length=3.0, name="span_corruption"
+  )
 
 
 # --------------------------------------------------------------------------- #
@@ -364,8 +369,8 @@ def prefix_lm_lengths(inputs_length: int, targets_length: int, mean_target_fract
   chunk = inputs_length - 1 - int(mode)
   if chunk < 2 or targets_length < 2:
     raise ValueError(
-        f"Sequence lengths inputs={inputs_length}, targets={targets_length} are too "
-        f"short for prefix LM: the minimum is inputs={3 + int(mode)}, targets=2."
+      f"Sequence lengths inputs={inputs_length}, targets={targets_length} are too "
+      f"short for prefix LM: the minimum is inputs={3 + int(mode)}, targets=2."
     )
   max_target = max(1, min(targets_length - 1, int(round(2 * mean_target_fraction * chunk)), chunk - 1))
   return chunk, max_target
@@ -385,13 +390,13 @@ def _split_prefix(x, seed, max_target, mode_id):
 
 
 def prefix_lm(
-    dataset: tf.data.Dataset,
-    sequence_length: Mapping[str, int],
-    output_features: Mapping[str, seqio.Feature],
-    *,
-    mean_target_fraction: float = 0.5,
-    mode_token: Optional[str] = None,
-    name: str = "prefix_lm",
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int],
+  output_features: Mapping[str, seqio.Feature],
+  *,
+  mean_target_fraction: float = 0.5,
+  mode_token: Optional[str] = None,
+  name: str = "prefix_lm",
 ) -> tf.data.Dataset:
   """Prefix LM: a chunk of text split at a random point into inputs and targets.
 
@@ -411,10 +416,10 @@ def prefix_lm(
   if mode_token is not None:
     _check_output_features(output_features, name, ["inputs"])
   chunk, max_target = prefix_lm_lengths(
-      _feature_length(sequence_length, "inputs"),
-      _feature_length(sequence_length, "targets"),
-      mean_target_fraction,
-      mode_token is not None,
+    _feature_length(sequence_length, "inputs"),
+    _feature_length(sequence_length, "targets"),
+    mean_target_fraction,
+    mode_token is not None,
   )
   mode_id = _mode_prefix(output_features, mode_token)
   ds = concatenate_and_split(dataset, chunk)
@@ -422,9 +427,9 @@ def prefix_lm(
 
 
 def causal_lm(
-    dataset: tf.data.Dataset,
-    sequence_length: Mapping[str, int],
-    output_features: Mapping[str, seqio.Feature],
+  dataset: tf.data.Dataset,
+  sequence_length: Mapping[str, int],
+  output_features: Mapping[str, seqio.Feature],
 ) -> tf.data.Dataset:
   """Causal LM: documents (each ending in EOS) concatenated into full-length chunks.
 
@@ -461,25 +466,27 @@ class Denoiser:
   def preprocessor(self):
     if self.prefix_lm:
       return functools.partial(
-          prefix_lm, mean_target_fraction=self.mean_target_fraction, mode_token=self.mode_token,
-          name=f"UL2 denoiser {self.name!r} (prefix_lm)",
+        prefix_lm,
+        mean_target_fraction=self.mean_target_fraction,
+        mode_token=self.mode_token,
+        name=f"UL2 denoiser {self.name!r} (prefix_lm)",
       )
     return functools.partial(
-        denoise,
-        noise_density=self.noise_density,
-        mean_noise_span_length=self.mean_noise_span_length,
-        mode_token=self.mode_token,
-        name=f"UL2 denoiser {self.name!r} (denoise)",
+      denoise,
+      noise_density=self.noise_density,
+      mean_noise_span_length=self.mean_noise_span_length,
+      mode_token=self.mode_token,
+      name=f"UL2 denoiser {self.name!r} (denoise)",
     )
 
 
 # The seven denoisers of the UL2 paper's Table 1.
 UL2_DENOISERS = (
-    Denoiser("r_3_15", "[NLU]", 0.15, 3.0),
-    Denoiser("r_8_15", "[NLU]", 0.15, 8.0),
-    Denoiser("x_3_50", "[NLG]", 0.5, 3.0),
-    Denoiser("x_8_50", "[NLG]", 0.5, 8.0),
-    Denoiser("x_64_15", "[NLG]", 0.15, 64.0),
-    Denoiser("x_64_50", "[NLG]", 0.5, 64.0),
-    Denoiser("s", "[S2S]", prefix_lm=True, mean_target_fraction=0.25),
+  Denoiser("r_3_15", "[NLU]", 0.15, 3.0),
+  Denoiser("r_8_15", "[NLU]", 0.15, 8.0),
+  Denoiser("x_3_50", "[NLG]", 0.5, 3.0),
+  Denoiser("x_8_50", "[NLG]", 0.5, 8.0),
+  Denoiser("x_64_15", "[NLG]", 0.15, 64.0),
+  Denoiser("x_64_50", "[NLG]", 0.5, 64.0),
+  Denoiser("s", "[S2S]", prefix_lm=True, mean_target_fraction=0.25),
 )

@@ -27,9 +27,9 @@ import tensorflow as tf
 from t5lite.data import registration
 
 FEATURE_CONVERTERS = {
-    "enc_dec": seqio.EncDecFeatureConverter,
-    "lm": seqio.LMFeatureConverter,
-    "prefix_lm": seqio.PrefixLMFeatureConverter,
+  "enc_dec": seqio.EncDecFeatureConverter,
+  "lm": seqio.LMFeatureConverter,
+  "prefix_lm": seqio.PrefixLMFeatureConverter,
 }
 
 
@@ -41,17 +41,17 @@ def feature_converter(kind: str, pack: bool = True) -> seqio.FeatureConverter:
 
 
 def get_dataset(
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    *,
-    split: str = "train",
-    batch_size: Optional[int] = None,
-    converter: str = "enc_dec",
-    pack: bool = True,
-    shuffle: bool = True,
-    seed: Optional[int] = 0,
-    shard_info: Optional[seqio.ShardInfo] = None,
-    num_epochs: Optional[int] = None,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  *,
+  split: str = "train",
+  batch_size: Optional[int] = None,
+  converter: str = "enc_dec",
+  pack: bool = True,
+  shuffle: bool = True,
+  seed: Optional[int] = 0,
+  shard_info: Optional[seqio.ShardInfo] = None,
+  num_epochs: Optional[int] = None,
 ) -> tf.data.Dataset:
   """The model-ready dataset of a task or mixture for this process's shard.
 
@@ -65,21 +65,21 @@ def get_dataset(
   missing = sorted(set(task.output_features) - set(task_feature_lengths))
   if missing:
     raise ValueError(
-        f"task_feature_lengths {dict(task_feature_lengths)} lacks {missing} for "
-        f"{mixture_or_task_name!r}, whose features are {sorted(task.output_features)}."
+      f"task_feature_lengths {dict(task_feature_lengths)} lacks {missing} for "
+      f"{mixture_or_task_name!r}, whose features are {sorted(task.output_features)}."
     )
   if split not in task.splits:
     raise ValueError(f"Split {split!r} is not in {mixture_or_task_name!r}; valid: {sorted(task.splits)}.")
   ds = seqio.get_dataset(
-      task,
-      task_feature_lengths=dict(task_feature_lengths),
-      feature_converter=feature_converter(converter, pack),
-      dataset_split=split,
-      shuffle=shuffle,
-      num_epochs=num_epochs,
-      shard_info=shard_info,
-      seed=seed,
-      verbose=False,
+    task,
+    task_feature_lengths=dict(task_feature_lengths),
+    feature_converter=feature_converter(converter, pack),
+    dataset_split=split,
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    shard_info=shard_info,
+    seed=seed,
+    verbose=False,
   )
   if batch_size is not None:
     if batch_size <= 0:
@@ -94,19 +94,19 @@ def numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 
 
 def host_batches(
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    *,
-    global_batch_size: int,
-    split: str = "train",
-    converter: str = "enc_dec",
-    pack: bool = True,
-    shuffle: bool = True,
-    seed: Optional[int] = 0,
-    num_epochs: Optional[int] = None,
-    start_row: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
+  mixture_or_task_name: str,
+  task_feature_lengths: Mapping[str, int],
+  *,
+  global_batch_size: int,
+  split: str = "train",
+  converter: str = "enc_dec",
+  pack: bool = True,
+  shuffle: bool = True,
+  seed: Optional[int] = 0,
+  num_epochs: Optional[int] = None,
+  start_row: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> tf.data.Dataset:
   """This process's rows of each global batch of the one stream (module doc).
 
@@ -128,18 +128,26 @@ def host_batches(
     raise ValueError(f"BATCH_SIZE={global_batch_size!r} must be a positive int.")
   if global_batch_size % process_count:
     raise ValueError(
-        f"BATCH_SIZE={global_batch_size} is not divisible by the {process_count} processes; use a multiple "
-        f"of {process_count}."
+      f"BATCH_SIZE={global_batch_size} is not divisible by the {process_count} processes; use a multiple "
+      f"of {process_count}."
     )
   if not isinstance(start_row, int) or start_row < 0:
     raise ValueError(f"start_row={start_row!r} must be a non-negative int.")
   ds = get_dataset(
-      mixture_or_task_name, task_feature_lengths, split=split, batch_size=None, converter=converter, pack=pack,
-      shuffle=shuffle, seed=seed, shard_info=None, num_epochs=num_epochs,
+    mixture_or_task_name,
+    task_feature_lengths,
+    split=split,
+    batch_size=None,
+    converter=converter,
+    pack=pack,
+    shuffle=shuffle,
+    seed=seed,
+    shard_info=None,
+    num_epochs=num_epochs,
   )
   ds = ds.skip(start_row).batch(global_batch_size, drop_remainder=True)
   if process_count > 1:
     local = global_batch_size // process_count
     lo = process_index * local
-    ds = ds.map(lambda batch: {k: v[lo:lo + local] for k, v in batch.items()})
+    ds = ds.map(lambda batch: {k: v[lo : lo + local] for k, v in batch.items()})
   return ds.prefetch(tf.data.AUTOTUNE)

@@ -35,12 +35,12 @@ def _register(name: str, **kwargs) -> seqio.Task:
 
 
 def register_pretraining_tasks(
-    prefix: str,
-    source: seqio.DataSource,
-    vocabulary: seqio.Vocabulary,
-    *,
-    text_key: str = "text",
-    ul2_rates: Optional[Mapping[str, float]] = None,
+  prefix: str,
+  source: seqio.DataSource,
+  vocabulary: seqio.Vocabulary,
+  *,
+  text_key: str = "text",
+  ul2_rates: Optional[Mapping[str, float]] = None,
 ) -> list[str]:
   """Registers the pretraining tasks and the UL2 mixture; returns their names."""
   rekey = functools.partial(_rekey_text, text_key=text_key)
@@ -52,21 +52,21 @@ def register_pretraining_tasks(
     if with_inputs:
       pre.append(seqio.preprocessors.append_eos_after_trim)
     _register(
-        name,
-        source=source,
-        preprocessors=pre,
-        output_features=_features(vocabulary, with_inputs),
-        metric_fns=[],
+      name,
+      source=source,
+      preprocessors=pre,
+      output_features=_features(vocabulary, with_inputs),
+      metric_fns=[],
     )
     names.append(name)
 
   add(f"{prefix}_span_corruption", objectives.span_corruption)
   add(f"{prefix}_prefix_lm", objectives.prefix_lm)
   add(
-      f"{prefix}_lm",
-      objectives.causal_lm,
-      with_inputs=False,
-      tokenizer=seqio.preprocessors.tokenize_and_append_eos,
+    f"{prefix}_lm",
+    objectives.causal_lm,
+    with_inputs=False,
+    tokenizer=seqio.preprocessors.tokenize_and_append_eos,
   )
   for d in objectives.UL2_DENOISERS:
     add(f"{prefix}_ul2_{d.name}", d.preprocessor())
@@ -91,37 +91,33 @@ def register_ul2_mixture(prefix: str, rates: Optional[Mapping[str, float]] = Non
   name = f"{prefix}_ul2"
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(
-      name, [(f"{prefix}_ul2_{n}", r) for n, r in rates.items() if r > 0]
-  )
+  seqio.MixtureRegistry.add(name, [(f"{prefix}_ul2_{n}", r) for n, r in rates.items() if r > 0])
   return name
 
 
 def register_text_to_text_task(
-    name: str,
-    source: seqio.DataSource,
-    vocabulary: seqio.Vocabulary,
-    *,
-    inputs_key: str = "inputs",
-    targets_key: str = "targets",
-    preprocessors: Sequence = (),
-    metric_fns: Sequence = (),
+  name: str,
+  source: seqio.DataSource,
+  vocabulary: seqio.Vocabulary,
+  *,
+  inputs_key: str = "inputs",
+  targets_key: str = "targets",
+  preprocessors: Sequence = (),
+  metric_fns: Sequence = (),
 ) -> seqio.Task:
   """A supervised task over examples with input and target strings (fine-tuning)."""
   pre = [
-      *preprocessors,
-      functools.partial(
-          seqio.preprocessors.rekey, key_map={"inputs": inputs_key, "targets": targets_key}
-      ),
-      seqio.preprocessors.tokenize,
-      seqio.preprocessors.append_eos_after_trim,
+    *preprocessors,
+    functools.partial(seqio.preprocessors.rekey, key_map={"inputs": inputs_key, "targets": targets_key}),
+    seqio.preprocessors.tokenize,
+    seqio.preprocessors.append_eos_after_trim,
   ]
   return _register(
-      name,
-      source=source,
-      preprocessors=pre,
-      output_features=_features(vocabulary),
-      metric_fns=list(metric_fns),
+    name,
+    source=source,
+    preprocessors=pre,
+    output_features=_features(vocabulary),
+    metric_fns=list(metric_fns),
   )
 
 
@@ -136,6 +132,6 @@ def get_task_or_mixture(name: str):
   hint = f" Did you mean: {', '.join(close)}?" if close else ""
   ours = [k for k in known if k.startswith(("pydocs", "c4", "text"))]
   raise ValueError(
-      f"Unknown task or mixture {name!r}.{hint} Registered t5lite tasks: {ours}. "
-      "Did you `import t5lite_tasks` (or your own task module)?"
+    f"Unknown task or mixture {name!r}.{hint} Registered t5lite tasks: {ours}. "
+    "Did you `import t5lite_tasks` (or your own task module)?"
   )

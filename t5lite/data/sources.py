@@ -49,10 +49,10 @@ class PydocsSource(seqio.TfdsDataSource):
     self._explicit_data_dir = data_dir
     self._prepared_dir: Optional[str] = None
     super().__init__(
-        tfds_name=pydocs_tfds_name(),
-        tfds_data_dir=data_dir,
-        splits=("train", "validation"),
-        read_only=True,
+      tfds_name=pydocs_tfds_name(),
+      tfds_data_dir=data_dir,
+      splits=("train", "validation"),
+      read_only=True,
     )
 
   def prepare(self) -> str:
@@ -90,11 +90,11 @@ class CatalogTfdsSource(seqio.TfdsDataSource):
     builder = tfds.builder(name, data_dir=data_dir)
     if not tf_exists(os.path.join(builder.data_dir, "dataset_info.json")):
       raise FileNotFoundError(
-          f"TFDS dataset {name!r} is not prepared in {data_dir!r} (looked for "
-          f"{builder.data_dir}). t5lite never downloads at run time. Prepare it once "
-          f"with `tfds build {name.split(':')[0]} --data_dir={data_dir}`"
-          f"{self._prepare_hint}, or point DATA_DIR / $TFDS_DATA_DIR at a directory "
-          "that holds it."
+        f"TFDS dataset {name!r} is not prepared in {data_dir!r} (looked for "
+        f"{builder.data_dir}). t5lite never downloads at run time. Prepare it once "
+        f"with `tfds build {name.split(':')[0]} --data_dir={data_dir}`"
+        f"{self._prepare_hint}, or point DATA_DIR / $TFDS_DATA_DIR at a directory "
+        "that holds it."
       )
     self.tfds_dataset.override_data_dir(data_dir)
 

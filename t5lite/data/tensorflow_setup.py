@@ -31,15 +31,15 @@ import tempfile
 
 # Lines TensorFlow's C++ start-up prints on hosts without a (visible) GPU.
 NOISE_PATTERNS = (
-    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-    r"cudart_stub\.cc:\d+\] Could not find cuda drivers",
-    r"failed call to cuInit",
-    r"Unable to register cu(DNN|FFT|BLAS) factory",
-    r"computation placer already registered",
-    r"TF-TRT Warning: Could not find TensorRT",
-    r"This TensorFlow binary is optimized to use available CPU instructions",
-    r"To enable the following instructions: .* in other operations, rebuild TensorFlow",
-    r"oneDNN custom operations are on",
+  r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+  r"cudart_stub\.cc:\d+\] Could not find cuda drivers",
+  r"failed call to cuInit",
+  r"Unable to register cu(DNN|FFT|BLAS) factory",
+  r"computation placer already registered",
+  r"TF-TRT Warning: Could not find TensorRT",
+  r"This TensorFlow binary is optimized to use available CPU instructions",
+  r"To enable the following instructions: .* in other operations, rebuild TensorFlow",
+  r"oneDNN custom operations are on",
 )
 _NOISE = re.compile("|".join(NOISE_PATTERNS))
 _DONE = False

@@ -59,17 +59,17 @@ def _sentences(texts: Iterable[str], max_chars: int = 4000) -> Iterator[str]:
 
 
 def train_sentencepiece(
-    texts: Iterable[str],
-    model_path: str,
-    *,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    model_type: str = DEFAULT_MODEL_TYPE,
-    character_coverage: float = 0.9995,
-    byte_fallback: bool = True,
-    required_chars: str = REQUIRED_CHARS,
-    user_defined_symbols: Sequence[str] = UL2_MODE_TOKENS,
-    max_sentences: int = 2_000_000,
-    num_threads: int = 1,
+  texts: Iterable[str],
+  model_path: str,
+  *,
+  vocab_size: int = DEFAULT_VOCAB_SIZE,
+  model_type: str = DEFAULT_MODEL_TYPE,
+  character_coverage: float = 0.9995,
+  byte_fallback: bool = True,
+  required_chars: str = REQUIRED_CHARS,
+  user_defined_symbols: Sequence[str] = UL2_MODE_TOKENS,
+  max_sentences: int = 2_000_000,
+  num_threads: int = 1,
 ) -> str:
   """Trains a SentencePiece model with T5's special ids and writes it atomically.
 
@@ -103,8 +103,8 @@ def train_sentencepiece(
   smallest = 8 + len(user_defined_symbols) + (256 if byte_fallback else 0)
   if vocab_size < smallest:
     raise ValueError(
-        f"vocab_size={vocab_size} is too small; use at least {smallest}"
-        + (" (byte_fallback adds 256 byte pieces)." if byte_fallback else ".")
+      f"vocab_size={vocab_size} is too small; use at least {smallest}"
+      + (" (byte_fallback adds 256 byte pieces)." if byte_fallback else ".")
     )
   if not 0.9 <= character_coverage <= 1.0:
     raise ValueError(f"character_coverage={character_coverage} must be in [0.9, 1.0].")
@@ -117,28 +117,28 @@ def train_sentencepiece(
     prefix = os.path.join(tmp, "spm")
     try:
       spm.SentencePieceTrainer.train(
-          sentence_iterator=iter(sentences),
-          model_prefix=prefix,
-          vocab_size=vocab_size,
-          model_type=model_type,
-          character_coverage=character_coverage,
-          pad_id=PAD_ID,
-          eos_id=EOS_ID,
-          unk_id=UNK_ID,
-          bos_id=-1,
-          user_defined_symbols=list(user_defined_symbols),
-          byte_fallback=byte_fallback,
-          required_chars=required_chars,
-          num_threads=num_threads,
-          shuffle_input_sentence=False,
-          input_sentence_size=0,
-          minloglevel=2,
+        sentence_iterator=iter(sentences),
+        model_prefix=prefix,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        bos_id=-1,
+        user_defined_symbols=list(user_defined_symbols),
+        byte_fallback=byte_fallback,
+        required_chars=required_chars,
+        num_threads=num_threads,
+        shuffle_input_sentence=False,
+        input_sentence_size=0,
+        minloglevel=2,
       )
     except RuntimeError as e:
       raise ValueError(
-          f"SentencePiece could not train a {model_type} vocabulary of size "
-          f"{vocab_size} on {len(sentences)} lines: {e}. A smaller vocab_size "
-          "usually fixes this on a small corpus."
+        f"SentencePiece could not train a {model_type} vocabulary of size "
+        f"{vocab_size} on {len(sentences)} lines: {e}. A smaller vocab_size "
+        "usually fixes this on a small corpus."
       ) from e
     base = os.path.splitext(model_path)[0]
     os.replace(prefix + ".vocab", base + ".vocab")
@@ -172,9 +172,9 @@ def check_model_file(path: str) -> None:
   """Raises a clear error when a SentencePiece model is missing or not T5-shaped."""
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"SentencePiece model {path!r} does not exist. Train one with "
-        "`t5lite vocab train --files 'corpus/*.txt' --output PATH`, or leave "
-        f"{VOCAB_ENV} unset to use the default pydocs vocabulary."
+      f"SentencePiece model {path!r} does not exist. Train one with "
+      "`t5lite vocab train --files 'corpus/*.txt' --output PATH`, or leave "
+      f"{VOCAB_ENV} unset to use the default pydocs vocabulary."
     )
   proc = spm.SentencePieceProcessor()
   try:
@@ -184,8 +184,8 @@ def check_model_file(path: str) -> None:
   ids = (proc.pad_id(), proc.eos_id(), proc.unk_id())
   if ids != (PAD_ID, EOS_ID, UNK_ID):
     raise ValueError(
-        f"SentencePiece model {path!r} has pad/eos/unk ids {ids}; T5 models need "
-        f"{(PAD_ID, EOS_ID, UNK_ID)}. Retrain it with `t5lite vocab train`."
+      f"SentencePiece model {path!r} has pad/eos/unk ids {ids}; T5 models need "
+      f"{(PAD_ID, EOS_ID, UNK_ID)}. Retrain it with `t5lite vocab train`."
     )
 
 
@@ -200,8 +200,7 @@ def sentencepiece_vocabulary(path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
   check_model_file(path)
   if extra_ids <= 0:
     raise ValueError(
-        f"extra_ids={extra_ids}: span corruption and UL2 need sentinel ids; "
-        f"use extra_ids={DEFAULT_EXTRA_IDS} as T5 does."
+      f"extra_ids={extra_ids}: span corruption and UL2 need sentinel ids; use extra_ids={DEFAULT_EXTRA_IDS} as T5 does."
     )
   return _seqio().SentencePieceVocabulary(path, extra_ids=extra_ids)
 
@@ -238,8 +237,7 @@ def ensure_default_vocab(data_dir: Optional[str] = None) -> str:
       # reading the corpus needs eager mode, which init_scope restores.
       with tf.init_scope():
         source = sources.PydocsSource(data_dir=data_dir)
-        train_sentencepiece(texts_from_source(source, "train"), path,
-                            character_coverage=DEFAULT_CHARACTER_COVERAGE)
+        train_sentencepiece(texts_from_source(source, "train"), path, character_coverage=DEFAULT_CHARACTER_COVERAGE)
   return path
 
 
@@ -291,13 +289,13 @@ def mode_token_id(vocabulary, token: str) -> int:
   tokenizer = getattr(vocabulary, "tokenizer", None)
   if tokenizer is None:
     raise ValueError(
-        f"UL2 mode token {token!r} needs a SentencePiece vocabulary with it as a "
-        f"user-defined piece; {type(vocabulary).__name__} has none."
+      f"UL2 mode token {token!r} needs a SentencePiece vocabulary with it as a "
+      f"user-defined piece; {type(vocabulary).__name__} has none."
     )
   piece_id = tokenizer.piece_to_id(token)
   if piece_id == tokenizer.unk_id():
     raise ValueError(
-        f"UL2 mode token {token!r} is not a piece of {vocabulary}; train the "
-        f"vocabulary with user_defined_symbols={list(UL2_MODE_TOKENS)} (the default)."
+      f"UL2 mode token {token!r} is not a piece of {vocabulary}; train the "
+      f"vocabulary with user_defined_symbols={list(UL2_MODE_TOKENS)} (the default)."
     )
   return piece_id

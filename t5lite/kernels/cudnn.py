@@ -23,41 +23,46 @@ _warned = False
 
 
 def attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    bias: Optional[jax.Array] = None,
-    mask: Optional[jax.Array] = None,
-    *,
-    is_causal: bool = False,
-    implementation: Optional[str] = "cudnn",
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  bias: Optional[jax.Array] = None,
+  mask: Optional[jax.Array] = None,
+  *,
+  is_causal: bool = False,
+  implementation: Optional[str] = "cudnn",
 ) -> jax.Array:
-    """softmax(q k^T + bias, masked) v for q [b, q, heads, d], k and v [b, k, heads, d].
+  """softmax(q k^T + bias, masked) v for q [b, q, heads, d], k and v [b, k, heads, d].
 
-    `bias` [b or 1, heads or 1, q or 1, k] (any float dtype), `mask` boolean
-    [b or 1, 1 or heads, q or 1, k] (True: may attend). Returns [b, q, heads, d]
-    in the query's dtype. `implementation="xla"` runs XLA's version of the same
-    function (what the CPU tests compare).
-    """
-    global _warned
-    if implementation == "cudnn":
-        if query.dtype in (jnp.bfloat16, jnp.float16):
-            q_len, k_len = query.shape[1], key.shape[1]
-            c_bias = None if bias is None else jnp.broadcast_to(
-                bias, bias.shape[:2] + (q_len, k_len)).astype(query.dtype)
-            c_mask = None if mask is None else jnp.broadcast_to(mask, mask.shape[:2] + (q_len, k_len))
-            try:
-                return jax.nn.dot_product_attention(
-                    query, key, value, bias=c_bias, mask=c_mask, scale=1.0, is_causal=is_causal,
-                    implementation="cudnn",
-                )
-            except (NotImplementedError, ValueError, RuntimeError) as e:  # unsupported shape/dtype
-                reason = str(e)
-        else:
-            reason = f"{query.dtype} activations (cuDNN attention takes bfloat16 or float16)"
-        if not _warned:
-            logger.warning("cuDNN attention unavailable (%s); using XLA's implementation", reason)
-            _warned = True
-    return jax.nn.dot_product_attention(
-        query, key, value, bias=bias, mask=mask, scale=1.0, is_causal=is_causal, implementation="xla"
-    )
+  `bias` [b or 1, heads or 1, q or 1, k] (any float dtype), `mask` boolean
+  [b or 1, 1 or heads, q or 1, k] (True: may attend). Returns [b, q, heads, d]
+  in the query's dtype. `implementation="xla"` runs XLA's version of the same
+  function (what the CPU tests compare).
+  """
+  global _warned
+  if implementation == "cudnn":
+    if query.dtype in (jnp.bfloat16, jnp.float16):
+      q_len, k_len = query.shape[1], key.shape[1]
+      c_bias = None if bias is None else jnp.broadcast_to(bias, bias.shape[:2] + (q_len, k_len)).astype(query.dtype)
+      c_mask = None if mask is None else jnp.broadcast_to(mask, mask.shape[:2] + (q_len, k_len))
+      try:
+        return jax.nn.dot_product_attention(
+          query,
+          key,
+          value,
+          bias=c_bias,
+          mask=c_mask,
+          scale=1.0,
+          is_causal=is_causal,
+          implementation="cudnn",
+        )
+      except (NotImplementedError, ValueError, RuntimeError) as e:  # unsupported shape/dtype
+        reason = str(e)
+    else:
+      reason = f"{query.dtype} activations (cuDNN attention takes bfloat16 or float16)"
+    if not _warned:
+      logger.warning("cuDNN attention unavailable (%s); using XLA's implementation", reason)
+      _warned = True
+  return jax.nn.dot_product_attention(
+    query, key, value, bias=bias, mask=mask, scale=1.0, is_causal=is_causal, implementation="xla"
+  )

@@ -11,32 +11,32 @@ only jax, flax and numpy (no gin, TF or seqio).
 
 from t5lite.models import attention, config, decoder_only, embeddings, layers, params, t5
 from t5lite.models.decoder_only import (
-    DECODER_ONLY_PRESETS,
-    DecoderOnlyConfig,
-    DecoderOnlyTransformer,
-    decoder_only_config,
+  DECODER_ONLY_PRESETS,
+  DecoderOnlyConfig,
+  DecoderOnlyTransformer,
+  decoder_only_config,
 )
 from t5lite.models.embeddings import relative_position_bucket
 from t5lite.models.params import count_params, logical_axes_tree
 from t5lite.models.t5 import T5_PRESETS, T5Config, T5Transformer, t5_config
 
 __all__ = [
-    "DECODER_ONLY_PRESETS",
-    "DecoderOnlyConfig",
-    "DecoderOnlyTransformer",
-    "T5Config",
-    "T5Transformer",
-    "T5_PRESETS",
-    "attention",
-    "config",
-    "count_params",
-    "decoder_only",
-    "decoder_only_config",
-    "embeddings",
-    "layers",
-    "logical_axes_tree",
-    "params",
-    "relative_position_bucket",
-    "t5",
-    "t5_config",
+  "DECODER_ONLY_PRESETS",
+  "DecoderOnlyConfig",
+  "DecoderOnlyTransformer",
+  "T5Config",
+  "T5Transformer",
+  "T5_PRESETS",
+  "attention",
+  "config",
+  "count_params",
+  "decoder_only",
+  "decoder_only_config",
+  "embeddings",
+  "layers",
+  "logical_axes_tree",
+  "params",
+  "relative_position_bucket",
+  "t5",
+  "t5_config",
 ]

@@ -29,42 +29,40 @@ DType = Any
 
 
 class RMSNorm(nn.Module):
-    """T5 layer norm: scale only, no bias and no mean subtraction."""
+  """T5 layer norm: scale only, no bias and no mean subtraction."""
 
-    epsilon: float = 1e-6
-    dtype: DType = jnp.float32
+  epsilon: float = 1e-6
+  dtype: DType = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        scale = params.param(self, "scale", params.ones_init, (x.shape[-1],), ("embed",))
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        return (y * scale).astype(self.dtype)
-
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = params.param(self, "scale", params.ones_init, (x.shape[-1],), ("embed",))
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (y * scale).astype(self.dtype)
 
 
 class GatedMlp(nn.Module):
-    """T5 v1.1 feed-forward: wo(gelu_tanh(x @ wi_0) * (x @ wi_1))."""
+  """T5 v1.1 feed-forward: wo(gelu_tanh(x @ wi_0) * (x @ wi_1))."""
 
-    d_ff: int
-    dropout_rate: float = 0.0
-    dtype: DType = jnp.float32
+  d_ff: int
+  dropout_rate: float = 0.0
+  dtype: DType = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array, deterministic: bool = True) -> Array:
-        d_model = x.shape[-1]
-        wi_0 = params.param(self, "wi_0", params.kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
-        wi_1 = params.param(self, "wi_1", params.kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
-        wo = params.param(self, "wo", params.kernel_init(), (self.d_ff, d_model), ("mlp", "embed"))
-        x = x.astype(self.dtype)
-        gate = params.dense(x, wi_0.astype(self.dtype))
-        linear = params.dense(x, wi_1.astype(self.dtype))
-        h = nn.gelu(gate, approximate=True) * linear
-        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-        out = params.dense(h, wo.astype(self.dtype))
-        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
-
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    d_model = x.shape[-1]
+    wi_0 = params.param(self, "wi_0", params.kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
+    wi_1 = params.param(self, "wi_1", params.kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
+    wo = params.param(self, "wo", params.kernel_init(), (self.d_ff, d_model), ("mlp", "embed"))
+    x = x.astype(self.dtype)
+    gate = params.dense(x, wi_0.astype(self.dtype))
+    linear = params.dense(x, wi_1.astype(self.dtype))
+    h = nn.gelu(gate, approximate=True) * linear
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+    out = params.dense(h, wo.astype(self.dtype))
+    return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
 
 # --------------------------------------------------------------------------
@@ -73,120 +71,125 @@ class GatedMlp(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm residual layer: self-attention, optional cross-attention, MLP.
+  """Pre-norm residual layer: self-attention, optional cross-attention, MLP.
 
-    `config` is a T5Config or DecoderOnlyConfig (duck-typed: num_heads, d_kv,
-    d_ff, dropout_rate, dtype, attention, float32_attention_logits,
-    layer_norm_epsilon). Static choices (causality, dropout on/off) are
-    attributes so the layer can be scanned and rematerialised without static
-    call arguments. Returns (x, None) so it can be the body of nn.scan.
-    """
+  `config` is a T5Config or DecoderOnlyConfig (duck-typed: num_heads, d_kv,
+  d_ff, dropout_rate, dtype, attention, float32_attention_logits,
+  layer_norm_epsilon). Static choices (causality, dropout on/off) are
+  attributes so the layer can be scanned and rematerialised without static
+  call arguments. Returns (x, None) so it can be the body of nn.scan.
+  """
 
-    config: Any
-    cross_attention: bool = False
-    causal: bool = False
-    deterministic: bool = True
-    decode: bool = False  # KV-cache decoding (see MultiHeadAttention)
+  config: Any
+  cross_attention: bool = False
+  causal: bool = False
+  deterministic: bool = True
+  decode: bool = False  # KV-cache decoding (see MultiHeadAttention)
 
-    @nn.compact
-    def __call__(
-        self,
-        x: Array,
-        self_bias: Optional[Array],
-        self_mask: Optional[Array],
-        encoded: Optional[Array] = None,
-        cross_mask: Optional[Array] = None,
-        decode_index: Optional[Array] = None,
-    ) -> tuple[Array, None]:
-        cfg = self.config
-        dt = jnp.dtype(cfg.dtype)
-        det = self.deterministic
-
-        def norm(name):
-            return RMSNorm(cfg.layer_norm_epsilon, dt, name=name)
-
-        def attention(name, cross=False):
-            return attention_lib.MultiHeadAttention(
-                cfg.num_heads, cfg.d_kv, dt, cfg.dropout_rate, cfg.attention, cfg.float32_attention_logits,
-                # The XLA:CPU kernel's backward keeps the softmax weights, which
-                # remat policies cannot see: only without rematerialisation.
-                saves_weights_ok=cfg.remat_policy == "none" and not self.decode,
-                decode=self.decode, cross_attention=cross,
-                name=name,
-            )
-
-        def residual_dropout(y):
-            return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=det)
-
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        h = norm("pre_self_attention_layer_norm")(x)
-        h = attention("self_attention")(
-            h, h, self_bias, self_mask, is_causal=self.causal, deterministic=det, decode_index=decode_index
-        )
-        x = x + residual_dropout(h)
-
-        if self.cross_attention:
-            h = norm("pre_cross_attention_layer_norm")(x)
-            h = attention("encoder_decoder_attention", cross=True)(h, encoded, None, cross_mask, deterministic=det)
-            x = x + residual_dropout(h)
-
-        h = norm("pre_mlp_layer_norm")(x)
-        h = GatedMlp(cfg.d_ff, cfg.dropout_rate, dt, name="mlp")(h, deterministic=det)
-        x = x + residual_dropout(h)
-        return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
-
-
-def apply_layer_stack(
-    config: Any,
-    num_layers: int,
+  @nn.compact
+  def __call__(
+    self,
     x: Array,
     self_bias: Optional[Array],
     self_mask: Optional[Array],
     encoded: Optional[Array] = None,
     cross_mask: Optional[Array] = None,
-    *,
-    cross_attention: bool = False,
-    causal: bool = False,
-    deterministic: bool = True,
-    decode: bool = False,
     decode_index: Optional[Array] = None,
-) -> Array:
-    """Runs `num_layers` TransformerLayers inside the calling compact module.
+  ) -> tuple[Array, None]:
+    cfg = self.config
+    dt = jnp.dtype(cfg.dtype)
+    det = self.deterministic
 
-    Unscanned: submodules 'layers_0' ... 'layers_{n-1}'. Scanned
-    (`config.scan_layers`): one submodule 'layers' whose params have a leading
-    axis of size n named 'layers'. Either way each layer is wrapped in
-    nn.remat when `config.remat_policy` is not 'none'. The bias and masks are
-    shared by all layers (broadcast through the scan). With `decode`, each
-    layer keeps its KV cache in the 'cache' collection (scanned: one stacked
-    entry per name with the layer axis second, [batch, layers, ...], so that
-    every cache leaf has the batch first as t5lite.decoding expects).
-    """
-    implementation = backend.resolve_attention(config.attention, config.dtype,
-                                               where=f"{type(config).__name__}.attention")
-    if implementation == "cpu_dot_product" and (self_bias is not None or self_mask is not None):
-        self_bias, self_mask = xla_cpu.fold_mask_into_bias(self_bias, self_mask, causal)
-        causal = False
-    layer_cls = TransformerLayer
-    if config.remat_policy != "none":
-        layer_cls = nn.remat(
-            layer_cls, policy=config_lib.remat_policy(config.remat_policy), prevent_cse=not config.scan_layers
-        )
-    kwargs = dict(
-        config=config, cross_attention=cross_attention, causal=causal, deterministic=deterministic, decode=decode
+    def norm(name):
+      return RMSNorm(cfg.layer_norm_epsilon, dt, name=name)
+
+    def attention(name, cross=False):
+      return attention_lib.MultiHeadAttention(
+        cfg.num_heads,
+        cfg.d_kv,
+        dt,
+        cfg.dropout_rate,
+        cfg.attention,
+        cfg.float32_attention_logits,
+        # The XLA:CPU kernel's backward keeps the softmax weights, which
+        # remat policies cannot see: only without rematerialisation.
+        saves_weights_ok=cfg.remat_policy == "none" and not self.decode,
+        decode=self.decode,
+        cross_attention=cross,
+        name=name,
+      )
+
+    def residual_dropout(y):
+      return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=det)
+
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    h = norm("pre_self_attention_layer_norm")(x)
+    h = attention("self_attention")(
+      h, h, self_bias, self_mask, is_causal=self.causal, deterministic=det, decode_index=decode_index
     )
-    args = (self_bias, self_mask, encoded, cross_mask, decode_index)
-    if config.scan_layers:
-        scanned = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0, "cache": 1},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(args),
-            length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        x, _ = scanned(**kwargs, name="layers")(x, *args)
-        return x
-    for i in range(num_layers):
-        x, _ = layer_cls(**kwargs, name=f"layers_{i}")(x, *args)
+    x = x + residual_dropout(h)
+
+    if self.cross_attention:
+      h = norm("pre_cross_attention_layer_norm")(x)
+      h = attention("encoder_decoder_attention", cross=True)(h, encoded, None, cross_mask, deterministic=det)
+      x = x + residual_dropout(h)
+
+    h = norm("pre_mlp_layer_norm")(x)
+    h = GatedMlp(cfg.d_ff, cfg.dropout_rate, dt, name="mlp")(h, deterministic=det)
+    x = x + residual_dropout(h)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+
+
+def apply_layer_stack(
+  config: Any,
+  num_layers: int,
+  x: Array,
+  self_bias: Optional[Array],
+  self_mask: Optional[Array],
+  encoded: Optional[Array] = None,
+  cross_mask: Optional[Array] = None,
+  *,
+  cross_attention: bool = False,
+  causal: bool = False,
+  deterministic: bool = True,
+  decode: bool = False,
+  decode_index: Optional[Array] = None,
+) -> Array:
+  """Runs `num_layers` TransformerLayers inside the calling compact module.
+
+  Unscanned: submodules 'layers_0' ... 'layers_{n-1}'. Scanned
+  (`config.scan_layers`): one submodule 'layers' whose params have a leading
+  axis of size n named 'layers'. Either way each layer is wrapped in
+  nn.remat when `config.remat_policy` is not 'none'. The bias and masks are
+  shared by all layers (broadcast through the scan). With `decode`, each
+  layer keeps its KV cache in the 'cache' collection (scanned: one stacked
+  entry per name with the layer axis second, [batch, layers, ...], so that
+  every cache leaf has the batch first as t5lite.decoding expects).
+  """
+  implementation = backend.resolve_attention(config.attention, config.dtype, where=f"{type(config).__name__}.attention")
+  if implementation == "cpu_dot_product" and (self_bias is not None or self_mask is not None):
+    self_bias, self_mask = xla_cpu.fold_mask_into_bias(self_bias, self_mask, causal)
+    causal = False
+  layer_cls = TransformerLayer
+  if config.remat_policy != "none":
+    layer_cls = nn.remat(
+      layer_cls, policy=config_lib.remat_policy(config.remat_policy), prevent_cse=not config.scan_layers
+    )
+  kwargs = dict(
+    config=config, cross_attention=cross_attention, causal=causal, deterministic=deterministic, decode=decode
+  )
+  args = (self_bias, self_mask, encoded, cross_mask, decode_index)
+  if config.scan_layers:
+    scanned = nn.scan(
+      layer_cls,
+      variable_axes={"params": 0, "cache": 1},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast,) * len(args),
+      length=num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    x, _ = scanned(**kwargs, name="layers")(x, *args)
     return x
+  for i in range(num_layers):
+    x, _ = layer_cls(**kwargs, name=f"layers_{i}")(x, *args)
+  return x

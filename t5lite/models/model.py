@@ -56,16 +56,19 @@ class DecodeOptions:
     """
     if self.method not in DECODE_METHODS:
       raise ValueError(f"unknown decoding method {self.method!r}; valid methods are {DECODE_METHODS}")
-    fields = {"max_decode_len": checks.check_int("max_decode_len", self.max_decode_len, minimum=1),
-              "eos_id": checks.check_int("eos_id", self.eos_id, minimum=-1, hint=" (-1: no EOS)")}
+    fields = {
+      "max_decode_len": checks.check_int("max_decode_len", self.max_decode_len, minimum=1),
+      "eos_id": checks.check_int("eos_id", self.eos_id, minimum=-1, hint=" (-1: no EOS)"),
+    }
     if self.method == "beam":
       fields["beam_size"] = checks.check_int("beam_size", self.beam_size, minimum=1)
       fields["alpha"] = checks.check_float("alpha", self.alpha, minimum=0.0, hint=" (the GNMT length penalty; 0: none)")
     if self.method == "sample":
       fields["temperature"] = checks.check_float("temperature", self.temperature, minimum=0.0, hint=" (0: greedy)")
       fields["top_k"] = checks.check_int("top_k", self.top_k, minimum=0, hint=" (0: no top-k filtering)")
-      fields["top_p"] = checks.check_float("top_p", self.top_p, minimum=0.0, maximum=1.0, min_open=True,
-                                           hint=" (1: no nucleus filtering)")
+      fields["top_p"] = checks.check_float(
+        "top_p", self.top_p, minimum=0.0, maximum=1.0, min_open=True, hint=" (1: no nucleus filtering)"
+      )
     for name, value in fields.items():
       object.__setattr__(self, name, value)
 
@@ -85,8 +88,9 @@ class BaseModel:
   def __post_init__(self):
     """Raises ValueError for label_smoothing outside [0, 1), z_loss < 0 (NaN and
     infinity included) or an unknown loss_normalizing_factor."""
-    self.label_smoothing = checks.check_float("label_smoothing", self.label_smoothing, minimum=0.0, maximum=1.0,
-                                              max_open=True)
+    self.label_smoothing = checks.check_float(
+      "label_smoothing", self.label_smoothing, minimum=0.0, maximum=1.0, max_open=True
+    )
     self.z_loss = checks.check_float("z_loss", self.z_loss, minimum=0.0)
     losses._as_normalizer(self.loss_normalizing_factor)  # pylint: disable=protected-access  # validates
 
@@ -116,7 +120,9 @@ class BaseModel:
   def param_logical_axes(self, shapes: Mapping[str, tuple[int, ...]]) -> PyTree:
     return params_lib.logical_axes_tree(self.abstract_params(shapes))
 
-  def init_params(self, rng: Array, shapes: Mapping[str, tuple[int, ...]], shardings: Optional[PyTree] = None) -> PyTree:
+  def init_params(
+    self, rng: Array, shapes: Mapping[str, tuple[int, ...]], shardings: Optional[PyTree] = None
+  ) -> PyTree:
     """Unboxed float32 parameters for PRNG key `rng`, created from their shapes
     (t5lite.models.params.init_params: no compile of the model, one small
     program per initialiser and shape), placed with `shardings` (a tree of
@@ -132,13 +138,13 @@ class BaseModel:
   def logits(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None) -> Array:
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
-        {"params": params}, **self._module_inputs(batch), enable_dropout=dropout_rng is not None, rngs=rngs
+      {"params": params}, **self._module_inputs(batch), enable_dropout=dropout_rng is not None, rngs=rngs
     )
 
   def loss_scale(self, batch: Batch) -> tuple[Array, Array]:
     """Per-token loss scale and normalizing denominator for a (whole) batch."""
     return losses.loss_scale_and_denominator(
-        batch["decoder_loss_weights"], self.loss_normalizing_factor, batch.get("decoder_segment_ids")
+      batch["decoder_loss_weights"], self.loss_normalizing_factor, batch.get("decoder_segment_ids")
     )
 
   def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array], scale: Array):
@@ -146,16 +152,20 @@ class BaseModel:
     logits = self.logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     loss, z_loss, _ = losses.compute_weighted_cross_entropy(
-        logits, targets, scale, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-        loss_normalizing_factor=None,
+      logits,
+      targets,
+      scale,
+      label_smoothing=self.label_smoothing,
+      z_loss=self.z_loss,
+      loss_normalizing_factor=None,
     )
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     correct, weight_sum = losses.token_accuracy(logits, targets, weights)
     metrics = {
-        "loss_sum": loss,
-        "z_loss_sum": z_loss,
-        "correct": correct,
-        "target_tokens": weight_sum,
+      "loss_sum": loss,
+      "z_loss_sum": z_loss,
+      "correct": correct,
+      "target_tokens": weight_sum,
     }
     return loss, metrics
 
@@ -174,21 +184,22 @@ class BaseModel:
     o = options
     if o.method == "beam":
       tokens, scores = decoding.beam_search(
-          tokens_to_logits, cache, batch_size, o.max_decode_len, o.beam_size, o.alpha, o.eos_id, start_id)
+        tokens_to_logits, cache, batch_size, o.max_decode_len, o.beam_size, o.alpha, o.eos_id, start_id
+      )
       return tokens[:, 0], scores[:, 0], {"beam_tokens": tokens, "beam_scores": scores}
     if o.method == "sample":
       if rng is None:
         raise ValueError("method='sample' needs an rng (jax.random.key(seed))")
       tokens, scores = decoding.temperature_sample(
-          tokens_to_logits, cache, rng, batch_size, o.max_decode_len, o.temperature, o.top_k, o.top_p, o.eos_id,
-          start_id)
+        tokens_to_logits, cache, rng, batch_size, o.max_decode_len, o.temperature, o.top_k, o.top_p, o.eos_id, start_id
+      )
       return tokens, scores, {}
-    tokens, scores = decoding.greedy_decode(tokens_to_logits, cache, batch_size, o.max_decode_len, o.eos_id,
-                                            start_id)
+    tokens, scores = decoding.greedy_decode(tokens_to_logits, cache, batch_size, o.max_decode_len, o.eos_id, start_id)
     return tokens, scores, {}
 
-  def predict_batch(self, params: PyTree, inputs: Array, options: "DecodeOptions",
-                    rng: Optional[Array] = None) -> tuple[Array, Array, dict[str, Array]]:
+  def predict_batch(
+    self, params: PyTree, inputs: Array, options: "DecodeOptions", rng: Optional[Array] = None
+  ) -> tuple[Array, Array, dict[str, Array]]:
     """Decodes int32 inputs [batch, length] (0 = padding); jit with `options`
     static. Returns (tokens [batch, max_decode_len], scores [batch], extras)."""
     raise NotImplementedError  # defined by each subclass
@@ -230,8 +241,8 @@ class EncoderDecoderModel(BaseModel):
   def input_shapes(self, batch_size, lengths):
     self._check_lengths(lengths)
     return {
-        "encoder_input_tokens": (batch_size, lengths["inputs"]),
-        "decoder_input_tokens": (batch_size, lengths["targets"]),
+      "encoder_input_tokens": (batch_size, lengths["inputs"]),
+      "decoder_input_tokens": (batch_size, lengths["targets"]),
     }
 
   @staticmethod
@@ -239,18 +250,17 @@ class EncoderDecoderModel(BaseModel):
     missing = {"inputs", "targets"} - set(lengths)
     if missing:
       raise ValueError(
-          f"An encoder-decoder model needs TASK_FEATURE_LENGTHS with 'inputs' and 'targets'; "
-          f"got {dict(lengths)}."
+        f"An encoder-decoder model needs TASK_FEATURE_LENGTHS with 'inputs' and 'targets'; got {dict(lengths)}."
       )
 
   def _module_inputs(self, batch):
     return {
-        "encoder_input_tokens": batch["encoder_input_tokens"],
-        "decoder_input_tokens": batch["decoder_input_tokens"],
-        "encoder_segment_ids": batch.get("encoder_segment_ids"),
-        "decoder_segment_ids": batch.get("decoder_segment_ids"),
-        "encoder_positions": batch.get("encoder_positions"),
-        "decoder_positions": batch.get("decoder_positions"),
+      "encoder_input_tokens": batch["encoder_input_tokens"],
+      "decoder_input_tokens": batch["decoder_input_tokens"],
+      "encoder_segment_ids": batch.get("encoder_segment_ids"),
+      "decoder_segment_ids": batch.get("decoder_segment_ids"),
+      "encoder_positions": batch.get("encoder_positions"),
+      "decoder_positions": batch.get("decoder_positions"),
     }
 
   def init_decode_cache(self, params: PyTree, inputs: Array, max_decode_len: int) -> PyTree:
@@ -259,7 +269,8 @@ class EncoderDecoderModel(BaseModel):
     values, and the encoder padding. Every leaf has the batch first."""
     decoder_tokens = jnp.zeros((inputs.shape[0], max_decode_len), jnp.int32)
     _, variables = self.module.apply(
-        {"params": params}, inputs.astype(jnp.int32), decoder_tokens, decode=True, mutable=["cache"])
+      {"params": params}, inputs.astype(jnp.int32), decoder_tokens, decode=True, mutable=["cache"]
+    )
     return variables["cache"]
 
   @staticmethod
@@ -285,10 +296,12 @@ class EncoderDecoderModel(BaseModel):
 
     def fn(tokens, cache, step):
       if static_cache is not None:
-        cache = flax.traverse_util.unflatten_dict({
-            **flax.traverse_util.flatten_dict(cache), **flax.traverse_util.flatten_dict(static_cache)})
+        cache = flax.traverse_util.unflatten_dict(
+          {**flax.traverse_util.flatten_dict(cache), **flax.traverse_util.flatten_dict(static_cache)}
+        )
       logits, variables = self.module.apply(
-          {"params": params, "cache": cache}, tokens, step, method=t5.T5Transformer.decode_step, mutable=["cache"])
+        {"params": params, "cache": cache}, tokens, step, method=t5.T5Transformer.decode_step, mutable=["cache"]
+      )
       new_cache = variables["cache"]
       if static_cache is not None:
         new_cache = self.split_cache(new_cache)[0]
@@ -339,8 +352,8 @@ class DecoderOnlyModel(BaseModel):
       return lengths["inputs"] + lengths["targets"]
     if set(lengths) != {"targets"}:
       raise ValueError(
-          f"A causal decoder-only model needs TASK_FEATURE_LENGTHS={{'targets': N}} (a task such as "
-          f"pydocs_lm); got {dict(lengths)}. Set prefix_lm=True for tasks with inputs."
+        f"A causal decoder-only model needs TASK_FEATURE_LENGTHS={{'targets': N}} (a task such as "
+        f"pydocs_lm); got {dict(lengths)}. Set prefix_lm=True for tasks with inputs."
       )
     return lengths["targets"]
 
@@ -349,10 +362,10 @@ class DecoderOnlyModel(BaseModel):
 
   def _module_inputs(self, batch):
     return {
-        "decoder_input_tokens": batch["decoder_input_tokens"],
-        "decoder_segment_ids": batch.get("decoder_segment_ids"),
-        "decoder_positions": batch.get("decoder_positions"),
-        "decoder_causal_attention": batch.get("decoder_causal_attention"),
+      "decoder_input_tokens": batch["decoder_input_tokens"],
+      "decoder_segment_ids": batch.get("decoder_segment_ids"),
+      "decoder_positions": batch.get("decoder_positions"),
+      "decoder_causal_attention": batch.get("decoder_causal_attention"),
     }
 
   def tokens_per_step(self, batch_size, lengths):
@@ -383,10 +396,17 @@ class DecoderOnlyModel(BaseModel):
     valid = src >= 0
     total = p + max_decode_len
     _, variables = self.module.apply(
-        {"params": params}, jnp.zeros((b, total), jnp.int32), decode=True, mutable=["cache"])
+      {"params": params}, jnp.zeros((b, total), jnp.int32), decode=True, mutable=["cache"]
+    )
     _, variables = self.module.apply(
-        {"params": params, "cache": variables["cache"]}, chunk, jnp.int32(0), valid, self.prefix_lm,
-        method=decoder_only.DecoderOnlyTransformer.decode_step, mutable=["cache"])
+      {"params": params, "cache": variables["cache"]},
+      chunk,
+      jnp.int32(0),
+      valid,
+      self.prefix_lm,
+      method=decoder_only.DecoderOnlyTransformer.decode_step,
+      mutable=["cache"],
+    )
     return variables["cache"], chunk[:, -1], p
 
   def tokens_to_logits(self, params: PyTree, offset: int):
@@ -394,8 +414,12 @@ class DecoderOnlyModel(BaseModel):
 
     def fn(tokens, cache, step):
       logits, variables = self.module.apply(
-          {"params": params, "cache": cache}, tokens, offset + step,
-          method=decoder_only.DecoderOnlyTransformer.decode_step, mutable=["cache"])
+        {"params": params, "cache": cache},
+        tokens,
+        offset + step,
+        method=decoder_only.DecoderOnlyTransformer.decode_step,
+        mutable=["cache"],
+      )
       return logits[:, -1], variables["cache"]
 
     return fn

@@ -11,10 +11,31 @@ import pytest
 
 from t5lite.bench import attention_check, gpu
 
-T5LITE_RUNS = ("base_cold", "base_warm", "base_attn_dot_product", "large", "1b", "large_remat_minimal",
-               "1b_remat_minimal", "large_scan", "1b_scan")
-SMOKE_PLAN = ["reference", "attention_check", "base_cold", "base_warm", "base_attn_dot_product", "hf_base", "large",
-              "1b", "large_remat_minimal", "1b_remat_minimal", "large_scan", "1b_scan"]
+T5LITE_RUNS = (
+  "base_cold",
+  "base_warm",
+  "base_attn_dot_product",
+  "large",
+  "1b",
+  "large_remat_minimal",
+  "1b_remat_minimal",
+  "large_scan",
+  "1b_scan",
+)
+SMOKE_PLAN = [
+  "reference",
+  "attention_check",
+  "base_cold",
+  "base_warm",
+  "base_attn_dot_product",
+  "hf_base",
+  "large",
+  "1b",
+  "large_remat_minimal",
+  "1b_remat_minimal",
+  "large_scan",
+  "1b_scan",
+]
 FORBIDDEN = ("tensorflow", "tensorflow_datasets", "seqio", "gin")
 
 
@@ -26,8 +47,15 @@ def _env(tmp_path, **extra):
 
 
 def _bench(args, env, timeout):
-  proc = subprocess.run([sys.executable, "-m", "t5lite.bench.gpu", *args], cwd=gpu.REPO, env=env,
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+  proc = subprocess.run(
+    [sys.executable, "-m", "t5lite.bench.gpu", *args],
+    cwd=gpu.REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    timeout=timeout,
+  )
   lines = [json.loads(l) for l in proc.stdout.splitlines() if l.strip()]
   return proc, lines
 
@@ -38,8 +66,9 @@ def smoke(tmp_path_factory):
   out = tmp / "bench.jsonl"
   # PYTHONPROFILEIMPORTTIME: every process (this script and its children)
   # lists what it imports on stderr, checked below.
-  proc, lines = _bench(["--smoke", "--budget_s", "400", "--output", str(out)],
-                       _env(tmp, PYTHONPROFILEIMPORTTIME="1"), timeout=480)
+  proc, lines = _bench(
+    ["--smoke", "--budget_s", "400", "--output", str(out)], _env(tmp, PYTHONPROFILEIMPORTTIME="1"), timeout=480
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc, lines, out
 
@@ -65,7 +94,8 @@ def test_smoke_reference_and_t5lite_runs(smoke):
   assert ref["dense_compile_s_per_layer"] == pytest.approx(ref["dense_compile_s"] / 2, abs=1e-3)
   assert ref["dense_flops_per_step"] == 12 * 2 * (2 * 16) * 64 * 128
   assert ref["dense_tflops_per_s"] == pytest.approx(
-      ref["dense_flops_per_step"] / ref["dense_step_s"] / 1e12, rel=0.02, abs=1e-4)
+    ref["dense_flops_per_step"] / ref["dense_step_s"] / 1e12, rel=0.02, abs=1e-4
+  )
   assert math.isfinite(ref["dense_first_loss"]) and math.isfinite(ref["dense_last_loss"])
   for name in T5LITE_RUNS:
     r = by[name]
@@ -127,8 +157,11 @@ def test_smoke_hf_skipped_without_torch(smoke):
 
 def test_smoke_imports_no_tensorflow_seqio_gin(smoke):
   proc, _, _ = smoke
-  imported = {l.rsplit("|", 1)[1].strip().split(".")[0]
-              for l in proc.stderr.splitlines() if l.startswith("import time:") and "|" in l}
+  imported = {
+    l.rsplit("|", 1)[1].strip().split(".")[0]
+    for l in proc.stderr.splitlines()
+    if l.startswith("import time:") and "|" in l
+  }
   assert "jax" in imported and "t5lite" in imported  # the children's imports are listed
   assert not imported & set(FORBIDDEN), imported & set(FORBIDDEN)
 
@@ -152,47 +185,116 @@ def test_only_refuses_unknown_names(tmp_path):
 
 
 def test_gpu_plan():
-  plan = gpu.build_plan(gpu.GPU, steps=8, cache_dir="/c", attention_variants=gpu.GPU_ATTENTION,
-                        attention_names=("auto", "dot_product", "cpu_dot_product"), hf_script="/h.py",
-                        hf_skip=None, timeout_scale=2.0)
+  plan = gpu.build_plan(
+    gpu.GPU,
+    steps=8,
+    cache_dir="/c",
+    attention_variants=gpu.GPU_ATTENTION,
+    attention_names=("auto", "dot_product", "cpu_dot_product"),
+    hf_script="/h.py",
+    hf_skip=None,
+    timeout_scale=2.0,
+  )
   by = {r.name: r for r in plan}
   # A base number survives a cuDNN failure: the check, then base ('auto'), then base
   # with the plain attention, before HF and the larger models.
   assert [r.name for r in plan] == [
-      "reference", "attention_check", "base_cold", "base_warm", "base_attn_dot_product", "hf_base", "large", "1b",
-      "base_attn_cudnn_flash_jax", "large_remat_minimal", "1b_remat_minimal", "large_scan", "1b_scan"]
-  assert by["attention_check"].argv == ["-m", "t5lite.bench.attention_check", "--candidate", "cudnn_flash_jax",
-                                        "--dtype", "bfloat16"]
+    "reference",
+    "attention_check",
+    "base_cold",
+    "base_warm",
+    "base_attn_dot_product",
+    "hf_base",
+    "large",
+    "1b",
+    "base_attn_cudnn_flash_jax",
+    "large_remat_minimal",
+    "1b_remat_minimal",
+    "large_scan",
+    "1b_scan",
+  ]
+  assert by["attention_check"].argv == [
+    "-m",
+    "t5lite.bench.attention_check",
+    "--candidate",
+    "cudnn_flash_jax",
+    "--dtype",
+    "bfloat16",
+  ]
   assert by["attention_check"].timeout_s == 90 and by["attention_check"].skip is None
   assert by["base_cold"].argv == by["base_warm"].argv
   assert by["base_cold"].argv == [
-      "-m", "t5lite.bench.train_step", "--preset", "base", "--batch", "128", "--inputs", "512", "--targets",
-      "114", "--dtype", "bfloat16", "--steps", "8", "--compilation_cache_dir", "/c"]
+    "-m",
+    "t5lite.bench.train_step",
+    "--preset",
+    "base",
+    "--batch",
+    "128",
+    "--inputs",
+    "512",
+    "--targets",
+    "114",
+    "--dtype",
+    "bfloat16",
+    "--steps",
+    "8",
+    "--compilation_cache_dir",
+    "/c",
+  ]
   assert "--compilation_cache_dir" not in by["large"].argv  # the other runs compile cold
-  assert by["1b"].argv[2:12] == ["--model", "decoder_only", "--preset", "1b", "--batch", "16", "--inputs",
-                                 "1024", "--targets", "1024"]
-  assert by["hf_base"].argv == ["/h.py", "--preset", "base", "--batch", "128", "--dtype", "bfloat16",
-                                "--steps", "8"]
+  assert by["1b"].argv[2:12] == [
+    "--model",
+    "decoder_only",
+    "--preset",
+    "1b",
+    "--batch",
+    "16",
+    "--inputs",
+    "1024",
+    "--targets",
+    "1024",
+  ]
+  assert by["hf_base"].argv == ["/h.py", "--preset", "base", "--batch", "128", "--dtype", "bfloat16", "--steps", "8"]
   assert by["base_cold"].timeout_s == 300 and by["base_warm"].timeout_s == 120
   assert by["base_attn_dot_product"].skip is None
   assert "cudnn_flash_jax" in by["base_attn_cudnn_flash_jax"].skip  # not a valid name here: skipped
   assert by["1b_scan"].argv[-1] == "--scan_layers" and by["large_remat_minimal"].argv[-2:] == [
-      "--remat_policy", "minimal"]
-  unknown = gpu.build_plan(gpu.GPU, steps=8, cache_dir="/c", attention_variants=gpu.GPU_ATTENTION,
-                           attention_names=None, hf_script="/h.py", hf_skip="no torch")
+    "--remat_policy",
+    "minimal",
+  ]
+  unknown = gpu.build_plan(
+    gpu.GPU,
+    steps=8,
+    cache_dir="/c",
+    attention_variants=gpu.GPU_ATTENTION,
+    attention_names=None,
+    hf_script="/h.py",
+    hf_skip="no torch",
+  )
   assert all(r.skip for r in unknown if r.name.startswith("base_attn_") or r.name == "hf_base")
 
 
 def test_summary_ratio_and_mfu():
   lines = [
-      {"run": "env", "status": "ok"},
-      {"run": "reference", "status": "ok", "impl": "jax_reference", "dense_tflops_per_s": 494.5,
-       "device": "NVIDIA H200", "platform": "gpu"},
-      {"run": "base_cold", "status": "ok", "impl": "t5lite", "tokens_per_s": 200000.0, "mfu": 0.41,
-       "flops_per_step": 4.0e14},
-      {"run": "hf_base", "status": "ok", "tokens_per_s": 100000.0, "median_step_s": 2.0,
-       "device": "NVIDIA H200"},
-      {"run": "large", "status": "timeout"},
+    {"run": "env", "status": "ok"},
+    {
+      "run": "reference",
+      "status": "ok",
+      "impl": "jax_reference",
+      "dense_tflops_per_s": 494.5,
+      "device": "NVIDIA H200",
+      "platform": "gpu",
+    },
+    {
+      "run": "base_cold",
+      "status": "ok",
+      "impl": "t5lite",
+      "tokens_per_s": 200000.0,
+      "mfu": 0.41,
+      "flops_per_step": 4.0e14,
+    },
+    {"run": "hf_base", "status": "ok", "tokens_per_s": 100000.0, "median_step_s": 2.0, "device": "NVIDIA H200"},
+    {"run": "large", "status": "timeout"},
   ]
   s = gpu.summarize(lines, 12.0)
   assert s["base_vs_hf_tokens_per_s"] == 2.0 and s["base_run"] == "base_cold"
@@ -205,14 +307,26 @@ def test_summary_when_auto_fails():
   # cuDNN attention ('auto') fails, the plain attention runs: the summary says so and
   # takes base_attn_dot_product as the base of the HF ratio.
   lines = [
-      {"run": "env", "status": "ok"},
-      {"run": "attention_check", "status": "error", "verdict": "error", "compared": "dot_product vs cudnn_flash_jax",
-       "cudnn_used": False, "error": "t5_packed: XlaRuntimeError: ..."},
-      {"run": "base_cold", "status": "error", "returncode": 1},
-      {"run": "base_warm", "status": "error", "returncode": 1},
-      {"run": "base_attn_dot_product", "status": "ok", "impl": "t5lite", "tokens_per_s": 150000.0, "mfu": 0.3,
-       "flops_per_step": 4.0e14},
-      {"run": "hf_base", "status": "ok", "tokens_per_s": 100000.0, "median_step_s": 2.0, "device": "NVIDIA H200"},
+    {"run": "env", "status": "ok"},
+    {
+      "run": "attention_check",
+      "status": "error",
+      "verdict": "error",
+      "compared": "dot_product vs cudnn_flash_jax",
+      "cudnn_used": False,
+      "error": "t5_packed: XlaRuntimeError: ...",
+    },
+    {"run": "base_cold", "status": "error", "returncode": 1},
+    {"run": "base_warm", "status": "error", "returncode": 1},
+    {
+      "run": "base_attn_dot_product",
+      "status": "ok",
+      "impl": "t5lite",
+      "tokens_per_s": 150000.0,
+      "mfu": 0.3,
+      "flops_per_step": 4.0e14,
+    },
+    {"run": "hf_base", "status": "ok", "tokens_per_s": 100000.0, "median_step_s": 2.0, "device": "NVIDIA H200"},
   ]
   s = gpu.summarize(lines, 12.0)
   assert s["auto_failed_dot_product_ok"] is True and s["base_run"] == "base_attn_dot_product"
@@ -234,8 +348,15 @@ def test_timeout_keeps_the_last_line_printed():
 
 
 def _fake_result(grads, loss=2.0):
-  return {"loss": loss, "logits": np.ones((2, 3)), "grads": grads, "compile_s": 1.0, "fallback_warning": None,
-          "lowered_calls": [], "compiled_calls": []}
+  return {
+    "loss": loss,
+    "logits": np.ones((2, 3)),
+    "grads": grads,
+    "compile_s": 1.0,
+    "fallback_warning": None,
+    "lowered_calls": [],
+    "compiled_calls": [],
+  }
 
 
 def test_attention_check_catches_a_missing_bias_gradient():
@@ -243,8 +364,10 @@ def test_attention_check_catches_a_missing_bias_gradient():
 
   key = jax.tree_util.DictKey
   rng = np.random.default_rng(0)
-  grads = [((key("encoder"), key("relpos"), key("rel_embedding")), rng.normal(size=(4, 32))),
-           ((key("encoder"), key("layers_0"), key("kernel")), rng.normal(size=(64, 64)))]
+  grads = [
+    ((key("encoder"), key("relpos"), key("rel_embedding")), rng.normal(size=(4, 32))),
+    ((key("encoder"), key("layers_0"), key("kernel")), rng.normal(size=(64, 64))),
+  ]
   tol = attention_check.TOLERANCES["bfloat16"]
   same = attention_check.compare(_fake_result(grads), _fake_result(grads), tol, "cpu_dot_product")
   assert same["verdict"] == "ok" and same["grad_rel_diff"] == 0.0
@@ -275,20 +398,31 @@ def test_attention_check_batches_as_seqio_packs_them():
       for s_id in (1, 2):
         assert (row_pos[row_seg == s_id] == np.arange((row_seg == s_id).sum())).all()
   tgt, inp = b["decoder_target_tokens"], b["decoder_input_tokens"]
-  starts = np.concatenate([np.ones((3, 1), bool), b["decoder_segment_ids"][:, 1:] != b["decoder_segment_ids"][:, :-1]],
-                          axis=1)
+  starts = np.concatenate(
+    [np.ones((3, 1), bool), b["decoder_segment_ids"][:, 1:] != b["decoder_segment_ids"][:, :-1]], axis=1
+  )
   assert (inp[starts] == 0).all() and (inp[:, 1:][~starts[:, 1:]] == tgt[:, :-1][~starts[:, 1:]]).all()
-  assert (b["decoder_loss_weights"] == (tgt > 0)).all() and ((b["encoder_input_tokens"] > 0) == (
-      b["encoder_segment_ids"] > 0)).all()
+  assert (b["decoder_loss_weights"] == (tgt > 0)).all() and (
+    (b["encoder_input_tokens"] > 0) == (b["encoder_segment_ids"] > 0)
+  ).all()
   u = attention_check.make_batch("decoder_only", False, 3, {"targets": 16}, 64, seed=0)
   assert set(u) == {"decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights"}
   assert (u["decoder_target_tokens"][0] > 0).all() and (u["decoder_target_tokens"][1:, -1] == 0).all()
 
 
 def test_modules_import_no_tensorflow_seqio_gin():
-  code = ("import sys, t5lite.bench.gpu, t5lite.bench.train_step, t5lite.bench.reference, "
-          "t5lite.bench.attention_check; "
-          f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}))")
-  out = subprocess.run([sys.executable, "-c", code], cwd=gpu.REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                       stdout=subprocess.PIPE, text=True, check=True, timeout=120).stdout
+  code = (
+    "import sys, t5lite.bench.gpu, t5lite.bench.train_step, t5lite.bench.reference, "
+    "t5lite.bench.attention_check; "
+    f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=gpu.REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    stdout=subprocess.PIPE,
+    text=True,
+    check=True,
+    timeout=120,
+  ).stdout
   assert out.strip() == "[]"

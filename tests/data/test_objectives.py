@@ -214,7 +214,9 @@ def test_sentinel_budget_limits_chunks():
   out = list(objectives.span_corruption(ds, LENGTHS, feats).as_numpy_iterator())
   assert len(out) == 1997 // 209 + 1
   for ex in out[:-1]:  # full chunks use all ten sentinels, each once
-    assert sentinels(ex["targets"], vocab.vocab_size, 10) == list(range(vocab.vocab_size - 1, vocab.vocab_size - 11, -1))
+    assert sentinels(ex["targets"], vocab.vocab_size, 10) == list(
+      range(vocab.vocab_size - 1, vocab.vocab_size - 11, -1)
+    )
   no_sentinels = {k: seqio.Feature(seqio.ByteVocabulary(extra_ids=0)) for k in ("inputs", "targets")}
   with pytest.raises(ValueError, match="no extra ids"):
     objectives.span_corruption(ds, LENGTHS, no_sentinels)
@@ -255,8 +257,12 @@ def test_missing_key_lists_the_features_and_the_rekey():
   assert "key_map={'targets': 'name'}" in msg or "key_map={'targets': 'text'}" in msg
   # Through a seqio Task: the error comes from get_dataset, before any example is read.
   registration._register(  # pylint: disable=protected-access
-      "tbad_no_tokenize", source=make_source(["a b c"], name_key=True),
-      preprocessors=[objectives.span_corruption], output_features=BYTE_FEATS, metric_fns=[])
+    "tbad_no_tokenize",
+    source=make_source(["a b c"], name_key=True),
+    preprocessors=[objectives.span_corruption],
+    output_features=BYTE_FEATS,
+    metric_fns=[],
+  )
   with pytest.raises(ValueError, match=r"span_corruption reads the feature 'targets'.*only \['name', 'text'\]"):
     seqio.get_mixture_or_task("tbad_no_tokenize").get_dataset(LENGTHS, split="train", shuffle=False)
 
@@ -284,4 +290,7 @@ def test_prefix_and_causal_lm_check_their_inputs():
   ids = np.arange(3, 23)
   out64 = objectives.causal_lm(tf.data.Dataset.from_tensors({"targets": ids.astype(np.int64)}), {"targets": 8}, {})
   assert [x["targets"].tolist() for x in out64.as_numpy_iterator()] == [
-      list(range(3, 11)), list(range(11, 19)), [19, 20, 21, 22]]
+    list(range(3, 11)),
+    list(range(11, 19)),
+    [19, 20, 21, 22],
+  ]

@@ -12,9 +12,7 @@ from tests.data.conftest import TOPIC_TEXTS, make_source
 def _pairs_source(pairs):
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed
-    return tf.data.Dataset.from_tensor_slices(
-        {"inputs": [p[0] for p in pairs], "targets": [p[1] for p in pairs]}
-    )
+    return tf.data.Dataset.from_tensor_slices({"inputs": [p[0] for p in pairs], "targets": [p[1] for p in pairs]})
 
   return seqio.FunctionDataSource(dataset_fn, splits=["train"])
 
@@ -49,8 +47,9 @@ def test_enc_dec_packing_segments_and_positions(tiny_pairs):
 
 
 def test_lm_and_prefix_lm_converters(tiny_pairs):
-  ds = pipeline.get_dataset(tiny_pairs, {"inputs": 8, "targets": 6}, batch_size=1, shuffle=False,
-                            num_epochs=1, converter="prefix_lm")
+  ds = pipeline.get_dataset(
+    tiny_pairs, {"inputs": 8, "targets": 6}, batch_size=1, shuffle=False, num_epochs=1, converter="prefix_lm"
+  )
   b = next(ds.as_numpy_iterator())
   # 'ab</s>c</s>' then 'd</s>ef</s>' packed into 14 positions.
   np.testing.assert_array_equal(b["decoder_target_tokens"][0][:10], [100, 101, 1, 102, 1, 103, 1, 104, 105, 1])
@@ -65,16 +64,20 @@ def test_span_corruption_packs_for_enc_dec_and_decoder_only(sp_vocab):
   lengths = {"inputs": 128, "targets": 32}
   b = next(pipeline.get_dataset("tpack_span_corruption", lengths, batch_size=4, shuffle=False).as_numpy_iterator())
   assert b["encoder_input_tokens"].shape == (4, 128) and b["decoder_target_tokens"].shape == (4, 32)
-  b = next(pipeline.get_dataset("tpack_span_corruption", lengths, batch_size=4, shuffle=False,
-                                converter="prefix_lm").as_numpy_iterator())
+  b = next(
+    pipeline.get_dataset(
+      "tpack_span_corruption", lengths, batch_size=4, shuffle=False, converter="prefix_lm"
+    ).as_numpy_iterator()
+  )
   assert b["decoder_target_tokens"].shape == (4, 160)
   b = next(pipeline.get_dataset("tpack_lm", {"targets": 64}, batch_size=2, converter="lm").as_numpy_iterator())
   assert b["decoder_target_tokens"].shape == (2, 64) and (b["decoder_segment_ids"] == 1).all()
 
 
 def _rows(name, seed, shard=None, n=6):
-  ds = pipeline.get_dataset(name, {"inputs": 128, "targets": 32}, batch_size=2, shuffle=True, seed=seed,
-                            shard_info=shard)
+  ds = pipeline.get_dataset(
+    name, {"inputs": 128, "targets": 32}, batch_size=2, shuffle=True, seed=seed, shard_info=shard
+  )
   return [b["encoder_input_tokens"] for b in ds.take(n).as_numpy_iterator()]
 
 
@@ -90,7 +93,7 @@ def test_shards_are_disjoint_and_cover(sp_vocab):
   docs = [f"document number {i} " + TOPIC_TEXTS[i % len(TOPIC_TEXTS)][:200] for i in range(60)]
   source = make_source(docs)
   registration.register_text_to_text_task(
-      "tshard", source, sp_vocab, preprocessors=[lambda ds: ds.map(lambda x: {"inputs": x["text"], "targets": x["text"]})]
+    "tshard", source, sp_vocab, preprocessors=[lambda ds: ds.map(lambda x: {"inputs": x["text"], "targets": x["text"]})]
   )
   task = seqio.get_mixture_or_task("tshard")
 
@@ -107,7 +110,9 @@ def test_shards_are_disjoint_and_cover(sp_vocab):
 def test_unknown_task_lists_close_matches():
   import t5lite_tasks  # noqa: F401  pylint: disable=unused-import
 
-  with pytest.raises(ValueError, match="Unknown task or mixture 'pydocs_span_corruptoin'.*Did you mean: pydocs_span_corruption"):
+  with pytest.raises(
+    ValueError, match="Unknown task or mixture 'pydocs_span_corruptoin'.*Did you mean: pydocs_span_corruption"
+  ):
     pipeline.get_dataset("pydocs_span_corruptoin", {"inputs": 512, "targets": 114})
 
 
@@ -125,7 +130,7 @@ def test_bad_lengths_and_converter(tiny_pairs):
 @pytest.fixture(scope="module")
 def topics_task(byte_vocab):
   # Short pairs of varied lengths: several examples pack into each row.
-  pairs = [(" ".join(TOPIC_TEXTS[i % 50].split()[i % 7: i % 7 + 2 + i % 5]), str(i)) for i in range(400)]
+  pairs = [(" ".join(TOPIC_TEXTS[i % 50].split()[i % 7 : i % 7 + 2 + i % 5]), str(i)) for i in range(400)]
   registration.register_text_to_text_task("torder", _pairs_source(pairs), byte_vocab)
   return "torder"
 
@@ -134,10 +139,22 @@ def _host_rows(task, batch, nproc, steps, start_row=0, seed=3, lengths=None):
   """The global batches two or more processes assemble, built from each process's part."""
   lengths = lengths or {"inputs": 48, "targets": 12}
   parts = [
-      list(pipeline.host_batches(task, lengths, global_batch_size=batch, shuffle=True, pack=True, seed=seed,
-                                 start_row=start_row, process_index=p, process_count=nproc)
-           .take(steps).as_numpy_iterator())
-      for p in range(nproc)
+    list(
+      pipeline.host_batches(
+        task,
+        lengths,
+        global_batch_size=batch,
+        shuffle=True,
+        pack=True,
+        seed=seed,
+        start_row=start_row,
+        process_index=p,
+        process_count=nproc,
+      )
+      .take(steps)
+      .as_numpy_iterator()
+    )
+    for p in range(nproc)
   ]
   return [{k: np.concatenate([parts[p][i][k] for p in range(nproc)]) for k in parts[0][i]} for i in range(steps)]
 
@@ -171,7 +188,8 @@ def test_host_batches_errors(topics_task):
   with pytest.raises(ValueError, match="BATCH_SIZE=6 is not divisible by the 4 processes"):
     pipeline.host_batches(topics_task, {"inputs": 48, "targets": 12}, global_batch_size=6, process_count=4)
   with pytest.raises(ValueError, match=r"process_index=2 must be in \[0, 2\)"):
-    pipeline.host_batches(topics_task, {"inputs": 48, "targets": 12}, global_batch_size=8, process_index=2,
-                          process_count=2)
+    pipeline.host_batches(
+      topics_task, {"inputs": 48, "targets": 12}, global_batch_size=8, process_index=2, process_count=2
+    )
   with pytest.raises(ValueError, match="start_row=-1 must be a non-negative int"):
     pipeline.host_batches(topics_task, {"inputs": 48, "targets": 12}, global_batch_size=8, start_row=-1)

@@ -36,8 +36,9 @@ def test_pydocs_tasks_build_everything_locally(tmp_path, monkeypatch, capsys):
   chars -= set(" \n\t\r\x0b\x0c")
   tokenizer = v.tokenizer
   # (after SentencePiece's NFKC normalization, e.g. '…' -> '...'), and none needs byte pieces.
-  missing = sorted(ch for ch in chars
-                   if any(i == tokenizer.unk_id() or tokenizer.is_byte(i) for i in tokenizer.encode(ch)))
+  missing = sorted(
+    ch for ch in chars if any(i == tokenizer.unk_id() or tokenizer.is_byte(i) for i in tokenizer.encode(ch))
+  )
   assert not missing, missing
   mtime = os.path.getmtime(vocab_path)
   # A second use reuses both (no rebuild).

@@ -54,8 +54,9 @@ def test_bad_vocabulary_inputs(tmp_path, spm_path):
     vocab_lib.sentencepiece_vocabulary(str(garbage))
   # A model with other special ids than T5's is refused.
   other = str(tmp_path / "other")
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(TOPIC_TEXTS[0].splitlines()), model_prefix=other,
-                                 vocab_size=100, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(TOPIC_TEXTS[0].splitlines()), model_prefix=other, vocab_size=100, minloglevel=2
+  )
   with pytest.raises(ValueError, match=r"pad/eos/unk ids \(-1, 2, 0\).*\(0, 1, 2\)"):
     vocab_lib.sentencepiece_vocabulary(other + ".model")
   with pytest.raises(ValueError, match="model_type='wordpiece' is not valid"):
@@ -92,8 +93,14 @@ def test_rare_ascii_characters_keep_their_pieces(tmp_path):
   # `Q ! @ ^ &` are rare in pydoc's topics; a coverage below 1.0 drops them
   # (they then encode to <unk>) unless they are required characters.
   texts = TOPIC_TEXTS[:60]
-  old = vocab_lib.train_sentencepiece(texts, str(tmp_path / "old.model"), vocab_size=1000, byte_fallback=False,
-                                      required_chars="", character_coverage=0.995)
+  old = vocab_lib.train_sentencepiece(
+    texts,
+    str(tmp_path / "old.model"),
+    vocab_size=1000,
+    byte_fallback=False,
+    required_chars="",
+    character_coverage=0.995,
+  )
   assert vocab_lib.UNK_ID in spm.SentencePieceProcessor(model_file=old).encode(CODE)  # the input shows the bug
   new = vocab_lib.train_sentencepiece(texts, str(tmp_path / "new.model"), vocab_size=1000, character_coverage=0.995)
   proc = spm.SentencePieceProcessor(model_file=new)
@@ -120,8 +127,7 @@ def test_unseen_characters_fall_back_to_bytes_in_python_and_tensorflow(spm_path,
 def test_byte_fallback_needs_room_for_the_byte_pieces(tmp_path):
   with pytest.raises(ValueError, match=r"vocab_size=200 is too small; use at least 267 \(byte_fallback"):
     vocab_lib.train_sentencepiece(TOPIC_TEXTS[:5], str(tmp_path / "a.model"), vocab_size=200)
-  path = vocab_lib.train_sentencepiece(TOPIC_TEXTS[:20], str(tmp_path / "b.model"), vocab_size=200,
-                                       byte_fallback=False)
+  path = vocab_lib.train_sentencepiece(TOPIC_TEXTS[:20], str(tmp_path / "b.model"), vocab_size=200, byte_fallback=False)
   assert spm.SentencePieceProcessor(model_file=path).piece_to_id("<0x00>") == vocab_lib.UNK_ID
 
 
@@ -129,8 +135,10 @@ def test_cli_vocab_train_byte_fallback_flag(tmp_path, capsys):
   (tmp_path / "a.txt").write_text("\n".join(TOPIC_TEXTS[:20]))
   for flag, expect_unk in (("--byte_fallback", False), ("--no-byte_fallback", True)):
     out = str(tmp_path / f"{flag}.model")
-    assert cli.main(["vocab", "train", "--files", str(tmp_path / "a.txt"), "--output", out,
-                     "--vocab_size", "700", flag]) == 0
+    assert (
+      cli.main(["vocab", "train", "--files", str(tmp_path / "a.txt"), "--output", out, "--vocab_size", "700", flag])
+      == 0
+    )
     ids = spm.SentencePieceProcessor(model_file=out).encode("日本")
     assert (vocab_lib.UNK_ID in ids) == expect_unk
   capsys.readouterr()

@@ -14,13 +14,19 @@ from t5lite import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUTS = dict(
-    initialization_timeout=distributed.DEFAULT_INIT_TIMEOUT,
-    heartbeat_timeout_seconds=distributed.DEFAULT_HEARTBEAT_TIMEOUT,
-    shutdown_timeout_seconds=distributed.DEFAULT_SHUTDOWN_TIMEOUT,
+  initialization_timeout=distributed.DEFAULT_INIT_TIMEOUT,
+  heartbeat_timeout_seconds=distributed.DEFAULT_HEARTBEAT_TIMEOUT,
+  shutdown_timeout_seconds=distributed.DEFAULT_SHUTDOWN_TIMEOUT,
 )
 SLURM_STEP = {
-    "SLURM_JOB_ID": "4242", "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "gpu[01-02]",
-    "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_NUM_NODES": "2",
+  "SLURM_JOB_ID": "4242",
+  "SLURM_PROCID": "1",
+  "SLURM_LOCALID": "0",
+  "SLURM_STEP_NODELIST": "gpu[01-02]",
+  "SLURM_NTASKS": "2",
+  "SLURM_STEP_NUM_TASKS": "2",
+  "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+  "SLURM_JOB_NUM_NODES": "2",
 }
 
 
@@ -40,12 +46,17 @@ def test_single_process_environments_do_nothing():
 
 def test_t5lite_environment():
   env = {
-      distributed.ENV_COORDINATOR: "node0:1234", distributed.ENV_NUM_PROCESSES: "4",
-      distributed.ENV_PROCESS_ID: "3", **SLURM_STEP,  # ours wins over SLURM's
+    distributed.ENV_COORDINATOR: "node0:1234",
+    distributed.ENV_NUM_PROCESSES: "4",
+    distributed.ENV_PROCESS_ID: "3",
+    **SLURM_STEP,  # ours wins over SLURM's
   }
   assert distributed.init_kwargs_from_env(env) == dict(
-      coordinator_address="node0:1234", num_processes=4, process_id=3, cluster_detection_method="deactivate",
-      **TIMEOUTS,
+    coordinator_address="node0:1234",
+    num_processes=4,
+    process_id=3,
+    cluster_detection_method="deactivate",
+    **TIMEOUTS,
   )
   source, _ = distributed.plan_from_env(env)
   assert source == "T5LITE_* environment"
@@ -62,22 +73,39 @@ def test_arguments_win_over_the_environment():
 
 def test_timeouts_from_the_environment():
   env = {
-      distributed.ENV_COORDINATOR: "h:1", distributed.ENV_NUM_PROCESSES: "2", distributed.ENV_PROCESS_ID: "0",
-      distributed.ENV_HEARTBEAT: "15", distributed.ENV_SHUTDOWN: "20", distributed.ENV_INIT: "30",
+    distributed.ENV_COORDINATOR: "h:1",
+    distributed.ENV_NUM_PROCESSES: "2",
+    distributed.ENV_PROCESS_ID: "0",
+    distributed.ENV_HEARTBEAT: "15",
+    distributed.ENV_SHUTDOWN: "20",
+    distributed.ENV_INIT: "30",
   }
   kwargs = distributed.init_kwargs_from_env(env)
-  assert (kwargs["heartbeat_timeout_seconds"], kwargs["shutdown_timeout_seconds"], kwargs["initialization_timeout"]) == (15, 20, 30)
+  assert (
+    kwargs["heartbeat_timeout_seconds"],
+    kwargs["shutdown_timeout_seconds"],
+    kwargs["initialization_timeout"],
+  ) == (15, 20, 30)
 
 
-@pytest.mark.parametrize("env, message", [
+@pytest.mark.parametrize(
+  "env, message",
+  [
     ({distributed.ENV_NUM_PROCESSES: "2", distributed.ENV_COORDINATOR: "h:1"}, "T5LITE_PROCESS_ID"),
     ({distributed.ENV_PROCESS_ID: "0", distributed.ENV_COORDINATOR: "h:1"}, "T5LITE_NUM_PROCESSES"),
     ({distributed.ENV_NUM_PROCESSES: "2", distributed.ENV_PROCESS_ID: "0"}, "T5LITE_COORDINATOR_ADDRESS"),
     ({distributed.ENV_NUM_PROCESSES: "2", distributed.ENV_PROCESS_ID: "2", distributed.ENV_COORDINATOR: "h:1"}, "0..1"),
-    ({distributed.ENV_NUM_PROCESSES: "two", distributed.ENV_PROCESS_ID: "0", distributed.ENV_COORDINATOR: "h:1"}, "not an integer"),
-    ({distributed.ENV_NUM_PROCESSES: "2", distributed.ENV_PROCESS_ID: "0", distributed.ENV_COORDINATOR: "h"}, "HOST:PORT"),
+    (
+      {distributed.ENV_NUM_PROCESSES: "two", distributed.ENV_PROCESS_ID: "0", distributed.ENV_COORDINATOR: "h:1"},
+      "not an integer",
+    ),
+    (
+      {distributed.ENV_NUM_PROCESSES: "2", distributed.ENV_PROCESS_ID: "0", distributed.ENV_COORDINATOR: "h"},
+      "HOST:PORT",
+    ),
     ({distributed.ENV_MODE: "maybe"}, "auto"),
-])
+  ],
+)
 def test_inconsistent_environments_are_refused(env, message):
   with pytest.raises(ValueError, match=message):
     distributed.init_kwargs_from_env(env)
@@ -93,13 +121,21 @@ def test_slurm_one_task_per_node_gets_all_local_gpus():
 
 
 def test_slurm_several_tasks_per_node_leaves_devices_to_jax():
-  env = {**SLURM_STEP, "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16", "SLURM_STEP_TASKS_PER_NODE": "8(x2)",
-         "SLURM_GPUS_ON_NODE": "8"}
+  env = {
+    **SLURM_STEP,
+    "SLURM_NTASKS": "16",
+    "SLURM_STEP_NUM_TASKS": "16",
+    "SLURM_STEP_TASKS_PER_NODE": "8(x2)",
+    "SLURM_GPUS_ON_NODE": "8",
+  }
   assert distributed.init_kwargs_from_env(env) == TIMEOUTS
 
 
 def test_tpu_pods_and_forced_auto_detection():
-  assert distributed.plan_from_env({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3", "TPU_WORKER_ID": "2"}) == ("Cloud TPU", TIMEOUTS)
+  assert distributed.plan_from_env({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3", "TPU_WORKER_ID": "2"}) == (
+    "Cloud TPU",
+    TIMEOUTS,
+  )
   assert distributed.plan_from_env({"MEGASCALE_NUM_SLICES": "2"}) == ("Cloud TPU", TIMEOUTS)
   assert distributed.plan_from_env({"OMPI_COMM_WORLD_SIZE": "4"}) == ("Open MPI", TIMEOUTS)
   assert distributed.init_kwargs_from_env({distributed.ENV_MODE: "auto"}) == TIMEOUTS
@@ -122,18 +158,24 @@ def test_maybe_initialize_in_a_fresh_interpreter_touches_nothing(tmp_path):
   """No backend is started, no hook installed: the caller may still configure jax afterwards."""
   script = tmp_path / "single.py"
   script.write_text(
-      "import sys, jax\n"
-      "from jax._src import xla_bridge\n"
-      "from t5lite import distributed\n"
-      "hook = sys.excepthook\n"
-      "assert distributed.maybe_initialize(num_processes=1) is False\n"
-      "assert not xla_bridge.backends_are_initialized()\n"
-      "assert sys.excepthook is hook and not jax.distributed.is_initialized()\n"
-      "print('ok', jax.device_count())\n"
+    "import sys, jax\n"
+    "from jax._src import xla_bridge\n"
+    "from t5lite import distributed\n"
+    "hook = sys.excepthook\n"
+    "assert distributed.maybe_initialize(num_processes=1) is False\n"
+    "assert not xla_bridge.backends_are_initialized()\n"
+    "assert sys.excepthook is hook and not jax.distributed.is_initialized()\n"
+    "print('ok', jax.device_count())\n"
   )
   env = {k: v for k, v in os.environ.items() if not k.startswith(("T5LITE_", "SLURM_"))}
-  out = subprocess.run([sys.executable, str(script)], env={**env, "PYTHONPATH": REPO}, capture_output=True,
-                       text=True, timeout=120, check=False)
+  out = subprocess.run(
+    [sys.executable, str(script)],
+    env={**env, "PYTHONPATH": REPO},
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.startswith("ok ")
 

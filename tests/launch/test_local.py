@@ -42,8 +42,18 @@ PRELUDE = textwrap.dedent("""\
 def launch(tmp_path, body, *, args=(), env=None, timeout=150):
   script = tmp_path / "job.py"
   script.write_text(PRELUDE + textwrap.dedent(body))
-  cmd = [sys.executable, LAUNCHER, "--num_processes", "2", "--devices_per_process", "4", *args,
-         "--", sys.executable, str(script)]
+  cmd = [
+    sys.executable,
+    LAUNCHER,
+    "--num_processes",
+    "2",
+    "--devices_per_process",
+    "4",
+    *args,
+    "--",
+    sys.executable,
+    str(script),
+  ]
   child_env = {**os.environ, "PYTHONPATH": REPO, **(env or {})}
   start = time.monotonic()
   out = subprocess.run(cmd, cwd=tmp_path, env=child_env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -52,11 +62,15 @@ def launch(tmp_path, body, *, args=(), env=None, timeout=150):
 
 @pytest.mark.slow
 def test_two_processes_reduce_over_eight_devices(tmp_path):
-  out, _ = launch(tmp_path, """\
+  out, _ = launch(
+    tmp_path,
+    """\
       assert jax.process_count() == 2, jax.process_count()
       assert jax.device_count() == 8 and jax.local_device_count() == 4, (jax.device_count(), jax.local_device_count())
       print(f"process {jax.process_index()} of {jax.process_count()}: {jax.device_count()} devices, sum {float(total(x)):g}")
-      """, args=["--timeout", "120"])
+      """,
+    args=["--timeout", "120"],
+  )
   assert out.returncode == 0, out.stdout + out.stderr
   assert "[p0] process 0 of 2: 8 devices, sum 28" in out.stdout.splitlines()
   assert "[p1] process 1 of 2: 8 devices, sum 28" in out.stdout.splitlines()
@@ -64,10 +78,13 @@ def test_two_processes_reduce_over_eight_devices(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("failing, how, code, why", [
+@pytest.mark.parametrize(
+  "failing, how, code, why",
+  [
     (1, "sys.exit(3)", 3, "sys.exit(3)"),
     (0, "raise RuntimeError('bad batch')", 1, "RuntimeError: bad batch"),  # process 0 hosts the coordinator
-])
+  ],
+)
 def test_a_failing_process_stops_the_others_quickly(tmp_path, failing, how, code, why):
   """One process fails while the other waits for it in a collective.
 
@@ -75,18 +92,24 @@ def test_a_failing_process_stops_the_others_quickly(tmp_path, failing, how, code
   the other process here is t5lite.distributed's fail-fast hook.
   """
   other = 1 - failing
-  out, elapsed = launch(tmp_path, f"""\
+  out, elapsed = launch(
+    tmp_path,
+    f"""\
       print("first sum", float(total(x)), flush=True)
       if jax.process_index() == {failing}:
         {how}
       print("waiting in a collective", flush=True)
       print("second sum", float(total(x)), flush=True)
-      """, args=["--grace", "100", "--timeout", "100"])
+      """,
+    args=["--grace", "100", "--timeout", "100"],
+  )
   assert out.returncode == code, out.stdout + out.stderr
   assert elapsed < 60
   assert f"FAILED: process {failing} failed first with exit code {code}" in out.stderr
-  assert (f"[p{other}] t5lite.distributed: stopping process {other} because process {failing} failed with "
-          f"exit code {code} ({why})") in out.stderr
+  assert (
+    f"[p{other}] t5lite.distributed: stopping process {other} because process {failing} failed with "
+    f"exit code {code} ({why})"
+  ) in out.stderr
   codes = {failing: code, other: distributed.PEER_FAILED_EXIT_CODE}
   assert f"exit codes: p0={codes[0]} p1={codes[1]}" in out.stderr
   assert "second sum" not in out.stdout
@@ -95,12 +118,16 @@ def test_a_failing_process_stops_the_others_quickly(tmp_path, failing, how, code
 @pytest.mark.slow
 def test_a_killed_process_is_caught_by_the_launcher(tmp_path):
   """SIGKILL skips every exit hook: the launcher sees the death and stops process 0 after --grace."""
-  out, elapsed = launch(tmp_path, """\
+  out, elapsed = launch(
+    tmp_path,
+    """\
       print("first sum", float(total(x)), flush=True)
       if jax.process_index() == 1:
         os.kill(os.getpid(), 9)
       print("second sum", float(total(x)), flush=True)
-      """, args=["--grace", "1", "--timeout", "100"])
+      """,
+    args=["--grace", "1", "--timeout", "100"],
+  )
   assert out.returncode == 128 + 9, out.stdout + out.stderr
   assert elapsed < 60
   assert "process 1 failed: killed by SIGKILL" in out.stderr
@@ -110,12 +137,17 @@ def test_a_killed_process_is_caught_by_the_launcher(tmp_path):
 @pytest.mark.slow
 def test_a_killed_process_is_caught_by_jax_heartbeats_without_the_launcher(tmp_path):
   """With the launcher patient (--grace 100), jax's heartbeat (10 s here) ends process 0 on its own."""
-  out, elapsed = launch(tmp_path, """\
+  out, elapsed = launch(
+    tmp_path,
+    """\
       print("first sum", float(total(x)), flush=True)
       if jax.process_index() == 1:
         os.kill(os.getpid(), 9)
       print("second sum", float(total(x)), flush=True)
-      """, args=["--grace", "100", "--timeout", "100"], env={distributed.ENV_HEARTBEAT: "10"})
+      """,
+    args=["--grace", "100", "--timeout", "100"],
+    env={distributed.ENV_HEARTBEAT: "10"},
+  )
   assert out.returncode == 137, out.stdout + out.stderr
   assert elapsed < 60
   assert "[p0] " in out.stderr and "JAX distributed service detected fatal errors" in out.stderr
@@ -126,8 +158,11 @@ def test_a_killed_process_is_caught_by_jax_heartbeats_without_the_launcher(tmp_p
 # The launcher alone, with plain Python children (fast).
 # --------------------------------------------------------------------------- #
 def test_child_env_keeps_other_xla_flags():
-  base = {"XLA_FLAGS": "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=8", "PATH": "/bin",
-          distributed.ENV_LOCAL_DEVICE_COUNT: "8"}
+  base = {
+    "XLA_FLAGS": "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=8",
+    "PATH": "/bin",
+    distributed.ENV_LOCAL_DEVICE_COUNT: "8",
+  }
   env = local.child_env(base, 1, 2, 4, "localhost:999")
   assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=4"
   assert env[distributed.ENV_COORDINATOR] == "localhost:999"
@@ -140,10 +175,18 @@ def test_child_env_keeps_other_xla_flags():
 def test_run_streams_prefixed_lines_and_sets_the_environment():
   out, err = io.StringIO(), io.StringIO()
   code = local.run(
-      [sys.executable, "-c", "import os, sys; e = os.environ; "
-       "print(e['T5LITE_PROCESS_ID'], e['T5LITE_NUM_PROCESSES'], e['T5LITE_COORDINATOR_ADDRESS'], e['XLA_FLAGS']); "
-       "print('to stderr', file=sys.stderr)"],
-      3, 2, port=12399, stdout=out, stderr=err,
+    [
+      sys.executable,
+      "-c",
+      "import os, sys; e = os.environ; "
+      "print(e['T5LITE_PROCESS_ID'], e['T5LITE_NUM_PROCESSES'], e['T5LITE_COORDINATOR_ADDRESS'], e['XLA_FLAGS']); "
+      "print('to stderr', file=sys.stderr)",
+    ],
+    3,
+    2,
+    port=12399,
+    stdout=out,
+    stderr=err,
   )
   assert code == 0
   lines = sorted(out.getvalue().splitlines())
@@ -155,9 +198,17 @@ def test_run_stops_the_others_and_returns_the_first_failure():
   err = io.StringIO()
   start = time.monotonic()
   code = local.run(
-      [sys.executable, "-c", "import os, time; i = int(os.environ['T5LITE_PROCESS_ID']); "
-       "time.sleep(0.5) if i == 1 else time.sleep(60); raise SystemExit(5)"],
-      2, 1, grace=0.5, stdout=io.StringIO(), stderr=err,
+    [
+      sys.executable,
+      "-c",
+      "import os, time; i = int(os.environ['T5LITE_PROCESS_ID']); "
+      "time.sleep(0.5) if i == 1 else time.sleep(60); raise SystemExit(5)",
+    ],
+    2,
+    1,
+    grace=0.5,
+    stdout=io.StringIO(),
+    stderr=err,
   )
   assert code == 5
   assert time.monotonic() - start < 20
@@ -167,8 +218,9 @@ def test_run_stops_the_others_and_returns_the_first_failure():
 
 def test_run_timeout():
   err = io.StringIO()
-  code = local.run([sys.executable, "-c", "import time; time.sleep(60)"], 2, 1, timeout=0.5,
-                   stdout=io.StringIO(), stderr=err)
+  code = local.run(
+    [sys.executable, "-c", "import time; time.sleep(60)"], 2, 1, timeout=0.5, stdout=io.StringIO(), stderr=err
+  )
   assert code == 124
   assert "timed out after 0.5 s" in err.getvalue()
 
@@ -176,10 +228,17 @@ def test_run_timeout():
 def test_ctrl_c_stops_all_children(tmp_path):
   pids = tmp_path / "pids"
   pids.mkdir()
-  child = ("import os, time; open(os.path.join(%r, str(os.getpid())), 'w').close(); "
-           "print('ready', flush=True); time.sleep(60)" % str(pids))
-  proc = subprocess.Popen([sys.executable, LAUNCHER, "--num_processes", "2", "--", sys.executable, "-c", child],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO})
+  child = (
+    "import os, time; open(os.path.join(%r, str(os.getpid())), 'w').close(); "
+    "print('ready', flush=True); time.sleep(60)" % str(pids)
+  )
+  proc = subprocess.Popen(
+    [sys.executable, LAUNCHER, "--num_processes", "2", "--", sys.executable, "-c", child],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "PYTHONPATH": REPO},
+  )
   ready = 0
   while ready < 2:
     line = proc.stdout.readline()
@@ -211,11 +270,17 @@ def test_children_die_with_the_launcher(tmp_path):
     pytest.skip("PR_SET_PDEATHSIG is Linux-only")
   pids = tmp_path / "pids"
   pids.mkdir()
-  child = ("import os, time; open(os.path.join(%r, str(os.getpid())), 'w').close(); "
-           "print('ready', flush=True); time.sleep(60)" % str(pids))
-  proc = subprocess.Popen([sys.executable, LAUNCHER, "--num_processes", "2", "--", sys.executable, "-c", child],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                          env={**os.environ, "PYTHONPATH": REPO})
+  child = (
+    "import os, time; open(os.path.join(%r, str(os.getpid())), 'w').close(); "
+    "print('ready', flush=True); time.sleep(60)" % str(pids)
+  )
+  proc = subprocess.Popen(
+    [sys.executable, LAUNCHER, "--num_processes", "2", "--", sys.executable, "-c", child],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+    env={**os.environ, "PYTHONPATH": REPO},
+  )
   ready = 0
   while ready < 2:
     line = proc.stdout.readline()

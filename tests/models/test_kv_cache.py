@@ -25,7 +25,8 @@ def _t5(scan):
 
 def _dec(scan, prefix_lm):
   m = model_lib.DecoderOnlyModel(
-      config=decoder_only.decoder_only_config("tiny", vocab_size=V, scan_layers=scan), prefix_lm=prefix_lm)
+    config=decoder_only.decoder_only_config("tiny", vocab_size=V, scan_layers=scan), prefix_lm=prefix_lm
+  )
   lengths = {"inputs": 4, "targets": 4} if prefix_lm else {"targets": 8}
   return m, m.init_params(jax.random.key(1), m.input_shapes(1, lengths))
 
@@ -45,7 +46,7 @@ def test_encoder_decoder_cache_equals_recompute(scan):
   assert all(x.shape[0] == 3 for x in jax.tree.leaves(cache))
   step_fn = jax.jit(m.tokens_to_logits(params))
   for i in range(length):
-    logits, cache = step_fn(jnp.asarray(dec[:, i:i + 1]), cache, jnp.int32(i))
+    logits, cache = step_fn(jnp.asarray(dec[:, i : i + 1]), cache, jnp.int32(i))
     np.testing.assert_allclose(logits, full[:, i], atol=2e-5, rtol=1e-5)
 
 
@@ -60,7 +61,7 @@ def test_decoder_only_prefill_and_cache_equal_recompute(scan, prefix_lm):
   step_fn = jax.jit(m.tokens_to_logits(params, offset))
   got = []
   for j in range(5):
-    tok = start[:, None] if j == 0 else jnp.asarray(cont[:, j - 1:j])
+    tok = start[:, None] if j == 0 else jnp.asarray(cont[:, j - 1 : j])
     logits, cache = step_fn(tok, cache, jnp.int32(j))
     got.append(np.asarray(logits))
   for r in range(4):
@@ -108,8 +109,12 @@ def test_score_batch_is_the_sum_of_target_log_probs():
   tgt = rng.integers(2, V, (2, 5)).astype(np.int32)
   weights = np.ones((2, 5), np.int32)
   weights[1, 3:] = 0
-  batch = {"encoder_input_tokens": enc, "decoder_target_tokens": tgt, "decoder_loss_weights": weights,
-           "decoder_input_tokens": np.concatenate([np.zeros((2, 1), np.int32), tgt[:, :-1]], 1)}
+  batch = {
+    "encoder_input_tokens": enc,
+    "decoder_target_tokens": tgt,
+    "decoder_loss_weights": weights,
+    "decoder_input_tokens": np.concatenate([np.zeros((2, 1), np.int32), tgt[:, :-1]], 1),
+  }
   got = m.score_batch(params, batch)
   logp = jax.nn.log_softmax(m.module.apply({"params": params}, enc, batch["decoder_input_tokens"]))
   want = [sum(float(logp[r, i, tgt[r, i]]) for i in range(5) if weights[r, i]) for r in range(2)]
@@ -127,12 +132,15 @@ def test_decoder_only_sampling_with_a_fixed_seed_is_reproducible():
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   greedy = fn(params, prompts, model_lib.DecodeOptions("greedy", max_decode_len=5, eos_id=-1))[0]
-  topk1 = fn(params, prompts, model_lib.DecodeOptions("sample", max_decode_len=5, top_k=1, eos_id=-1),
-             jax.random.key(3))[0]
+  topk1 = fn(
+    params, prompts, model_lib.DecodeOptions("sample", max_decode_len=5, top_k=1, eos_id=-1), jax.random.key(3)
+  )[0]
   np.testing.assert_array_equal(topk1, greedy)
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(method="beam", beam_size=0), "beam_size=0 must be an integer >= 1"),
     (dict(method="sample", top_p=1.5), r"top_p=1.5 must be a finite number in \(0.0, 1.0\]"),
     (dict(method="sample", top_p=0.0), r"top_p=0.0 must be a finite number in \(0.0, 1.0\]"),
@@ -147,7 +155,8 @@ def test_decoder_only_sampling_with_a_fixed_seed_is_reproducible():
     (dict(method="sample", temperature=float("inf")), "temperature=inf must be a finite number >= 0.0"),
     (dict(method="sample", top_k=2.5), "top_k=2.5 must be an integer >= 0"),
     (dict(eos_id=-2), r"eos_id=-2 must be an integer >= -1 \(-1: no EOS\)"),
-])
+  ],
+)
 def test_bad_decode_options_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
     model_lib.DecodeOptions(**kwargs)

@@ -10,24 +10,33 @@ from t5lite.models import decoder_only, model as model_lib, t5
 TINY = dict(vocab_size=64, d_model=16, num_heads=2, d_kv=8, d_ff=32)
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(z_loss=-1e-4), "z_loss=-0.0001 must be a finite number >= 0.0"),
     (dict(z_loss=math.nan), "z_loss=nan must be a finite number >= 0.0"),
     (dict(z_loss=True), "z_loss=True must be a finite number >= 0.0, not a bool"),
     (dict(label_smoothing=1.0), "label_smoothing=1.0 must be a finite number in [0.0, 1.0)"),
-    (dict(label_smoothing="0.1"), "label_smoothing='0.1' must be a finite number in [0.0, 1.0), not a string "
-     "(write the number without quotes)"),
-])
+    (
+      dict(label_smoothing="0.1"),
+      "label_smoothing='0.1' must be a finite number in [0.0, 1.0), not a string (write the number without quotes)",
+    ),
+  ],
+)
 def test_loss_settings_are_checked(kwargs, message):
-  for make in (lambda **kw: model_lib.EncoderDecoderModel(config=t5.T5Config(**TINY, num_encoder_layers=1,
-                                                                              num_decoder_layers=1), **kw),
-               lambda **kw: model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**TINY, num_layers=1), **kw)):
+  for make in (
+    lambda **kw: model_lib.EncoderDecoderModel(
+      config=t5.T5Config(**TINY, num_encoder_layers=1, num_decoder_layers=1), **kw
+    ),
+    lambda **kw: model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**TINY, num_layers=1), **kw),
+  ):
     with pytest.raises(ValueError) as e:
       make(**kwargs)
     assert str(e.value) == message
 
 
 def test_boundary_loss_settings_are_accepted():
-  model = model_lib.EncoderDecoderModel(config=t5.T5Config(**TINY, num_encoder_layers=1, num_decoder_layers=1),
-                                        z_loss=0, label_smoothing=0.0)
+  model = model_lib.EncoderDecoderModel(
+    config=t5.T5Config(**TINY, num_encoder_layers=1, num_decoder_layers=1), z_loss=0, label_smoothing=0.0
+  )
   assert (model.z_loss, type(model.z_loss), model.label_smoothing) == (0.0, float, 0.0)
