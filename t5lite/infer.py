@@ -322,7 +322,7 @@ def _chunks_agreed(items: Iterator, size: int) -> Iterator[list]:
   call the jitted steps together, so one with fewer items runs empty chunks)."""
   while True:
     chunk = [x for _, x in zip(range(size), items)]
-    if inference._agreed_count(len(chunk)) == 0:  # pylint: disable=protected-access
+    if inference.agreed_count(len(chunk)) == 0:
       return
     yield chunk
 

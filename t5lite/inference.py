@@ -163,7 +163,7 @@ def fit_to_length(ids: Sequence[int], length: Optional[int], *, append_eos: bool
   return ids[:length], True
 
 
-def _agreed_count(n_local: int) -> int:
+def agreed_count(n_local: int) -> int:
   """The largest of every process's count (each process must run as many steps)."""
   if jax.process_count() == 1:
     return n_local
@@ -266,7 +266,11 @@ class Predictor:
     return cls(model, params, partitioner=partitioner, step=found_step, **kwargs)
 
   # ---- jitted functions ----------------------------------------------------
-  def _jitted(self, kind: str, options: Optional[DecodeOptions] = None):
+  def jitted(self, kind: str, options: Optional[DecodeOptions] = None):
+    """The jitted program for `kind` ('predict': (params, inputs [B, L] int32,
+    rng) -> (tokens [B, max_decode_len] int32, scores [B] float32) under
+    `options`; 'score': (params, features) -> [B] float32 log-likelihoods),
+    sharded over this predictor's mesh, built once per (kind, options)."""
     key = (kind, options)
     if key not in self._compiled:
       part = self.partitioner
@@ -290,7 +294,7 @@ class Predictor:
     return self._compiled[key]
 
   def _batches(self, n: int) -> int:
-    return _agreed_count(math.ceil(n / self.local_batch_size))
+    return agreed_count(math.ceil(n / self.local_batch_size))
 
   def _pad_rows(self, x: np.ndarray, start: int) -> np.ndarray:
     rows = x[start : start + self.local_batch_size]
@@ -313,7 +317,7 @@ class Predictor:
     inputs = np.asarray(inputs, np.int32)
     if inputs.ndim != 2:
       raise ValueError(f"inputs must be a 2-D array [examples, length], got shape {inputs.shape}")
-    fn = self._jitted("predict", options)
+    fn = self.jitted("predict", options)
     base = jax.random.key(self.seed if seed is None else seed)
     tokens, scores = [], []
     with self.partitioner.context():
@@ -330,7 +334,7 @@ class Predictor:
   def score_examples(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
     """Log-likelihood of the targets of model features (see `score_features`)."""
     n = len(next(iter(features.values())))
-    fn = self._jitted("score")
+    fn = self.jitted("score")
     out = []
     with self.partitioner.context():
       for i in range(self._batches(n)):

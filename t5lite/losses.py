@@ -180,7 +180,7 @@ class LossNormalizingFactor(enum.Enum):
 LossNormalizingFactorLike = Union[None, float, int, str, LossNormalizingFactor]
 
 
-def _as_normalizer(factor: LossNormalizingFactorLike) -> Union[None, float, LossNormalizingFactor]:
+def as_normalizer(factor: LossNormalizingFactorLike) -> Union[None, float, LossNormalizingFactor]:
   if factor is None or isinstance(factor, LossNormalizingFactor):
     return factor
   if isinstance(factor, str):
@@ -247,7 +247,7 @@ def loss_scale_and_denominator(
   computes both once over the whole batch and sums microbatch losses with the
   matching slices of `scale`, so the result equals the unsplit batch's.
   """
-  normalizer = _as_normalizer(loss_normalizing_factor)
+  normalizer = as_normalizer(loss_normalizing_factor)
   weights = jnp.asarray(weights, jnp.float32)
   if normalizer is LossNormalizingFactor.AVERAGE_PER_SEQUENCE:
     if segment_ids is not None and jnp.shape(segment_ids) != weights.shape:
@@ -302,7 +302,7 @@ def compute_weighted_cross_entropy(
     raise ValueError(f"logits shape {logits.shape} must be targets shape {targets.shape} plus a vocab dim.")
   if not 0.0 <= label_smoothing < 1.0:
     raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
-  normalizer = _as_normalizer(loss_normalizing_factor)
+  normalizer = as_normalizer(loss_normalizing_factor)
   vocab = logits.shape[-1]
   if label_smoothing > 0 and vocab < 2:
     raise ValueError("label_smoothing needs a vocab of at least 2.")

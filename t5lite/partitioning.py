@@ -161,14 +161,16 @@ def _axes_size(mesh: Mesh, axes) -> int:
 def logical_sizes(abstract_params: PyTree, logical_axes: PyTree) -> dict[str, set[int]]:
   """The dimension sizes each logical name takes across the parameters."""
   sizes: dict[str, set[int]] = {}
-  for leaf, names in zip(jax.tree.leaves(abstract_params), _axes_leaves(logical_axes)):
+  for leaf, names in zip(jax.tree.leaves(abstract_params), axes_leaves(logical_axes)):
     for dim, name in zip(leaf.shape, names or ()):
       if name is not None:
         sizes.setdefault(name, set()).add(int(dim))
   return sizes
 
 
-def _axes_leaves(logical_axes: PyTree) -> list:
+def axes_leaves(logical_axes: PyTree) -> list:
+  """The leaves of a logical-axes tree: one tuple of names (str or None) per
+  array, in `jax.tree.leaves` order of the matching parameter tree."""
   return jax.tree.leaves(
     logical_axes, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x)
   )

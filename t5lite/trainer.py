@@ -356,7 +356,7 @@ class Trainer:
       "",
       "parameter  shape  logical axes  partition spec",
     ]
-    flat_axes = partitioning._axes_leaves(self.logical_axes)  # pylint: disable=protected-access
+    flat_axes = partitioning.axes_leaves(self.logical_axes)
     for (path, leaf), names in zip(jax.tree_util.tree_flatten_with_path(self.abstract_params)[0], flat_axes):
       key = "/".join(str(getattr(k, "key", k)) for k in path)
       lines.append(f"{key}  {tuple(leaf.shape)}  {names}  {leaf.sharding.spec}")

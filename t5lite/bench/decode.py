@@ -117,7 +117,7 @@ def run(args) -> list[dict]:
 
   def predict(params, inputs, opts):
     with part.context():
-      return predictor._jitted("predict", opts)(params, inputs, sample_key)  # pylint: disable=protected-access
+      return predictor.jitted("predict", opts)(params, inputs, sample_key)
 
   device = jax.devices()[0]
   results = []

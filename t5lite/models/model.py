@@ -92,7 +92,7 @@ class BaseModel:
       "label_smoothing", self.label_smoothing, minimum=0.0, maximum=1.0, max_open=True
     )
     self.z_loss = checks.check_float("z_loss", self.z_loss, minimum=0.0)
-    losses._as_normalizer(self.loss_normalizing_factor)  # pylint: disable=protected-access  # validates
+    losses.as_normalizer(self.loss_normalizing_factor)  # validates
 
   # ---- parameters ----------------------------------------------------------
   def input_shapes(self, batch_size: int, lengths: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
