@@ -32,7 +32,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the checkout importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t5lite import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from t5lite import distributed, mesh_shape  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def check_mesh(nodes: int, gpus_per_node: int, data: int, fsdp: int, model: int) -> dict[str, int]:
@@ -40,7 +41,7 @@ def check_mesh(nodes: int, gpus_per_node: int, data: int, fsdp: int, model: int)
     raise ValueError(f"--nodes={nodes} and --gpus_per_node={gpus_per_node} must be >= 1.")
   total = nodes * gpus_per_node
   where = f"{nodes} node{'s' if nodes > 1 else ''} x {gpus_per_node} GPUs"
-  sizes = distributed.plan_mesh(total, data, fsdp, model, where=where)
+  sizes = mesh_shape.plan_mesh(total, data, fsdp, model, where=where)
   if sizes["model"] > gpus_per_node or gpus_per_node % sizes["model"]:
     print(
       f"launch/slurm.py: warning: MODEL_PARALLELISM={sizes['model']} does not fit inside one node of "
@@ -51,16 +52,8 @@ def check_mesh(nodes: int, gpus_per_node: int, data: int, fsdp: int, model: int)
 
 
 def train_argv(args, sizes: dict[str, int]) -> list[str]:
-  argv = [args.python, "-m", "t5lite.train"]
-  argv += [f"--gin_file={g}" for g in args.gin_file]
-  argv.append(f'--gin.MODEL_DIR="{args.model_dir}"')
-  argv += [
-    f"--gin.DATA_PARALLELISM={sizes['data']}",
-    f"--gin.FSDP_PARALLELISM={sizes['fsdp']}",
-    f"--gin.MODEL_PARALLELISM={sizes['model']}",
-  ]
-  argv += [f"--gin.{b}" for b in args.gin]
-  return argv + list(args.extra)
+  """The command every node runs: the nodes' python, then `common.train_args`."""
+  return [args.python, *common.train_args(args, sizes)]
 
 
 def sbatch_script(args, sizes: dict[str, int]) -> str:
@@ -120,18 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="launch/slurm.py", description=__doc__.split("\n\n")[0])
   p.add_argument("--nodes", type=int, required=True)
   p.add_argument("--gpus_per_node", type=int, default=8)
-  p.add_argument("--gin_file", action="append", required=True, help="Gin file (repeatable).")
-  p.add_argument("--model_dir", required=True, help="Run directory on a filesystem every node mounts.")
-  p.add_argument("--data", type=int, default=-1, help="DATA_PARALLELISM (-1: the devices left).")
-  p.add_argument("--fsdp", type=int, default=1, help="FSDP_PARALLELISM.")
-  p.add_argument("--model", type=int, default=1, help="MODEL_PARALLELISM (tensor parallelism).")
-  p.add_argument(
-    "--gin",
-    action="append",
-    default=[],
-    metavar="NAME=VALUE",
-    help="More gin bindings, passed as --gin.NAME=VALUE (repeatable).",
-  )
+  common.add_training_args(p, model_dir_help="Run directory on a filesystem every node mounts.")
   p.add_argument(
     "--python",
     default=sys.executable,
@@ -169,29 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra: list[str] = []
-  if "--" in argv:
-    split = argv.index("--")
-    argv, extra = argv[:split], argv[split + 1 :]
-  parser = build_parser()
-  if "--dry_run" in extra:  # never run for real what was meant as a dry run
-    parser.error("--dry_run comes before '--' (what follows '--' goes to t5lite.train)")
-  args = parser.parse_args(argv)
-  args.extra = extra
-  try:
-    if not re.fullmatch(r"[\w.-]+", args.job_name):
-      raise ValueError(f"--job_name={args.job_name!r}: use letters, digits, '.', '_' and '-'.")
-    sizes = check_mesh(args.nodes, args.gpus_per_node, args.data, args.fsdp, args.model)
-    if args.plain:
-      for line in plain_commands(args, sizes):
-        print(line)
-      return 0
-    script = sbatch_script(args, sizes)
-  except ValueError as e:
-    print(f"launch/slurm.py: error: {e}", file=sys.stderr)
-    return 2
+def run(args) -> int:
+  """Prints the per-node commands (--plain), or writes the sbatch script and submits it."""
+  if not re.fullmatch(r"[\w.-]+", args.job_name):
+    raise ValueError(f"--job_name={args.job_name!r}: use letters, digits, '.', '_' and '-'.")
+  sizes = check_mesh(args.nodes, args.gpus_per_node, args.data, args.fsdp, args.model)
+  if args.plain:
+    for line in plain_commands(args, sizes):
+      print(line)
+    return 0
+  script = sbatch_script(args, sizes)
   path = args.script or f"{args.job_name}.sbatch"
   submit = ["sbatch", path]
   if args.dry_run:
@@ -211,6 +180,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       file=sys.stderr,
     )
     return 127
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return common.main(build_parser(), argv, run)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a script: make the checkout importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t5lite import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from t5lite import distributed, mesh_shape  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIST_DIR = "t5lite-dist"  # local build/<this> and remote ~/<this>
@@ -114,12 +115,12 @@ def check_mesh(tpu: Slice, data: int, fsdp: int, model: int, num_slices: int = 1
   """Resolved mesh sizes for `num_slices` slices of `tpu`, or ValueError naming the valid choices."""
   total = tpu.devices * num_slices
   where = tpu.describe() if num_slices == 1 else f"{num_slices} slices of {tpu.describe()}"
-  sizes = distributed.plan_mesh(total, data, fsdp, model, where=where)
+  sizes = mesh_shape.plan_mesh(total, data, fsdp, model, where=where)
   if num_slices > 1 and tpu.devices % (sizes["fsdp"] * sizes["model"]):
     raise ValueError(
       f"Mesh {sizes} over {where}: fsdp x model = {sizes['fsdp'] * sizes['model']} must divide the "
       f"{tpu.devices} devices of one slice, so that only the data axis crosses slices (over the "
-      f"data-center network). Valid fsdp x model: {distributed.divisors(tpu.devices)}."
+      f"data-center network). Valid fsdp x model: {mesh_shape.divisors(tpu.devices)}."
     )
   return sizes
 
@@ -194,20 +195,6 @@ def setup_commands(args) -> list[list[str]]:
   ]
 
 
-def train_argv(args, sizes: dict[str, int]) -> list[str]:
-  """`-m t5lite.train ...` (after the python) with the gin files, MODEL_DIR, the mesh and extra flags."""
-  argv = ["-m", "t5lite.train"]
-  argv += [f"--gin_file={g}" for g in args.gin_file]
-  argv.append(f'--gin.MODEL_DIR="{args.model_dir}"')
-  argv += [
-    f"--gin.DATA_PARALLELISM={sizes['data']}",
-    f"--gin.FSDP_PARALLELISM={sizes['fsdp']}",
-    f"--gin.MODEL_PARALLELISM={sizes['model']}",
-  ]
-  argv += [f"--gin.{b}" for b in args.gin]
-  return argv + list(args.extra)
-
-
 def sh_word(word: str) -> str:
   """Like shlex.quote, but quotes inside gin values become \\" so the line nests in '...' cleanly."""
   if re.fullmatch(r"[\w@%+=:,./~\-\[\]{}\"']+", word) and not word.startswith("~"):
@@ -219,7 +206,7 @@ def remote_train_command(args, sizes: dict[str, int], default_python: str) -> st
   """The shell command each worker runs (default_python is used unquoted, so ~ expands)."""
   python = shlex.quote(args.python) if args.python else default_python
   prefix = f"cd {shlex.quote(args.workdir)} && " if args.workdir else ""
-  words = " ".join(sh_word(w) for w in train_argv(args, sizes))
+  words = " ".join(sh_word(w) for w in common.train_args(args, sizes))
   return f"{prefix}{distributed.ENV_MODE}=auto {python} {words}"
 
 
@@ -307,18 +294,7 @@ def _add_common(p: argparse.ArgumentParser, *, tpu_vm: bool = True) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--gin_file", action="append", required=True, help="Gin file (repeatable).")
-  p.add_argument("--model_dir", required=True, help="Run directory every host sees, e.g. gs://BUCKET/run.")
-  p.add_argument("--data", type=int, default=-1, help="DATA_PARALLELISM (-1: the devices left).")
-  p.add_argument("--fsdp", type=int, default=1, help="FSDP_PARALLELISM.")
-  p.add_argument("--model", type=int, default=1, help="MODEL_PARALLELISM (tensor parallelism).")
-  p.add_argument(
-    "--gin",
-    action="append",
-    default=[],
-    metavar="NAME=VALUE",
-    help="More gin bindings, passed as --gin.NAME=VALUE (repeatable).",
-  )
+  common.add_training_args(p, model_dir_help="Run directory every host sees, e.g. gs://BUCKET/run.")
   p.add_argument("--workdir", default=None, help="Directory to cd into on the workers first.")
   p.add_argument("--python", default=None, help="Python on the workers (default: the venv `setup` made).")
 
@@ -359,40 +335,31 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra: list[str] = []
-  if "--" in argv:
-    split = argv.index("--")
-    argv, extra = argv[:split], argv[split + 1 :]
-  parser = build_parser()
-  if "--dry_run" in extra:  # never run for real what was meant as a dry run
-    parser.error("--dry_run comes before '--' (what follows '--' goes to t5lite.train)")
-  args = parser.parse_args(argv)
-  args.extra = extra
-  try:
-    if args.verb == "create":
-      return _create(args)
-    if args.verb == "setup":
-      return _execute(setup_commands(args), args.dry_run)
-    if args.verb == "delete":
-      return _execute([delete_command(args)], args.dry_run)
-    if args.verb == "run":
-      tpu = slice_info(args.accelerator_type)
-      sizes = check_mesh(tpu, args.data, args.fsdp, args.model)
-      _warn_model_dir(args.model_dir, tpu.hosts > 1)
-      return _execute([run_command(args, sizes)], args.dry_run)
-    if args.verb == "xpk":
-      if args.num_slices < 1:
-        raise ValueError(f"--num_slices={args.num_slices} must be >= 1.")
-      tpu = slice_info(args.tpu_type)
-      sizes = check_mesh(tpu, args.data, args.fsdp, args.model, args.num_slices)
-      _warn_model_dir(args.model_dir, tpu.hosts * args.num_slices > 1)
-      return _execute([xpk_command(args, sizes)], args.dry_run)
-  except ValueError as e:
-    print(f"launch/tpu.py: error: {e}", file=sys.stderr)
-    return 2
+def run(args) -> int:
+  """Runs (or with --dry_run prints) the commands of the subcommand `args.verb`."""
+  if args.verb == "create":
+    return _create(args)
+  if args.verb == "setup":
+    return _execute(setup_commands(args), args.dry_run)
+  if args.verb == "delete":
+    return _execute([delete_command(args)], args.dry_run)
+  if args.verb == "run":
+    tpu = slice_info(args.accelerator_type)
+    sizes = check_mesh(tpu, args.data, args.fsdp, args.model)
+    _warn_model_dir(args.model_dir, tpu.hosts > 1)
+    return _execute([run_command(args, sizes)], args.dry_run)
+  if args.verb == "xpk":
+    if args.num_slices < 1:
+      raise ValueError(f"--num_slices={args.num_slices} must be >= 1.")
+    tpu = slice_info(args.tpu_type)
+    sizes = check_mesh(tpu, args.data, args.fsdp, args.model, args.num_slices)
+    _warn_model_dir(args.model_dir, tpu.hosts * args.num_slices > 1)
+    return _execute([xpk_command(args, sizes)], args.dry_run)
   return 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return common.main(build_parser(), argv, run)
 
 
 if __name__ == "__main__":

@@ -1,50 +1,11 @@
 """Starting jax.distributed for multi-process runs, and failing fast when a process dies.
 
-`maybe_initialize()` is the first thing `python -m t5lite.train` does. It decides
-from its arguments and the environment whether this process is one of several,
-and if so calls `jax.distributed.initialize` with the right arguments:
-
-  1. explicit arguments (coordinator_address, num_processes, process_id);
-  2. T5LITE_COORDINATOR_ADDRESS / T5LITE_NUM_PROCESSES / T5LITE_PROCESS_ID, set by
-     launch/local.py and by the per-node commands of `launch/slurm.py --plain`;
-  3. SLURM (an srun step of several tasks), Cloud TPU pods (TPU_WORKER_HOSTNAMES or
-     TPU_PROCESS_ADDRESSES naming several hosts, MEGASCALE_* for multislice) and
-     Open MPI: jax's own cluster detection finds the peers;
-  4. T5LITE_DISTRIBUTED=auto forces (3) where the environment does not show it
-     (launch/tpu.py sets it: on a TPU VM reached by `gcloud ... ssh` the worker
-     list is in the metadata server, not the environment); T5LITE_DISTRIBUTED=off
-     turns everything off.
-
-Anything else is a single process and nothing is done.
-
-What is jax's and what is ours:
-  - jax's: finding peers on SLURM / TPU / MPI, the coordination service in process
-    0, heartbeats (a process silent for `heartbeat_timeout_seconds` is declared
-    dead and every other process is terminated with "the JAX distributed service
-    detected fatal errors"), and the shutdown barrier at exit.
-  - ours: the choice above (`init_kwargs_from_env`, a pure function); timeouts
-    shorter than jax's defaults (heartbeat 60 s instead of 100 s, shutdown barrier
-    90 s instead of 300 s; T5LITE_HEARTBEAT_TIMEOUT / T5LITE_SHUTDOWN_TIMEOUT /
-    T5LITE_INIT_TIMEOUT override them); gloo collectives on CPU; all local GPUs
-    for one-task-per-node SLURM jobs (jax would give such a task one GPU); and a
-    fail-fast hook. Without the hook, a process whose Python program fails
-    (an uncaught exception, or a non-zero sys.exit) still runs jax's exit path and
-    waits in the shutdown barrier for peers that are themselves waiting for it in a
-    collective: everything hangs for the shutdown timeout and then aborts with
-    code 134. With it, the failing process writes "process i failed with exit
-    code c (why)" into the coordination service's key-value store, under one key
-    per other process, and leaves at once with its own exit code; a daemon thread
-    in every process waits on its key and ends its process (exit code
-    PEER_FAILED_EXIT_CODE) with that message; measured on CPU, the others stop
-    within about a second. On a clean exit each process wakes and joins its own
-    thread before jax shuts down (a thread still inside a jax call at interpreter
-    shutdown aborts the process). A process that dies without running Python's
-    exit path (SIGKILL, OOM killer, segfault, a lost machine) is caught by jax's
-    heartbeat instead, after heartbeat_timeout (60 s); launch/local.py and
-    `srun --kill-on-bad-exit=1` stop the others as soon as they see a child die.
-
-`plan_mesh` (jax-free) checks DATA/FSDP/MODEL_PARALLELISM against a device
-count for the launchers, which run on machines without jax.
+`maybe_initialize()`, the first thing an entry point does, decides from its
+arguments and the environment whether this process is one of several
+(`plan_from_env`), and if so calls `jax.distributed.initialize` and installs a
+fail-fast hook: a process that fails tells the others to stop, through jax's
+coordination service, instead of leaving them to wait for it in a collective.
+Imports jax only when called, so the launchers can use its names.
 """
 
 from __future__ import annotations
@@ -52,12 +13,11 @@ from __future__ import annotations
 import atexit
 import inspect
 import logging
-import math
 import os
 import sys
 import threading
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +121,26 @@ def plan_from_env(
   process_id: Optional[int] = None,
   local_device_count: Optional[int] = None,
 ) -> Optional[tuple[str, dict[str, Any]]]:
-  """(source, jax.distributed.initialize kwargs), or None for a single process."""
+  """(source, jax.distributed.initialize kwargs), or None for a single process.
+
+  The first of these that applies decides:
+    1. explicit arguments (coordinator_address, num_processes, process_id);
+    2. T5LITE_COORDINATOR_ADDRESS / T5LITE_NUM_PROCESSES / T5LITE_PROCESS_ID, set
+       by launch/local.py and by the per-node commands of `launch/slurm.py --plain`;
+    3. an srun step of several tasks (SLURM), a Cloud TPU pod (TPU_WORKER_HOSTNAMES
+       or TPU_PROCESS_ADDRESSES naming several hosts, MEGASCALE_* for multislice)
+       or Open MPI: the kwargs leave finding the peers to jax's cluster detection;
+    4. T5LITE_DISTRIBUTED=auto forces (3) where the environment does not show it
+       (on a TPU VM reached by `gcloud ... ssh` the worker list is in the metadata
+       server); T5LITE_DISTRIBUTED=off turns everything off.
+  Anything else is a single process. The kwargs always carry the timeouts
+  (T5LITE_INIT_TIMEOUT, T5LITE_HEARTBEAT_TIMEOUT, T5LITE_SHUTDOWN_TIMEOUT, in
+  seconds; defaults DEFAULT_*_TIMEOUT).
+
+  Raises:
+    ValueError: an inconsistent setting (a process id but no count, an id out of
+      range, an address without a port, a timeout <= 0, an unknown mode).
+  """
   env = os.environ if env is None else env
   mode = env.get(ENV_MODE, "").strip().lower()
   if mode in _OFF:
@@ -225,25 +204,16 @@ def plan_from_env(
 
 
 def init_kwargs_from_env(
-  env: Optional[Mapping[str, str]] = None,
-  *,
-  coordinator_address: Optional[str] = None,
-  num_processes: Optional[int] = None,
-  process_id: Optional[int] = None,
-  local_device_count: Optional[int] = None,
+  env: Optional[Mapping[str, str]] = None, **explicit: Union[str, int, None]
 ) -> Optional[dict[str, Any]]:
   """The kwargs maybe_initialize would give jax.distributed.initialize, or None (single process).
 
-  An empty dict (plus timeouts) means "let jax detect the cluster" (SLURM, TPU, MPI).
+  `explicit` takes `plan_from_env`'s keyword arguments (coordinator_address,
+  num_processes, process_id, local_device_count). An empty dict (plus timeouts)
+  means "let jax detect the cluster" (SLURM, TPU, MPI).
   Raises ValueError for an inconsistent environment (e.g. a process id but no count).
   """
-  plan = plan_from_env(
-    env,
-    coordinator_address=coordinator_address,
-    num_processes=num_processes,
-    process_id=process_id,
-    local_device_count=local_device_count,
-  )
+  plan = plan_from_env(env, **explicit)
   return None if plan is None else plan[1]
 
 
@@ -274,7 +244,7 @@ def maybe_initialize(
   """Initializes jax.distributed when this is one of several processes; returns whether it is.
 
   Call it before any jax computation (jax.devices() included). A second call does
-  nothing and returns the same answer. See the module docstring for the sources.
+  nothing and returns the same answer. `plan_from_env` says where the settings come from.
   """
   with _lock:
     if _state.initialized:
@@ -337,7 +307,7 @@ def is_primary() -> bool:
 
 
 # --------------------------------------------------------------------------- #
-# Fail fast (ours): see the module docstring.
+# Fail fast (ours): a failing process tells the others to stop (docs/launching.md, "Failures").
 # --------------------------------------------------------------------------- #
 def _exit_code(status: Any) -> int:
   if status is None:
@@ -356,6 +326,13 @@ def record_failure(code: int, why: str) -> None:
 
 
 def _install_fail_fast() -> None:
+  """Wraps sys.excepthook and sys.exit, registers `_at_exit` and starts the watchdog thread.
+
+  A failing process writes "process i failed with exit code c (why)" under every
+  other process's STOP_KEY and leaves with its own code; each watchdog waits on its
+  own key and ends its process with PEER_FAILED_EXIT_CODE. Without a key-value
+  store in the jax.distributed client, only jax's heartbeats remain (a warning).
+  """
   try:
     from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
 
@@ -451,59 +428,3 @@ def _watch() -> None:
       return
     print(f"t5lite.distributed: stopping process {_state.process_id} because {message}.", file=sys.stderr)
     _leave(PEER_FAILED_EXIT_CODE)
-
-
-# --------------------------------------------------------------------------- #
-# Mesh sizes against a device count (jax-free, for the launchers).
-# --------------------------------------------------------------------------- #
-def divisors(n: int) -> list[int]:
-  return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def plan_mesh(num_devices: int, data: int = -1, fsdp: int = 1, model: int = 1, *, where: str = "") -> dict[str, int]:
-  """Resolves DATA/FSDP/MODEL_PARALLELISM (at most one -1) for `num_devices`, or raises ValueError.
-
-  `where` names the hardware in the message (e.g. "TPU slice v4-32 (16 chips: 4 hosts x 4)").
-  """
-  where = where or "the job"
-  sizes = {"data": data, "fsdp": fsdp, "model": model}
-  for name, value in sizes.items():
-    if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):
-      raise ValueError(
-        f"{name.upper()}_PARALLELISM={value!r} must be a positive integer or -1 (all the remaining devices)."
-      )
-  free = [k for k, v in sizes.items() if v == -1]
-  if len(free) > 1:
-    raise ValueError(f"Only one of DATA/FSDP/MODEL_PARALLELISM may be -1; got {_mesh_str(sizes)}.")
-  fixed = math.prod(v for v in sizes.values() if v != -1)
-  valid = divisors(num_devices)
-  if free:
-    if num_devices % fixed:
-      raise ValueError(
-        f"Mesh {_mesh_str(sizes)} does not fit {where} ({num_devices} devices): the fixed sizes multiply "
-        f"to {fixed}, which does not divide {num_devices}. Valid choices: fixed sizes whose product is one of {valid} "
-        f"(e.g. {_examples(num_devices)})."
-      )
-    sizes[free[0]] = num_devices // fixed
-  elif fixed != num_devices:
-    raise ValueError(
-      f"Mesh {_mesh_str(sizes)} uses {fixed} devices but {where} has {num_devices} devices. Valid choices: sizes "
-      f"whose product is exactly {num_devices} (e.g. {_examples(num_devices)}), or set one of them to -1 with "
-      f"the others multiplying to one of {valid}."
-    )
-  return sizes
-
-
-def _mesh_str(sizes: Mapping[str, int]) -> str:
-  return " x ".join(f"{k}={v}" for k, v in sizes.items())
-
-
-def _examples(n: int) -> str:
-  out = [f"data={n}"]
-  if n > 1:
-    out.append(f"fsdp={n}")
-  for m in (2, 4, 8):
-    if n % m == 0 and n // m > 1:
-      out.append(f"data={n // m} model={m}")
-      break
-  return "; ".join(out)

@@ -9,11 +9,11 @@ optimizer state sharded, gathered per layer by XLA), and heads, mlp and vocab
 over model (Megatron-style tensor parallelism); an axis of size 1 is a no-op,
 so (data 8) is plain data parallelism and (fsdp 8) is FSDP.
 
-What is ours (jax and flax give meshes, NamedSharding and the rule lookup):
-resolving -1 mesh sizes, named rule presets, dropping a rule for a logical
-name whose sizes the mesh axes do not divide (e.g. 4 heads over 8 model
-devices: heads stay replicated, and model-info.txt says so), and the shardings
-of a whole train state.
+What is ours (jax and flax give meshes, NamedSharding and the rule lookup;
+`mesh_shape` resolves the mesh sizes): named rule presets, dropping a rule
+for a logical name whose sizes the mesh axes do not divide (e.g. 4 heads over
+8 model devices: heads stay replicated, and model-info.txt says so), and the
+shardings of a whole train state.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from t5lite import checks
+from t5lite import checks, mesh_shape
 
 PyTree = Any
 MESH_AXES = ("data", "fsdp", "model", "expert")
@@ -79,40 +79,15 @@ DEFAULT_RULES = "fsdp_tensor_parallel"
 def resolve_mesh_shape(
   data: int = -1, fsdp: int = 1, model: int = 1, num_devices: Optional[int] = None
 ) -> dict[str, int]:
-  """Mesh axis sizes with at most one -1 ('all the devices left') filled in.
+  """Mesh axis sizes with at most one -1 ('all the devices left') filled in (`mesh_shape.plan_mesh`).
+
+  `num_devices` defaults to `jax.device_count()` (every process's devices).
 
   Raises:
     ValueError: a size that is not -1 or an integer in [1, devices] (a bool,
       a float, 0, ...), two -1 sizes, or sizes that do not fit the devices.
   """
-  n = num_devices or jax.device_count()
-  sizes = {
-    k: checks.check_int(
-      f"{k.upper()}_PARALLELISM",
-      v,
-      minimum=1,
-      maximum=n,
-      also=(-1,),
-      hint=f" (-1: all devices left; there are {n} devices)",
-    )
-    for k, v in {"data": data, "fsdp": fsdp, "model": model}.items()
-  }
-  free = [k for k, v in sizes.items() if v == -1]
-  if len(free) > 1:
-    raise ValueError(f"Only one of DATA/FSDP/MODEL_PARALLELISM may be -1; got {sizes}.")
-  fixed = math.prod(v for v in sizes.values() if v != -1)
-  if free:
-    if n % fixed:
-      raise ValueError(
-        f"Mesh {sizes} does not divide the {n} devices: the fixed axes multiply to {fixed}. "
-        f"Valid products divide {n}: {[d for d in range(1, n + 1) if n % d == 0]}."
-      )
-    sizes[free[0]] = n // fixed
-  elif fixed != n:
-    raise ValueError(
-      f"Mesh {sizes} uses {fixed} devices but there are {n}; the sizes must multiply to {n} (or set one of them to -1)."
-    )
-  return sizes
+  return mesh_shape.plan_mesh(num_devices or jax.device_count(), data, fsdp, model, where=None)
 
 
 def create_mesh(data: int = -1, fsdp: int = 1, model: int = 1, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

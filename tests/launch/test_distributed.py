@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from t5lite import distributed
+from t5lite import distributed, mesh_shape
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUTS = dict(
@@ -181,14 +181,14 @@ def test_maybe_initialize_in_a_fresh_interpreter_touches_nothing(tmp_path):
 
 
 def test_plan_mesh():
-  assert distributed.plan_mesh(16, -1, 4, 1) == {"data": 4, "fsdp": 4, "model": 1}
-  assert distributed.plan_mesh(16, 2, 4, 2) == {"data": 2, "fsdp": 4, "model": 2}
-  assert distributed.plan_mesh(8, 1, -1, 2) == {"data": 1, "fsdp": 4, "model": 2}
+  assert mesh_shape.plan_mesh(16, -1, 4, 1) == {"data": 4, "fsdp": 4, "model": 1}
+  assert mesh_shape.plan_mesh(16, 2, 4, 2) == {"data": 2, "fsdp": 4, "model": 2}
+  assert mesh_shape.plan_mesh(8, 1, -1, 2) == {"data": 1, "fsdp": 4, "model": 2}
   with pytest.raises(ValueError, match=r"does not fit 2 hosts \(16 devices\).*multiply to 3.*\[1, 2, 4, 8, 16\]"):
-    distributed.plan_mesh(16, -1, 3, 1, where="2 hosts")
+    mesh_shape.plan_mesh(16, -1, 3, 1, where="2 hosts")
   with pytest.raises(ValueError, match="uses 8 devices but the job has 16 devices"):
-    distributed.plan_mesh(16, 2, 2, 2)
+    mesh_shape.plan_mesh(16, 2, 2, 2)
   with pytest.raises(ValueError, match="Only one"):
-    distributed.plan_mesh(16, -1, -1, 1)
+    mesh_shape.plan_mesh(16, -1, -1, 1)
   with pytest.raises(ValueError, match="MODEL_PARALLELISM=0"):
-    distributed.plan_mesh(16, -1, 1, 0)
+    mesh_shape.plan_mesh(16, -1, 1, 0)
