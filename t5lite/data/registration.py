@@ -122,7 +122,14 @@ def register_text_to_text_task(
 
 
 def get_task_or_mixture(name: str):
-  """Looks up a task or mixture; an unknown name lists close matches."""
+  """The registered seqio task or mixture called `name`.
+
+  Raises:
+    ValueError: nothing of that name is registered. The message names close
+      matches and every registered task and mixture, and says that a task
+      exists once the module that registers it is imported (`import
+      t5lite_tasks` for t5lite's own tasks).
+  """
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError:
@@ -130,8 +137,10 @@ def get_task_or_mixture(name: str):
   known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
   close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
   hint = f" Did you mean: {', '.join(close)}?" if close else ""
-  ours = [k for k in known if k.startswith(("pydocs", "c4", "text"))]
+  registered = ", ".join(known) if known else "none"
   raise ValueError(
-    f"Unknown task or mixture {name!r}.{hint} Registered t5lite tasks: {ours}. "
-    "Did you `import t5lite_tasks` (or your own task module)?"
+    f"Unknown task or mixture {name!r}.{hint} Registered tasks and mixtures: {registered}. "
+    "A task exists once the module that registers it is imported: `import t5lite_tasks` registers t5lite's "
+    "tasks (pydocs_*, c4_*, synthetic_reverse; `t5lite_tasks.text_files.register(...)` adds text_* over your "
+    "files); import your own task module the same way (in a gin file: `import my_tasks`)."
   )
