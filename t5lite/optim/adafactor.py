@@ -1,32 +1,24 @@
-"""Adafactor (T5 defaults) as an optax GradientTransformation that knows about scanned layers.
+"""Adafactor with T5's defaults, as an optax GradientTransformation that keeps
+statistics, update clipping and parameter scaling per layer of a scanned stack.
 
-Why: T5-style models stack their layers along a leading 'layers' axis when they
-are scanned.  A plain Adafactor sees a (layers, embed, mlp) kernel as one big
-3-D array: it may factor over the layers axis and it clips/scales the update of
-all layers together, so a scanned model trains differently from the same model
-unrolled.  Here dims named 'layers' (plus any configured batch axis names) are
-batch dims: statistics, update clipping and parameter scaling are all kept per
-layer, so scanned and unrolled models take the same steps.
-
-What comes from optax: `optax.chain`, `optax.scale_by_learning_rate`,
-`optax.ema` (momentum), `optax.add_decayed_weights` and `optax.scale`.
-
-What is ours: `factored_dims` (the factoring rule, T5X's for attention
-kernels), the second-moment estimator `scale_by_factored_rms_with_axes`, the
-per-slice variants `clip_by_block_rms_with_axes` /
-`scale_by_param_block_rms_with_axes` (optax's `clip_by_block_rms` /
-`scale_by_param_block_rms` for parameters without batch dims, without the
-extra full-size pass optax's parameter RMS makes) and `adafactor_state_logical_axes`, which
-names the dims of every optimizer-state leaf so the partitioner can shard the
-state like the parameters.
+Dims named 'layers' (or in `batch_axis_names`) are batch dims, never factored
+or averaged over, so a scanned model takes the same steps as the unrolled one.
+From optax: `chain`, `scale_by_learning_rate`, `ema` (momentum),
+`add_decayed_weights`, `scale`. Ours: the factoring rule `factored_dims` (T5X's
+for attention kernels), the second-moment estimator
+`scale_by_factored_rms_with_axes`, the per-slice `clip_by_block_rms_with_axes`
+and `scale_by_param_block_rms_with_axes`, and `factored_rms_state_axes`, the
+rule that names `FactoredRmsState`'s statistics for `t5lite.optim.state_axes`
+(registered at import).
 
 Logical axes: a pytree with the structure of the params whose leaves are tuples
-of axis names (str or None), one per dim, e.g. ('layers', 'embed', 'mlp').  A
+of axis names (str or None), one per dim, e.g. ('layers', 'embed', 'mlp'). A
 leaf may be None ("unknown"), which falls back to the largest-two-dims rule.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional, Union
@@ -37,67 +29,18 @@ import optax
 
 from t5lite import checks
 from t5lite.kernels import backend, xla_cpu
+from t5lite.optim import settings, state_axes
 
 LAYERS_AXIS = "layers"
 
 PyTree = Any
-AxisNames = tuple[Optional[str], ...]
+AxisNames = state_axes.AxisNames
 ScalarOrSchedule = Union[float, optax.Schedule]
 
 
 # ---------------------------------------------------------------------------
 # Logical-axes helpers.
 # ---------------------------------------------------------------------------
-
-
-def _is_axes_leaf(x: Any) -> bool:
-  """True for one parameter's axis names: None, a tuple/list of str|None, or a PartitionSpec."""
-  if x is None:
-    return True
-  if isinstance(x, jax.sharding.PartitionSpec):
-    return True
-  return isinstance(x, (tuple, list)) and all(isinstance(a, str) or a is None for a in x)
-
-
-def _normalize_axes(x: Any) -> Optional[AxisNames]:
-  if x is None:
-    return None
-  names = tuple(x)
-  for a in names:
-    if not (isinstance(a, str) or a is None):
-      raise ValueError(f"Logical axis names must be str or None, got {a!r} in {x!r}.")
-  return names
-
-
-def _axes_per_leaf(tree: PyTree, logical_axes: Optional[PyTree]) -> list[Optional[AxisNames]]:
-  """Returns the logical axes for each leaf of `tree` (None where unknown).
-
-  `logical_axes` must have the structure of `tree` down to its leaves, where it
-  holds one axis-name tuple (or None) per leaf.  The tuple length must equal the
-  leaf's rank.
-  """
-  leaves, treedef = jax.tree.flatten(tree)
-  if logical_axes is None:
-    return [None] * len(leaves)
-  try:
-    axes_leaves = treedef.flatten_up_to(logical_axes)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-      "logical_axes must have the same tree structure as the parameters, with one "
-      f"tuple of axis names per parameter. Parameter structure: {treedef}."
-    ) from e
-  out = []
-  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-  for path, leaf, ax in zip(paths, leaves, axes_leaves):
-    if not _is_axes_leaf(ax):
-      raise ValueError(f"Logical axes for parameter {path} must be a tuple of str/None, got {ax!r}.")
-    ax = _normalize_axes(ax)
-    if ax is not None and len(ax) != len(leaf.shape):
-      raise ValueError(
-        f"Logical axes {ax} for parameter {path} have {len(ax)} names but the parameter has shape {tuple(leaf.shape)}."
-      )
-    out.append(ax)
-  return out
 
 
 def _batch_names(batch_axis_names: Sequence[str]) -> frozenset[str]:
@@ -208,7 +151,7 @@ class FactoredRmsState(NamedTuple):
 
 def _plans(tree: PyTree, logical_axes: Optional[PyTree], min_dim_size_to_factor: int, batch_axis_names: Sequence[str]):
   leaves = jax.tree.leaves(tree)
-  axes = _axes_per_leaf(tree, logical_axes)
+  axes = state_axes.axes_per_leaf(tree, logical_axes)
   return [
     factored_dims(leaf.shape, ax, min_dim_size_to_factor=min_dim_size_to_factor, batch_axis_names=batch_axis_names)
     for leaf, ax in zip(leaves, axes)
@@ -340,7 +283,7 @@ def clip_by_block_rms_with_axes(
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
-    axes = _axes_per_leaf(updates, logical_axes)
+    axes = state_axes.axes_per_leaf(updates, logical_axes)
     out = []
     for u, ax in zip(leaves, axes):
       denom = jnp.maximum(1.0, _slice_rms(u, batch_dims(ax, batch_axis_names)) / threshold)
@@ -366,7 +309,7 @@ def scale_by_param_block_rms_with_axes(
       raise ValueError("scale_by_param_block_rms_with_axes needs params in update().")
     leaves, treedef = jax.tree.flatten(updates)
     p_leaves = treedef.flatten_up_to(params)
-    axes = _axes_per_leaf(updates, logical_axes)
+    axes = state_axes.axes_per_leaf(updates, logical_axes)
     out = []
     for u, p, ax in zip(leaves, p_leaves, axes):
       scale = jnp.maximum(_slice_rms(p, batch_dims(ax, batch_axis_names)), min_scale)
@@ -432,18 +375,9 @@ def adafactor(
       [0, 1), weight_decay_rate < 0, min_dim_size_to_factor < 1.
   """
   name = "adafactor.adafactor."  # errors name the gin binding
-  if learning_rate is None:
-    raise ValueError("learning_rate is required (a float or a schedule).")
-  learning_rate = checks.check_rate(name + "learning_rate", learning_rate)
+  learning_rate = settings.check_learning_rate(name + "learning_rate", learning_rate)
   decay_rate = checks.check_float(name + "decay_rate", decay_rate, minimum=0.0, maximum=1.0, min_open=True)
-  clipping_threshold = checks.check_float(
-    name + "clipping_threshold",
-    clipping_threshold,
-    minimum=0.0,
-    min_open=True,
-    allow_none=True,
-    hint=" (None: no clipping)",
-  )
+  clipping_threshold = settings.check_clipping(name + "clipping_threshold", clipping_threshold)
   epsilon1 = checks.check_float(name + "epsilon1", epsilon1, minimum=0.0)
   epsilon2 = checks.check_float(name + "epsilon2", epsilon2, minimum=0.0)
   min_dim_size_to_factor = checks.check_int(name + "min_dim_size_to_factor", min_dim_size_to_factor, minimum=1)
@@ -470,7 +404,7 @@ def adafactor(
   # without batch dims they compute what optax.clip_by_block_rms /
   # optax.scale_by_param_block_rms compute, but optax's parameter RMS
   # (numerics.safe_root_mean_squares) adds a full-size select per parameter,
-  # one more pass over all weights per step (~10% of the update on XLA:CPU).
+  # one more pass over all weights per step (docs/performance.md).
   if clipping_threshold is not None:
     parts.append(
       clip_by_block_rms_with_axes(clipping_threshold, logical_axes=logical_axes, batch_axis_names=batch_axis_names)
@@ -493,49 +427,29 @@ def adafactor(
 # ---------------------------------------------------------------------------
 
 
-def _unknown_axes(leaf: Any) -> AxisNames:
-  return (None,) * len(leaf.shape)
-
-
-def adafactor_state_logical_axes(
-  opt_state: PyTree,
-  params: PyTree,
-  param_logical_axes: Optional[PyTree],
+def factored_rms_state_axes(
+  node: FactoredRmsState,
+  params: state_axes.ParamAxes,
   *,
   min_dim_size_to_factor: int = 128,
   batch_axis_names: Sequence[str] = (),
-) -> PyTree:
-  """Names the dims of every leaf of an optimizer state built from `params`.
+) -> FactoredRmsState:
+  """Axis names of a `FactoredRmsState`'s leaves: the `state_axes` rule for Adafactor.
+
+  count -> (); for a factored parameter with names A and dims (row_dims,
+  col_dims): v_row -> A without col_dims, v_col -> A without row_dims, v -> ();
+  for an unfactored one: v -> A, v_row/v_col -> ().
 
   Args:
-    opt_state: the state, or its shapes from `jax.eval_shape(tx.init, params)`.
-    params: the params (arrays or `jax.ShapeDtypeStruct`s) the state was built for.
-    param_logical_axes: per-parameter axis-names tree (leaves may be None).
+    node: the state (arrays or ShapeDtypeStructs).
+    params: the parameters it was built for, with their names.
     min_dim_size_to_factor, batch_axis_names: the values given to `adafactor`
       (they decide which dims were factored).
 
-  Returns:
-    A tree with the structure of `opt_state` in which every array leaf is
-    replaced by a tuple of axis names of length `leaf.ndim` (None = replicate /
-    unnamed).  Walk it together with the state via
-    `jax.tree.map(fn, opt_state, axes)` (the state's leaves are a prefix).
-
-  Rules:
-    * `FactoredRmsState`: count -> (); for a factored param with axes A and
-      dims (row_dims, col_dims): v_row -> A without col_dims, v_col -> A without
-      row_dims, v -> (); for an unfactored param: v -> A, v_row/v_col -> ().
-    * Any other subtree shaped like the params (e.g. the momentum buffer of
-      `optax.ema`, or AdamW's mu/nu): each leaf with its parameter's shape gets
-      the parameter's axes.
-    * Every other leaf (step counters, ...) gets all-None axes.
+  Raises:
+    ValueError: a leaf whose shape is not what these settings give (another
+      min_dim_size_to_factor, batch_axis_names or logical axes built the state).
   """
-  p_leaves, p_def = jax.tree.flatten(params)
-  p_axes = _axes_per_leaf(params, param_logical_axes)
-  p_axes = [ax if ax is not None else _unknown_axes(p) for p, ax in zip(p_leaves, p_axes)]
-  plans = [
-    factored_dims(p.shape, ax, min_dim_size_to_factor=min_dim_size_to_factor, batch_axis_names=batch_axis_names)
-    for p, ax in zip(p_leaves, p_axes)
-  ]
 
   def check(leaf: Any, axes: AxisNames, shape: tuple[int, ...], what: str) -> AxisNames:
     if tuple(leaf.shape) != tuple(shape):
@@ -546,47 +460,43 @@ def adafactor_state_logical_axes(
       )
     return axes
 
-  def factored_axes(node: FactoredRmsState) -> FactoredRmsState:
-    rows = p_def.flatten_up_to(node.v_row)
-    cols = p_def.flatten_up_to(node.v_col)
-    fulls = p_def.flatten_up_to(node.v)
-    r_ax, c_ax, v_ax = [], [], []
-    for p, ax, plan, r, c, v in zip(p_leaves, p_axes, plans, rows, cols, fulls):
-      shape = tuple(p.shape)
-      if plan is None:
-        r_ax.append(check(r, (), (), "v_row"))
-        c_ax.append(check(c, (), (), "v_col"))
-        v_ax.append(check(v, ax, shape, "v"))
-      else:
-        row_dims, col_dims = plan
-        r_ax.append(check(r, _drop(ax, col_dims), _drop(shape, col_dims), "v_row"))
-        c_ax.append(check(c, _drop(ax, row_dims), _drop(shape, row_dims), "v_col"))
-        v_ax.append(check(v, (), (), "v"))
-    return FactoredRmsState(
-      count=(),
-      v_row=p_def.unflatten(r_ax),
-      v_col=p_def.unflatten(c_ax),
-      v=p_def.unflatten(v_ax),
-    )
+  p_def = params.treedef
+  rows = p_def.flatten_up_to(node.v_row)
+  cols = p_def.flatten_up_to(node.v_col)
+  fulls = p_def.flatten_up_to(node.v)
+  r_ax, c_ax, v_ax = [], [], []
+  for p, ax, r, c, v in zip(params.leaves, params.axes, rows, cols, fulls):
+    shape = tuple(p.shape)
+    plan = factored_dims(shape, ax, min_dim_size_to_factor=min_dim_size_to_factor, batch_axis_names=batch_axis_names)
+    if plan is None:
+      r_ax.append(check(r, (), (), "v_row"))
+      c_ax.append(check(c, (), (), "v_col"))
+      v_ax.append(check(v, ax, shape, "v"))
+    else:
+      row_dims, col_dims = plan
+      r_ax.append(check(r, _drop(ax, col_dims), _drop(shape, col_dims), "v_row"))
+      c_ax.append(check(c, _drop(ax, row_dims), _drop(shape, row_dims), "v_col"))
+      v_ax.append(check(v, (), (), "v"))
+  return FactoredRmsState(count=(), v_row=p_def.unflatten(r_ax), v_col=p_def.unflatten(c_ax), v=p_def.unflatten(v_ax))
 
-  def mirrors_params(node: Any) -> bool:
-    return jax.tree.structure(node) == p_def
 
-  def mirrored_axes(node: Any) -> PyTree:
-    leaves = p_def.flatten_up_to(node)
-    out = []
-    for s, p, ax in zip(leaves, p_leaves, p_axes):
-      out.append(ax if tuple(s.shape) == tuple(p.shape) else _unknown_axes(s))
-    return p_def.unflatten(out)
+state_axes.register_state_axes(FactoredRmsState, factored_rms_state_axes)
 
-  def is_special(node: Any) -> bool:
-    return isinstance(node, FactoredRmsState) or (p_def.num_leaves > 0 and mirrors_params(node))
 
-  def name(node: Any) -> PyTree:
-    if isinstance(node, FactoredRmsState):
-      return factored_axes(node)
-    if p_def.num_leaves > 0 and mirrors_params(node):
-      return mirrored_axes(node)
-    return _unknown_axes(node)
+def adafactor_state_logical_axes(
+  opt_state: PyTree,
+  params: PyTree,
+  param_logical_axes: Optional[PyTree],
+  *,
+  min_dim_size_to_factor: int = 128,
+  batch_axis_names: Sequence[str] = (),
+) -> PyTree:
+  """`state_axes.opt_state_logical_axes` for a state of an `adafactor` built
+  with these factoring settings (the registered rule assumes the defaults).
 
-  return jax.tree.map(name, opt_state, is_leaf=is_special)
+  Returns a tree with the structure of `opt_state` whose array leaves are
+  tuples of axis names, one per dim; raises ValueError as that function does."""
+  rule = functools.partial(
+    factored_rms_state_axes, min_dim_size_to_factor=min_dim_size_to_factor, batch_axis_names=batch_axis_names
+  )
+  return state_axes.opt_state_logical_axes(opt_state, params, param_logical_axes, rules={FactoredRmsState: rule})

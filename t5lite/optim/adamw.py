@@ -12,7 +12,7 @@ from typing import Any, Optional, Union
 import optax
 
 from t5lite import checks
-from t5lite.optim.adafactor import adafactor_state_logical_axes
+from t5lite.optim import settings, state_axes
 
 PyTree = Any
 ScalarOrSchedule = Union[float, optax.Schedule]
@@ -45,21 +45,12 @@ def adamw(
       None); NaN, infinity, bools and strings everywhere.
   """
   name = "adamw.adamw."  # errors name the gin binding
-  if learning_rate is None:
-    raise ValueError("learning_rate is required (a float or a schedule).")
-  learning_rate = checks.check_rate(name + "learning_rate", learning_rate)
+  learning_rate = settings.check_learning_rate(name + "learning_rate", learning_rate)
   b1 = checks.check_float(name + "b1", b1, minimum=0.0, maximum=1.0, max_open=True)
   b2 = checks.check_float(name + "b2", b2, minimum=0.0, maximum=1.0, max_open=True)
   eps = checks.check_float(name + "eps", eps, minimum=0.0)
   weight_decay = checks.check_rate(name + "weight_decay", weight_decay, min_open=False)
-  global_norm_clip = checks.check_float(
-    name + "global_norm_clip",
-    global_norm_clip,
-    minimum=0.0,
-    min_open=True,
-    allow_none=True,
-    hint=" (None: no clipping)",
-  )
+  global_norm_clip = settings.check_clipping(name + "global_norm_clip", global_norm_clip)
 
   core = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=weight_decay_mask)
   if global_norm_clip is None:
@@ -69,6 +60,6 @@ def adamw(
 
 def adamw_state_logical_axes(opt_state: PyTree, params: PyTree, param_logical_axes: Optional[PyTree]) -> PyTree:
   """Axis names for every leaf of an `adamw` state: mu/nu take their parameter's
-  axes, counters get (). Same output convention as `adafactor_state_logical_axes`
-  (whose generic rule for params-shaped subtrees this reuses)."""
-  return adafactor_state_logical_axes(opt_state, params, param_logical_axes)
+  axes, counters get () (`state_axes.opt_state_logical_axes`, which needs no
+  rule for AdamW's state)."""
+  return state_axes.opt_state_logical_axes(opt_state, params, param_logical_axes)
