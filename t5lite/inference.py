@@ -1,6 +1,7 @@
 """Decoding and scoring a trained model: the core of `t5lite infer`, `t5lite eval`
 and the notebook API.
 
+    import t5lite_tasks  # registers the run's task (or import your own task package)
     from t5lite import inference
     predictor = inference.load("runs/quickstart_finetune")      # run directory
     predictor.predict(["reverse: c a t"])                        # ['t a c']
@@ -35,12 +36,11 @@ import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5lite import checkpointing, checks, partitioning, trainer
+from t5lite import checkpointing, checks, partitioning, train_state
 from t5lite.models.model import BaseModel, DecodeOptions, DecoderOnlyModel, EncoderDecoderModel
 
 PyTree = Any
@@ -234,18 +234,15 @@ class Predictor:
   def shardings(
     model: BaseModel, partitioner: partitioning.Partitioner, lengths: Optional[Mapping[str, int]] = None
   ) -> tuple[PyTree, PyTree]:
-    """(abstract params with shardings, param shardings) of `model` on the partitioner's mesh."""
+    """(abstract params with shardings, param shardings) of `model` on the
+    partitioner's mesh (`train_state.ParamLayout`, as training lays them out)."""
     lengths = lengths or (
       {"inputs": 8, "targets": 8}
       if isinstance(model, EncoderDecoderModel)
       else ({"inputs": 8, "targets": 8} if getattr(model, "prefix_lm", False) else {"targets": 8})
     )
-    shapes = model.input_shapes(1, lengths)
-    axes = model.param_logical_axes(shapes)
-    unboxed = flax.core.meta.unbox(model.abstract_params(shapes))
-    partitioner.fit_to(unboxed, axes)
-    param_shardings = partitioner.shardings_for(axes)
-    return trainer._with_shardings(unboxed, param_shardings), param_shardings  # pylint: disable=protected-access
+    layout = train_state.ParamLayout.create(model, partitioner, model.input_shapes(1, lengths))
+    return layout.abstract, layout.shardings
 
   @classmethod
   def restore(
@@ -520,8 +517,9 @@ def read_run_config(run_dir: str) -> dict:
 
 
 def task_vocabulary(mixture_or_task_name: str):
-  """The targets vocabulary of a registered task or mixture (imports seqio)."""
-  import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
+  """The targets vocabulary of a registered task or mixture (imports seqio).
+  The task must be registered: the caller imports its task package (e.g.
+  `t5lite_tasks`) first."""
   from t5lite.data import registration  # pylint: disable=g-import-not-at-top
 
   task = registration.get_task_or_mixture(mixture_or_task_name)
@@ -529,8 +527,8 @@ def task_vocabulary(mixture_or_task_name: str):
 
 
 def task_adds_eos_to_inputs(mixture_or_task_name: str, model: BaseModel) -> bool:
-  """Whether the task appends EOS to its inputs (so prompts should too)."""
-  import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
+  """Whether the task appends EOS to its inputs (so prompts should too); the
+  task must be registered, as for `task_vocabulary`."""
   from t5lite.data import registration  # pylint: disable=g-import-not-at-top
 
   feature = registration.get_task_or_mixture(mixture_or_task_name).output_features.get("inputs")
