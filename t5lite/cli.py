@@ -8,7 +8,9 @@
     t5lite infer --gin_file=RUN/config.gin --gin_file=runs/infer.gin --gin.INFER_OUTPUT_DIR=\"/tmp/infer\"
     t5lite eval  --gin_file=RUN/config.gin --gin_file=runs/eval.gin --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
 
-Heavy imports (TensorFlow, seqio) happen inside the subcommands that need them.
+Heavy imports (TensorFlow, seqio) happen inside the subcommands that need them. The
+subcommands that read registered tasks register the built-in ones first
+(`gin_entry.import_task_modules`); train, infer and eval run through `gin_entry`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from t5lite import checks
+from t5lite import checks, gin_entry
 
 PREVIEW_TASKS = (
   ("pydocs_span_corruption", {"inputs": 512, "targets": 114}),
@@ -27,10 +29,6 @@ PREVIEW_TASKS = (
   ("pydocs_ul2", {"inputs": 512, "targets": 512}),
   ("pydocs_doc_to_name", {"inputs": 256, "targets": 32}),
 )
-
-
-# Subcommands that take T5X-style gin flags, and the module whose main() runs them.
-GIN_COMMANDS = {"train": "t5lite.train", "infer": "t5lite.infer", "eval": "t5lite.eval"}
 
 
 def _quiet_tf() -> None:
@@ -47,9 +45,9 @@ def _vocab_train(args) -> int:
   if args.files:
     texts = vocab.texts_from_files(args.files, text_key=args.text_key)
   else:
-    import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
     from t5lite.data import registration  # pylint: disable=g-import-not-at-top
 
+    gin_entry.import_task_modules()
     if args.source == "pydocs":
       from t5lite.data import sources  # pylint: disable=g-import-not-at-top
 
@@ -90,9 +88,9 @@ def _data_preview(args) -> int:
     from t5lite.data import sources  # pylint: disable=g-import-not-at-top
 
     sources.set_data_dir(args.data_dir)
-  import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
   from t5lite.data import preview, registration  # pylint: disable=g-import-not-at-top
 
+  gin_entry.import_task_modules()
   wanted = dict(PREVIEW_TASKS)
   names = args.tasks or list(wanted)
   for name in names:
@@ -155,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   _quiet_tf()
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv and argv[0] in GIN_COMMANDS:
+  if argv and argv[0] in gin_entry.COMMANDS:  # T5X-style gin flags: the entry module's main() runs them
     import importlib  # pylint: disable=g-import-not-at-top
 
-    return importlib.import_module(GIN_COMMANDS[argv[0]]).main(argv[1:])
+    return importlib.import_module(gin_entry.COMMANDS[argv[0]].module).main(argv[1:])
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args)

@@ -1,17 +1,17 @@
-"""Evaluation entry point: seqio's Evaluator over one checkpoint or all of a run.
+"""Evaluation entry point: the task's metrics over one checkpoint or all of a run.
 
     python -m t5lite.eval --gin_file=runs/quickstart_finetune/config.gin \\
         --gin_file=runs/eval.gin --gin.EVAL_OUTPUT_DIR=\\"/tmp/eval\\"
 
-seqio does the evaluation proper: it caches the split, calls our predict and
-score functions, decodes and postprocesses the outputs and applies each
-task's metric functions (t5lite.metrics has the ones seqio lacks). Its
-loggers write the scores to TensorBoard event files and to
-`{task}-metrics.jsonl` (with the predictions in `{task}-{step}.jsonl`) under
-EVAL_OUTPUT_DIR. This module adds `results.json` there: {step: {task:
-{metric: value}}}, and skips steps already in it when run again. With
-CHECKPOINT_STEPS = 'all' every checkpoint of CHECKPOINT_PATH is evaluated,
-oldest first; 'latest' (the default) takes the newest; a list takes those.
+`evaluate()` chooses the checkpoints and scores each with
+`evaluation.MetricEvaluator` (seqio's Evaluator), whose loggers write the
+scores to TensorBoard event files and to `{task}-metrics.jsonl` (with the
+predictions in `{task}-{step}.jsonl`) under EVAL_OUTPUT_DIR. This module adds
+`results.json` there: {step: {task: {metric: value}}}, and skips steps already
+in it when run again. With CHECKPOINT_STEPS = 'all' every checkpoint of
+CHECKPOINT_PATH is evaluated, oldest first; 'latest' (the default) takes the
+newest; a list takes those. `main()` runs it from the command line through
+`gin_entry`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import jax
-import numpy as np
 
-from t5lite import checkpointing, inference, partitioning
-from t5lite.models.model import BaseModel, DecodeOptions, DecoderOnlyModel
-
-REQUIRED_MACROS = ("EVAL_OUTPUT_DIR", "CHECKPOINT_PATH", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "MODEL")
+from t5lite import checkpointing, evaluation, inference, partitioning
+from t5lite.models.model import BaseModel
 
 
 def _steps_to_run(checkpoint_path: str, checkpoint_steps: Union[str, int, Sequence[int]]) -> list[tuple[int, str]]:
@@ -45,119 +42,6 @@ def _steps_to_run(checkpoint_path: str, checkpoint_steps: Union[str, int, Sequen
   if missing:
     raise ValueError(f"CHECKPOINT_STEPS {missing} not found under {checkpoint_path!r}; it has steps {sorted(have)}.")
   return [(s, have[s]) for s in wanted]
-
-
-def _prompts(model: BaseModel, feats: Mapping[str, np.ndarray]) -> np.ndarray:
-  """Inputs to decode from, out of seqio model features."""
-  if "encoder_input_tokens" in feats:
-    return feats["encoder_input_tokens"]
-  if not isinstance(model, DecoderOnlyModel) or "decoder_causal_attention" not in feats:
-    raise ValueError("decoding needs inputs: evaluate a decoder-only model on a prefix-LM (inputs/targets) task")
-  # PrefixLM features: the first sum(causal) - 1 target tokens are the inputs.
-  causal = feats["decoder_causal_attention"]
-  targets = feats["decoder_target_tokens"]
-  n_inputs = causal.sum(axis=1) - 1
-  out = np.zeros((len(targets), int(n_inputs.max(initial=1))), np.int32)
-  for r, n in enumerate(n_inputs):
-    out[r, :n] = targets[r, :n]
-  return out
-
-
-class MetricEvaluator:
-  """seqio's Evaluator for one task or mixture, driven by a `Predictor`.
-
-  Built once (seqio caches the split's examples and targets); call it with a
-  predictor and a step to get {task: {metric: value}}. With `output_dir`,
-  seqio's loggers write TensorBoard events and JSON there (process 0 only).
-  """
-
-  def __init__(
-    self,
-    model: BaseModel,
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    *,
-    split: str = "validation",
-    output_dir: Optional[str] = None,
-    num_examples: Optional[int] = None,
-    seed: int = 0,
-  ):
-    import seqio  # pylint: disable=g-import-not-at-top
-
-    import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
-    from t5lite.data import pipeline, registration  # pylint: disable=g-import-not-at-top
-
-    task = registration.get_task_or_mixture(mixture_or_task_name)  # clear error for an unknown name
-    if split not in task.splits:
-      raise ValueError(f"Split {split!r} is not in {mixture_or_task_name!r}; valid: {sorted(task.splits)}.")
-    self.model = model
-    primary = jax.process_index() == 0
-    loggers = [seqio.PyLoggingLogger, seqio.JSONLogger, seqio.TensorBoardLogger] if output_dir and primary else []
-    if loggers:
-      os.makedirs(output_dir, exist_ok=True)
-    self.evaluator = seqio.Evaluator(
-      mixture_or_task_name,
-      feature_converter=pipeline.feature_converter(model.FEATURE_CONVERTER, pack=False),
-      eval_split=split,
-      use_cached=False,
-      seed=seed,
-      sequence_length=dict(task_feature_lengths),
-      num_examples=num_examples,
-      logger_cls=loggers,
-      log_dir=output_dir if loggers else None,
-    )
-
-  @staticmethod
-  def _examples(ds, rows_of_this_process: bool):
-    items = list(ds.as_numpy_iterator())
-    if rows_of_this_process and jax.process_count() > 1:
-      items = items[jax.process_index() :: jax.process_count()]
-    index = [int(i) for i, _ in items]
-    feats = {k: np.stack([f[k] for _, f in items]) for k in (items[0][1] if items else {})}
-    return index, feats
-
-  def __call__(self, predictor: inference.Predictor, step: int) -> dict[str, dict[str, float]]:
-    model = self.model
-
-    def predict_fn(ds, model_feature_shapes=None):
-      del model_feature_shapes
-      index, feats = self._examples(ds, True)
-      inputs = _prompts(model, feats) if index else np.zeros((0, 1), np.int32)
-      tokens, _ = predictor.predict_tokens(inputs)
-      # Fixed-length rows (padding after EOS): seqio stacks them; its
-      # vocabulary's decode stops at EOS.
-      return _gather([(i, row) for i, row in zip(index, tokens)])
-
-    def score_fn(ds, model_feature_shapes=None):
-      del model_feature_shapes
-      index, feats = self._examples(ds, True)
-      scores = predictor.score_examples(feats) if index else []
-      return _gather([(i, float(s)) for i, s in zip(index, scores)])
-
-    metrics_future, _ = self.evaluator.evaluate(
-      compute_metrics=jax.process_index() == 0, step=step, predict_fn=predict_fn, score_fn=score_fn
-    )
-    metrics = metrics_future.result() if metrics_future is not None else {}
-    return {task: {k: float(v) for k, v in m.items() if np.ndim(v) == 0} for task, m in metrics.items()}
-
-
-def _gather(pairs: list) -> list:
-  """Every process's (index, value) pairs, on every process."""
-  if jax.process_count() == 1:
-    return pairs
-  import pickle  # pylint: disable=g-import-not-at-top
-
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-  blob = np.frombuffer(pickle.dumps(pairs), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
-  padded = np.zeros((int(sizes.max()),), np.uint8)
-  padded[: blob.size] = blob
-  blobs = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
-  out = []
-  for b, n in zip(blobs, sizes):
-    out.extend(pickle.loads(b[:n].tobytes()))
-  return out
 
 
 def evaluate(
@@ -179,16 +63,23 @@ def evaluate(
   data_dir: Optional[str] = None,
   partitioner: Optional[partitioning.Partitioner] = None,
 ) -> dict[int, dict[str, dict[str, float]]]:
-  """Evaluates the chosen checkpoints; returns {step: {task: {metric: value}}}."""
+  """Evaluates the chosen checkpoints; returns {step: {task: {metric: value}}} for every step in results.json.
+
+  Each step's entry also holds '_seconds', the time its evaluation took. The
+  task or mixture must be registered (`import t5lite_tasks`, or the module
+  that registers it).
+
+  Raises:
+    FileNotFoundError: no checkpoint under `checkpoint_path`.
+    ValueError: a CHECKPOINT_STEPS step that is not there, a decoding setting
+      out of range (named by its gin macro), an unknown task or split.
+  """
   if data_dir:
     from t5lite.data import sources  # pylint: disable=g-import-not-at-top
 
     sources.set_data_dir(data_dir)
-  options = DecodeOptions(
-    method=method,
-    max_decode_len=max_decode_len or task_feature_lengths.get("targets", 64),
-    beam_size=beam_size,
-    alpha=alpha,
+  options = evaluation.decode_options(
+    task_feature_lengths, method=method, max_decode_len=max_decode_len, beam_size=beam_size, alpha=alpha
   )
   steps = _steps_to_run(checkpoint_path, checkpoint_steps)
   os.makedirs(output_dir, exist_ok=True)
@@ -200,7 +91,7 @@ def evaluate(
   todo = [(s, d) for s, d in steps if str(s) not in results]
   if not todo:
     return {int(k): v for k, v in results.items()}
-  metric_evaluator = MetricEvaluator(
+  metric_evaluator = evaluation.MetricEvaluator(
     model,
     mixture_or_task_name,
     task_feature_lengths,
@@ -239,9 +130,14 @@ def evaluate(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  from t5lite import train  # pylint: disable=g-import-not-at-top
+  """`python -m t5lite.eval` / `t5lite eval`: evaluate() as the gin files configure it.
 
-  rc, results = train.run_gin_entry(argv, "t5lite.eval", "evaluate", REQUIRED_MACROS, "eval")
+  Prints each step's metrics as a JSON line; returns the exit code (0, or 1
+  after a one-line error, see gin_entry.run_gin_entry).
+  """
+  from t5lite import gin_entry  # pylint: disable=g-import-not-at-top
+
+  rc, results = gin_entry.run_gin_entry(argv, "eval")
   for step in sorted(results or {}):
     metrics = {t: m for t, m in results[step].items() if not t.startswith("_")}
     print(f"step {step}: {json.dumps(metrics, sort_keys=True)}")

@@ -29,11 +29,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import jax
 
-from t5lite import checks, inference, partitioning
-from t5lite.models.model import BaseModel, DecodeOptions
+from t5lite import checks, evaluation, inference, partitioning
+from t5lite.models.model import BaseModel
 
 MODES = ("predict", "score")
-REQUIRED_MACROS = ("INFER_OUTPUT_DIR", "CHECKPOINT_PATH", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "MODEL")
 
 
 # ----------------------------------------------------------------------------
@@ -129,7 +128,6 @@ def task_examples(name: str, split: str, lengths: Mapping[str, int], seed: int =
   text where the task keeps it is used only for the output file)."""
   import seqio  # pylint: disable=g-import-not-at-top
 
-  import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
   from t5lite.data import registration  # pylint: disable=g-import-not-at-top
 
   task = registration.get_task_or_mixture(name)
@@ -209,6 +207,8 @@ def infer(
   Every setting is checked before the checkpoint is read, and an input file is
   read and encoded whole before anything is decoded or written; errors name
   the gin setting (INFER_BATCH_SIZE, BEAM_SIZE, ...) or the file and line.
+  The task or mixture must be registered (`import t5lite_tasks`, or the
+  module that registers it).
 
   Raises:
     ValueError: an unknown mode or method, a number of the wrong type or range
@@ -217,28 +217,24 @@ def infer(
   """
   if mode not in MODES:
     raise ValueError(f"INFER_MODE={mode!r}; valid modes are {MODES}")
-  settings = _check_settings(
-    task_feature_lengths=task_feature_lengths,
-    batch_size=batch_size,
+  # Every setting before the checkpoint is read; decoding settings whatever DECODE_METHOD is
+  # (a BEAM_SIZE=0 left in a gin file is an error before someone switches to beam search).
+  checks.check_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
+  batch_size = checks.check_int("INFER_BATCH_SIZE", batch_size, minimum=1)
+  options = evaluation.decode_options(
+    task_feature_lengths,
+    method=method,
     max_decode_len=max_decode_len,
     beam_size=beam_size,
     alpha=alpha,
     temperature=temperature,
     top_k=top_k,
     top_p=top_p,
-    seed=seed,
-    max_examples=max_examples,
-    checkpoint_step=checkpoint_step,
   )
-  batch_size, seed, max_examples = settings["batch_size"], settings["seed"], settings["max_examples"]
-  options = DecodeOptions(
-    method=method,
-    max_decode_len=settings["max_decode_len"] or task_feature_lengths.get("targets", 64),
-    beam_size=settings["beam_size"],
-    alpha=settings["alpha"],
-    temperature=settings["temperature"],
-    top_k=settings["top_k"],
-    top_p=settings["top_p"],
+  seed = checks.check_int("INFER_SEED", seed, minimum=0)
+  max_examples = checks.check_int("INFER_MAX_EXAMPLES", max_examples, minimum=1, allow_none=True, hint=" (None: all)")
+  checkpoint_step = checks.check_int(
+    "CHECKPOINT_STEP", checkpoint_step, minimum=0, allow_none=True, hint=" (None: the latest)"
   )
   examples = None
   if input_file:  # the whole file, before the checkpoint is read or anything written
@@ -253,7 +249,7 @@ def infer(
   predictor = inference.Predictor.restore(
     model,
     checkpoint_path,
-    step=settings["checkpoint_step"],
+    step=checkpoint_step,
     partitioner=partitioner,
     batch_size=batch_size,
     vocabulary=vocabulary,
@@ -386,35 +382,6 @@ def _run_chunk(predictor: inference.Predictor, chunk: Sequence[Row], mode: str) 
   return lines
 
 
-def _check_settings(*, task_feature_lengths: Mapping[str, int], **values: Any) -> dict[str, Any]:
-  """The numeric infer settings, checked and normalised; errors name the gin macro.
-
-  Decoding settings are checked whatever DECODE_METHOD is (a BEAM_SIZE=0 left
-  in a gin file is an error before someone switches to beam search).
-  """
-  checks.check_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
-  macros = {
-    "max_decode_len": "MAX_DECODE_LEN",
-    "beam_size": "BEAM_SIZE",
-    "alpha": "LENGTH_PENALTY_ALPHA",
-    "temperature": "TEMPERATURE",
-    "top_k": "TOP_K",
-    "top_p": "TOP_P",
-  }
-  out = dict(values)
-  out["batch_size"] = checks.check_int("INFER_BATCH_SIZE", values["batch_size"], minimum=1)
-  decode = {k: values[k] for k in macros if not (k == "max_decode_len" and values[k] is None)}
-  out.update(inference.check_decode_settings(decode, macros))
-  out["seed"] = checks.check_int("INFER_SEED", values["seed"], minimum=0)
-  out["max_examples"] = checks.check_int(
-    "INFER_MAX_EXAMPLES", values["max_examples"], minimum=1, allow_none=True, hint=" (None: all)"
-  )
-  out["checkpoint_step"] = checks.check_int(
-    "CHECKPOINT_STEP", values["checkpoint_step"], minimum=0, allow_none=True, hint=" (None: the latest)"
-  )
-  return out
-
-
 def _text(ex: Mapping[str, Any], key: str, vocab) -> str:
   pre = ex.get(f"{key}_pretokenized")
   if pre is not None:
@@ -427,9 +394,14 @@ def _text(ex: Mapping[str, Any], key: str, vocab) -> str:
 # Command line.
 # ----------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  from t5lite import train  # pylint: disable=g-import-not-at-top
+  """`python -m t5lite.infer` / `t5lite infer`: infer() as the gin files configure it.
 
-  rc, summary = train.run_gin_entry(argv, "t5lite.infer", "infer", REQUIRED_MACROS, "infer")
+  Prints the summary as a JSON line; returns the exit code (0, or 1 after a
+  one-line error, see gin_entry.run_gin_entry).
+  """
+  from t5lite import gin_entry  # pylint: disable=g-import-not-at-top
+
+  rc, summary = gin_entry.run_gin_entry(argv, "infer")
   if rc == 0:
     print(json.dumps(summary))
   return rc

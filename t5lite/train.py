@@ -1,14 +1,15 @@
 """Training entry point: `python -m t5lite.train --gin_file=... --gin.MODEL_DIR=\\"...\\"`.
 
 `train()` is what the run gin files configure (gin/runs/pretrain.gin,
-finetune.gin); `main()` parses T5X-style flags, writes MODEL_DIR/config.gin
-for a new run and calls it. Running the same command again resumes from the
-latest checkpoint in MODEL_DIR, including the position in the data.
+finetune.gin): data, trainer and evaluation for one run. `main()` runs it from
+the command line through `gin_entry` (flags, gin, the task package), which
+writes MODEL_DIR/config.gin at each start. Running the same command again
+resumes from the latest checkpoint in MODEL_DIR, including the position in
+the data.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -16,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import optax
 
-from t5lite import partitioning, runtime
+from t5lite import evaluation, partitioning, runtime
 from t5lite import trainer as trainer_lib
 from t5lite.models.model import BaseModel
 from t5lite.optim import adafactor, schedules
@@ -29,7 +30,6 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
   global batch (`pipeline.host_batches`), so the batches do not depend on the
   number of processes."""
   from t5lite.data import pipeline, registration, sources  # pylint: disable=g-import-not-at-top
-  import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
 
   if data_dir:
     sources.set_data_dir(data_dir)
@@ -113,6 +113,7 @@ def train(
   infer_eval_every: int = 0,
   infer_eval_examples: Optional[int] = None,
   compilation_cache_dir: Optional[str] = None,
+  on_start: Optional[Callable[[str, int], Any]] = None,
 ) -> dict[str, float]:
   """Trains `model` on a seqio task or mixture; returns the last train metrics.
 
@@ -127,7 +128,22 @@ def train(
   decodes `infer_eval_examples` examples (None: all) of `eval_split` and the
   task's metric functions score them (seqio Evaluator); the scores go to the
   summaries ('infer_eval') and MODEL_DIR/infer_eval, and are returned among
-  the metrics as 'infer_eval/{task}/{metric}'."""
+  the metrics as 'infer_eval/{task}/{metric}'.
+
+  `on_start(model_dir, start_step)` runs once the run has restored (or
+  created) its state and checked it, before the first step; `t5lite train`
+  passes `gin_entry.write_config`, which records the run's gin config there,
+  so a refused resume writes none.
+
+  The task or mixture must be registered (`import t5lite_tasks`, or the module
+  that registers it).
+
+  Raises:
+    ValueError: a setting out of range or of the wrong type (named by its gin
+      macro), an unknown task, a model vocabulary smaller than the task's, a
+      checkpoint in MODEL_DIR that does not fit this run.
+    FloatingPointError: the loss became NaN (the last good checkpoint is kept).
+  """
   from t5lite import checks  # pylint: disable=g-import-not-at-top
 
   # Settings nothing below checks before work starts (TrainerConfig, the partitioner and the model check theirs).
@@ -184,15 +200,23 @@ def train(
     eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None
     metric_eval = None
     if infer_eval_every:
-      metric_eval = _metric_eval_fn(
-        model, trainer, mixture_or_task_name, task_feature_lengths, eval_split, infer_eval_examples, seed, batch_size
+      metric_eval = evaluation.metric_eval_fn(
+        model,
+        mixture_or_task_name,
+        task_feature_lengths,
+        partitioner=trainer.partitioner,
+        batch_size=batch_size,
+        split=eval_split,
+        num_examples=infer_eval_examples,
+        seed=seed,
+        output_dir=os.path.join(trainer.model_dir, "infer_eval"),
       )
     metrics = trainer.train(
       train_batches,
       eval_batches,
       metric_eval=metric_eval,
       metric_eval_every=infer_eval_every,
-      on_start=lambda step: write_config(model_dir, step),
+      on_start=(lambda step: on_start(model_dir, step)) if on_start else None,
     )
     if metrics and getattr(trainer, "last_metric_eval", None):
       metrics.update({f"infer_eval/{k}": v for k, v in trainer.last_metric_eval.items()})
@@ -201,503 +225,17 @@ def train(
     trainer.close()
 
 
-def _metric_eval_fn(model, trainer, name, lengths, split, num_examples, seed, batch_size):
-  """params, step -> {task: {metric: value}}: decode and score with the task's metrics."""
-  from t5lite import eval as eval_lib, inference  # pylint: disable=g-import-not-at-top
-  from t5lite.models.model import DecodeOptions  # pylint: disable=g-import-not-at-top
-
-  evaluator = eval_lib.MetricEvaluator(
-    model,
-    name,
-    lengths,
-    split=split,
-    num_examples=num_examples,
-    seed=seed,
-    output_dir=os.path.join(trainer.model_dir, "infer_eval"),
-  )
-  holder = {}
-
-  def fn(params, step):
-    if "predictor" not in holder:
-      holder["predictor"] = inference.Predictor(
-        model,
-        params,
-        batch_size=batch_size // jax.process_count(),
-        partitioner=trainer.partitioner,
-        task_feature_lengths=lengths,
-        options=DecodeOptions(max_decode_len=lengths.get("targets", 64)),
-      )
-    holder["predictor"].params = params
-    return evaluator(holder["predictor"], step)
-
-  return fn
-
-
-# --------------------------------------------------------------------------- #
-# Command line (gin only here, at the edge).
-# --------------------------------------------------------------------------- #
-REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS", "BATCH_SIZE")
-
-
-_FLAGS = ("--gin_file", "--gin_bindings", "--gin_search_paths")
-_FLAG_USAGE = "use --gin_file=FILE, --gin.NAME=VALUE, --gin_bindings='NAME = VALUE' or --gin_search_paths=DIR,DIR"
-
-
-def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
-  """Splits T5X-style flags into gin files, gin bindings and search paths.
-
-  Raises:
-    ValueError: an unknown flag (naming the closest real one), a flag without
-      its value, or no --gin_file at all.
-  """
-  files, bindings, paths = [], [], []
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    arg = args[i]
-    name, eq, value = arg.partition("=")
-    if not eq and name in _FLAGS and i + 1 < len(args):
-      value, i = args[i + 1], i + 1
-      eq = "="
-    if name == "--gin_file" and eq:
-      files.append(value)
-    elif name == "--gin_bindings" and eq:
-      bindings.append(value)
-    elif name == "--gin_search_paths" and eq:
-      paths.extend(p for p in value.split(",") if p)
-    elif name.startswith("--gin.") and eq:
-      bindings.append(f"{name[len('--gin.') :]} = {value}")
-    else:
-      raise ValueError(_flag_problem(arg, name, bool(eq)))
-    i += 1
-  if not files:
-    raise ValueError("give at least one --gin_file (e.g. --gin_file=experiments/quickstart.gin)")
-  return files, bindings, paths
-
-
-def _flag_problem(arg: str, name: str, has_value: bool) -> str:
-  """What is wrong with a command-line argument parse_flags does not take, and the fix."""
-  import difflib  # pylint: disable=g-import-not-at-top
-
-  if name in _FLAGS or (name.startswith("--gin.") and not has_value):
-    return f"{name} needs a value: {name}=VALUE"
-  if not arg.startswith("-"):
-    return f"unexpected argument {arg!r}; gin files are given as --gin_file={arg} ({_FLAG_USAGE})"
-  close = difflib.get_close_matches(name, _FLAGS, n=1, cutoff=0.6)
-  if close:
-    return f"unknown flag {arg!r}; did you mean {close[0]}?"
-  return f"unknown flag {arg!r}; {_FLAG_USAGE}"
-
-
-# The run file each gin entry point needs, for messages that say what to include.
-RUN_FILES = {"train": "runs/pretrain.gin", "infer": "runs/infer.gin", "eval": "runs/eval.gin"}
-# Macros whose usual fix is a file rather than a flag.
-_MACRO_FIXES = {"MODEL": "a model file defines it: give e.g. --gin_file=models/t5_1_1/small.gin before the run file"}
-
-
-def configure_gin(
-  files: Sequence[str],
-  bindings: Sequence[str],
-  search_paths: Sequence[str] = (),
-  required: Sequence[str] = REQUIRED_MACROS,
-  run_file: str = RUN_FILES["train"],
-) -> None:
-  """Parses gin files (found in the cwd, the search paths or the installed gin/) and bindings.
-
-  Everything is checked before anything runs: files and bindings parse, every
-  macro set on the command line is read somewhere (a mistyped name is not
-  silently ignored), every macro read is set, and the `required` macros
-  (run_file is the file that uses them) are set.
-
-  Raises:
-    FileNotFoundError: a gin file (or an include) not found; names the closest
-      gin file there is.
-    ValueError: any other mistake, in one line with the file and line where
-      there is one: a syntax error, an unknown configurable, parameter or
-      import, a macro set on the command line that nothing reads (naming the
-      closest macro that is read), a macro read but never set, a required
-      macro left unset.
-  """
-  import gin  # pylint: disable=g-import-not-at-top
-
-  from t5lite import gin_paths  # pylint: disable=g-import-not-at-top
-
-  gin.clear_config()
-  _guard_gin_package_reader(gin)
-  ours = gin_paths.gin_dir()
-  known = getattr(gin.config, "_LOCATION_PREFIXES", [])
-  for path in [*([ours] if ours else []), *search_paths, os.getcwd()]:
-    if path not in known:
-      gin.add_config_file_search_path(path)
-  gin_dirs = [*([ours] if ours else []), *search_paths]
-  # gin logs an error for every search-path miss before it finds a file.
-  quiet = _DropGinPathMisses()
-  logging.getLogger().addFilter(quiet)
-  try:
-    # One at a time, so that an error names the file or the binding it is in.
-    for path in files:
-      _parse_one(gin.parse_config_file, path, path, gin_dirs)
-    for binding in bindings:
-      _parse_one(gin.parse_config, binding, f"the binding {binding!r}", gin_dirs)
-    _check_macros(gin, bindings, required, run_file)
-    try:
-      gin.finalize()
-    except ValueError as e:
-      raise ValueError(_required_problem(str(e)) or _one_line(e)) from None
-  finally:
-    logging.getLogger().removeFilter(quiet)
-
-
-def _parse_one(parse: Callable[[str], Any], arg: str, source: str, gin_dirs: Sequence[str]) -> None:
-  """parse(arg), with any error turned into _gin_parse_error's one-line error."""
-  try:
-    parse(arg)
-  except Exception as e:  # pylint: disable=broad-except  # gin raises SyntaxError, TokenError, AttributeError, ...
-    raise _gin_parse_error(e, source, gin_dirs) from e
-
-
-def _gin_parse_error(e: Exception, source: str, gin_dirs: Sequence[str]) -> Exception:
-  """A one-line error for a gin file or binding that does not parse.
-
-  gin reports its errors with the location on extra lines, a syntax error as
-  SyntaxError or tokenize.TokenError, an unknown module attribute as
-  AttributeError; this puts each on one line with the fix."""
-  import re  # pylint: disable=g-import-not-at-top
-  import tokenize  # pylint: disable=g-import-not-at-top
-
-  if isinstance(e, tokenize.TokenError):
-    return ValueError(f"gin syntax error in {source}: a bracket or a string is not closed ({e.args[0]})")
-  if isinstance(e, SyntaxError):
-    where = f"{e.filename} line {e.lineno}" if e.filename else source
-    detail = (e.msg or "").strip().splitlines()[-1].strip() if e.msg else "invalid syntax"
-    return ValueError(
-      f"gin syntax error in {where}: {detail} in `{(e.text or '').strip()}` (a value is a Python "
-      "literal, a quoted string, @configurable or %MACRO)"
-    )
-  text = str(e)
-  first = text.strip().splitlines()[0].strip() if text.strip() else type(e).__name__
-  loc = re.search(r'In file "([^"]+)", line (\d+)\n\s*(.*)', text)
-  where = f"{loc.group(1)} line {loc.group(2)}: `{loc.group(3).strip()}`" if loc else source
-  if isinstance(e, OSError) and first.startswith("Unable to open file"):
-    missing = re.match(r"Unable to open file: (.*?)\. Searched config paths", first)
-    name = missing.group(1) if missing else first
-    found = _closest(name, _gin_files(gin_dirs, name))
-    return FileNotFoundError(
-      f"gin file {name!r} not found{f' (included from {where})' if loc else ''}; gin files are looked up in "
-      f"{', '.join(gin_dirs + ['the cwd'])}" + (f"; did you mean {found}?" if found else "")
-    )
-  fix = ""
-  attr = re.match(r"Couldn't resolve selector (\S+); <module '([\w.]+)'.*has no attribute (\w+)", first)
-  param = re.match(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", first)
-  if attr:
-    first = f"unknown configurable {attr.group(1)}: module {attr.group(2)} has no {attr.group(3)}"
-    fix = _closest(attr.group(3), _module_names(attr.group(2)))
-    fix = f"; did you mean {fix}?" if fix else ""
-  elif param:
-    fix = _closest(param.group(2), _parameter_names(param.group(1)))
-    fix = f"; did you mean {fix}?" if fix else ""
-  elif "No configurable matching" in first:
-    name = re.search(r"No configurable matching (?:reference )?'@?([\w./]+?)(?:\(\))?'", first)
-    module, _, attr = (name.group(1).split("/")[-1] if name else "").rpartition(".")
-    fix = _closest(attr, _module_names(module)) if module else None
-    fix = (
-      f"; did you mean {module}.{fix}?"
-      if fix
-      else "; check the spelling, and that a gin file imports its module (e.g. `from t5lite.optim import adamw`)"
-    )
-  return ValueError(f"{first.rstrip('.')} (in {where}){fix}")
-
-
-def _closest(name: str, candidates: Sequence[str]) -> Optional[str]:
-  """The candidate most like `name` (case-insensitive, difflib), or None if none is close."""
-  import difflib  # pylint: disable=g-import-not-at-top
-
-  lower = {c.lower(): c for c in candidates}
-  close = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
-  return lower[close[0]] if close else None
-
-
-def _gin_files(gin_dirs: Sequence[str], missing: str) -> list[str]:
-  """The .gin files under the gin directories (relative) and beside a missing path."""
-  out = []
-  for d in gin_dirs:
-    for root, _, names in os.walk(d):
-      out += [os.path.relpath(os.path.join(root, n), d) for n in names if n.endswith(".gin")]
-  beside = os.path.dirname(missing)
-  if beside and os.path.isdir(beside):
-    out += [os.path.join(beside, n) for n in os.listdir(beside) if n.endswith(".gin")]
-  return out
-
-
-def _module_names(module_name: str) -> list[str]:
-  """The public names of the imported module `module_name` (a full name or the
-  alias a gin file imports it as, e.g. 'adamw' for t5lite.optim.adamw)."""
-  names = set()
-  for full, module in list(sys.modules.items()):
-    if module is not None and (full == module_name or full.endswith("." + module_name)):
-      names.update(n for n in dir(module) if not n.startswith("_"))
-  return sorted(names)
-
-
-def _parameter_names(selector: str) -> list[str]:
-  """The parameters of the registered configurables whose name ends like `selector`."""
-  import inspect  # pylint: disable=g-import-not-at-top
-
-  import gin  # pylint: disable=g-import-not-at-top
-
-  last = selector.split(".")[-1]
-  names = []
-  for key, configurable in gin.config._REGISTRY.items():  # pylint: disable=protected-access
-    if key.split(".")[-1] == last:
-      try:
-        names += list(inspect.signature(configurable.wrapped).parameters)
-      except (TypeError, ValueError):
-        pass
-  return names
-
-
-def _command_line_macros(bindings: Sequence[str]) -> dict[str, str]:
-  """{macro name: its binding} for the bindings that set a macro (NAME = VALUE)."""
-  from gin import config_parser  # pylint: disable=g-import-not-at-top
-
-  class _NoReferences(config_parser.ParserDelegate):
-    def configurable_reference(self, scoped_configurable_name, evaluate):
-      return None
-
-    def macro(self, macro_name):
-      return None
-
-  out = {}
-  for binding in bindings:
-    for statement in config_parser.ConfigParser(binding, _NoReferences()):
-      if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
-        out["/".join(filter(None, (statement.scope, statement.selector)))] = binding
-  return out
-
-
-def _macros(gin) -> tuple[set[str], dict[str, str]]:
-  """(the macros set, {macro read: the first binding that reads it}) in the parsed config."""
-  config = gin.config._CONFIG  # pylint: disable=protected-access
-  macro = gin.get_configurable(gin.config.macro)
-  defined = {scope for scope, selector in config if selector == "gin.macro"}
-  read: dict[str, str] = {}
-  for (scope, selector), params in sorted(config.items()):
-    for param, value in params.items():
-      where = scope if selector == "gin.macro" else f"{'.'.join(selector.split('.')[-2:])}.{param}"
-      for ref in gin.config.iterate_references(value, to=macro):
-        read.setdefault("/".join(ref.scopes), where)
-  return defined, read
-
-
-def _check_macros(gin, bindings: Sequence[str], required: Sequence[str], run_file: str) -> None:
-  """Raises ValueError for a command-line macro nothing reads, a macro read but never
-  set, or a required macro no gin file uses (see configure_gin)."""
-  defined, read = _macros(gin)
-  for name, binding in _command_line_macros(bindings).items():
-    if name in read:
-      continue
-    if name in required:
-      raise ValueError(
-        f"no gin file reads the macro {name} set on the command line: include the run file that "
-        f"uses it (--gin_file={run_file})"
-      )
-    close = _closest(name, list(read))
-    fix = f"did you mean {close} (--gin.{close}=...)?" if close else f"the macros read are {', '.join(sorted(read))}"
-    raise ValueError(
-      f"the macro {name} set on the command line ({binding!r}) is not read by any gin binding "
-      f"(no %{name} in the gin files); {fix}"
-    )
-  for name in sorted(set(read) - defined):
-    close = _closest(name, list(defined))
-    fix = _MACRO_FIXES.get(name) or (f"did you mean %{close}?" if close else f"set it with --gin.{name}=...")
-    raise ValueError(f"{read[name]} reads the macro %{name}, which no gin file or flag sets; {fix}")
-  for name in required:
-    if name not in defined:
-      raise ValueError(
-        f"no gin file uses the required macro {name}: include the run file (--gin_file={run_file}), after a model file"
-      )
-
-
-def _required_problem(message: str) -> Optional[str]:
-  """gin's `X set to %gin.REQUIRED but not subsequently overridden` as what to set, or None."""
-  import re  # pylint: disable=g-import-not-at-top
-
-  match = re.match(r"(\S+?)(/macro\.value)? set to `%gin\.REQUIRED`", message)
-  if not match:
-    return None
-  name = match.group(1)
-  what = "macro" if match.group(2) else "setting"
-  return f"The required gin {what} {name} is not set: add --gin.{name}=... or bind it in an experiment file."
-
-
-def _one_line(e: BaseException) -> str:
-  """An exception's message on one line, without gin's notes (the call site, a dump of the whole config)."""
-  text = str(e).split(" in config string:")[0]
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  lines = [line for line in lines if not line.startswith("In call to configurable")]
-  return " ".join(lines) or type(e).__name__
-
-
-def _guard_gin_package_reader(gin) -> None:
-  """Keeps gin's package-path file check from crashing on a namespace package.
-
-  gin looks for `runs/pretrain.gin` as a file of a Python package `runs` too;
-  a folder named like one of our gin folders in the working directory (the
-  `runs/` that `make train` writes, say) is then a namespace package without a
-  file, and gin's check raises TypeError instead of saying "not here". This
-  wraps each registered check so that such a folder counts as "not here" and
-  the search goes on to the gin search paths. (gin keeps its readers in
-  `gin.config._FILE_READERS`; if that changes, nothing is wrapped.)
-  """
-  readers = getattr(getattr(gin, "config", None), "_FILE_READERS", None)
-  if not isinstance(readers, list):
-    return
-  for i, entry in enumerate(readers):
-    reader, exists = entry
-    if getattr(exists, "t5lite_guarded", False):
-      continue
-
-    def guarded(path, _exists=exists):
-      try:
-        return _exists(path)
-      except TypeError:
-        return False
-
-    guarded.t5lite_guarded = True
-    readers[i] = (reader, guarded)
-
-
-class _DropGinPathMisses(logging.Filter):
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Path not found")
-
-
-CONFIG_HISTORY_DIR = "config_history"
-# True while run_gin_entry calls the configured function. Read and set on the
-# imported module `t5lite.train` (`_entry_state()`), which is another module
-# object than `__main__` under `python -m t5lite.train`.
-_GIN_ENTRY_ACTIVE = False
-
-
-def _entry_state():
-  import importlib  # pylint: disable=g-import-not-at-top
-
-  return importlib.import_module("t5lite.train")
-
-
-def write_config(model_dir: str, start_step: int = 0) -> Optional[str]:
-  """Writes the operative gin config of this start of a run (process 0 only).
-
-  MODEL_DIR/config.gin always holds the config of the latest start, which is
-  what `inference.load` and `--gin_file=MODEL_DIR/config.gin` read; every
-  start also leaves MODEL_DIR/config_history/NNN_start_step_S.gin (the
-  NNN-th start, at step S), so a run
-  resumed with other settings keeps the record of each. Called once the
-  checkpoint to resume from has been checked, so a refused resume writes
-  nothing. Returns config.gin's path, or None off process 0 or without gin
-  bindings (train() called from Python, not through a gin entry point)."""
-  if jax.process_index() != 0 or not _entry_state()._GIN_ENTRY_ACTIVE:  # pylint: disable=protected-access
-    return None
-  import gin  # pylint: disable=g-import-not-at-top
-
-  text = gin.config_str()
-  if not text.strip():
-    return None
-  history = os.path.join(model_dir, CONFIG_HISTORY_DIR)
-  os.makedirs(history, exist_ok=True)
-  path = os.path.join(model_dir, "config.gin")
-  number = 1 + sum(1 for name in os.listdir(history) if name.endswith(".gin"))
-  for target in (os.path.join(history, f"{number:03d}_start_step_{start_step}.gin"), path):
-    tmp = target + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, target)
-  return path
-
-
-def run_gin_entry(
-  argv: Optional[Sequence[str]], module_name: str, fn_name: str, required: Sequence[str], command: str
-) -> tuple[int, Any]:
-  """The shared body of the gin entry points (train, infer, eval): parse the
-  T5X-style flags, join a multi-process job, configure gin, call the
-  configured `module_name.fn_name`. Returns (exit code, result); errors in the
-  input (flags, gin files, settings) are printed as one line
-  `t5lite COMMAND: error: ...` on stderr with exit code 1, no traceback."""
-  import importlib  # pylint: disable=g-import-not-at-top
-
-  import gin  # pylint: disable=g-import-not-at-top
-
-  from t5lite import distributed  # pylint: disable=g-import-not-at-top
-
-  # TensorFlow (the data path) host-only and quiet before a gin file's imports start it.
-  from t5lite.data import tensorflow_setup  # pylint: disable=g-import-not-at-top
-
-  tensorflow_setup.setup()
-  try:
-    files, bindings, paths = parse_flags(sys.argv[1:] if argv is None else argv)
-    distributed.maybe_initialize()  # before any jax computation
-    configure_gin(files, bindings, paths, required=required, run_file=RUN_FILES.get(command, RUN_FILES["train"]))
-    # The module gin configured (not __main__, when run with python -m).
-    fn = getattr(importlib.import_module(module_name), fn_name)
-    _check_bound(gin, fn, RUN_FILES.get(command, RUN_FILES["train"]))
-    state = _entry_state()
-    state._GIN_ENTRY_ACTIVE = True  # pylint: disable=protected-access
-    try:
-      return 0, gin.get_configurable(fn)()
-    finally:
-      state._GIN_ENTRY_ACTIVE = False  # pylint: disable=protected-access
-  except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, FloatingPointError) as e:
-    # checks.SettingTypeError is a ValueError too.
-    print(f"t5lite {command}: error: {_with_macro(gin, _one_line(e))}", file=sys.stderr)
-    return 1, None
-
-
-def _check_bound(gin, fn: Callable[..., Any], run_file: str) -> None:
-  """Raises ValueError if the gin config leaves a required argument of `fn` unbound
-  (a run without its run file), instead of the TypeError the call would raise."""
-  import inspect  # pylint: disable=g-import-not-at-top
-
-  try:
-    bound = gin.get_bindings(fn, resolve_references=False)
-  except ValueError:  # no gin file configures fn
-    bound = {}
-  missing = [
-    p.name
-    for p in inspect.signature(fn).parameters.values()
-    if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in bound
-  ]
-  if missing:
-    raise ValueError(
-      f"the gin files bind no {', '.join(missing)} for {fn.__module__}.{fn.__name__}: include the "
-      f"run file (--gin_file={run_file}) after a model file"
-    )
-
-
-def _with_macro(gin, message: str) -> str:
-  """`message` plus the macro that sets the binding it starts with, where one does.
-
-  Library errors name a setting by its gin binding (`schedules.rsqrt.warmup_steps=0
-  must be ...`); users set most of them through a macro (WARMUP_STEPS)."""
-  import re  # pylint: disable=g-import-not-at-top
-
-  match = re.match(r"([A-Za-z_][\w.]*)\.(\w+)=", message)
-  if not match:
-    return message
-  selector, param = match.groups()
-  for (_, key), params in getattr(gin.config, "_CONFIG", {}).items():
-    value = params.get(param)
-    if (key == selector or key.endswith("." + selector)) and repr(value).startswith("%"):
-      return f"{message} (set by the macro {repr(value)[1:]})"
-  return message
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  rc, metrics = run_gin_entry(argv, "t5lite.train", "train", REQUIRED_MACROS, "train")
+  """`python -m t5lite.train` / `t5lite train`: train() as the gin files configure it.
+
+  Returns the exit code: 0, or 1 after a one-line error (see gin_entry.run_gin_entry).
+  """
+  from t5lite import gin_entry  # pylint: disable=g-import-not-at-top
+
+  rc, metrics = gin_entry.run_gin_entry(argv, "train", on_start=gin_entry.write_config)
   if rc:
     return rc
-  import gin  # pylint: disable=g-import-not-at-top
-
-  model_dir = gin.query_parameter("%MODEL_DIR")
+  model_dir = gin_entry.macro_value("MODEL_DIR")
   if metrics:
     print(f"done: step metrics {', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items()))}")
   print(f"run directory: {os.path.abspath(model_dir)}")
@@ -706,7 +244,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  from t5lite import runtime  # pylint: disable=g-import-not-at-top
-
   runtime.apply_process_settings()  # before JAX starts computing (see t5lite.runtime)
   sys.exit(main())

@@ -58,7 +58,11 @@ def _measure(task_name: str, lengths: Mapping[str, int], converter: str, example
 
 
 def run(task: str, examples: int, inputs: int, targets: int, batch: int, seed: int = 0) -> dict:
-  import t5lite_tasks  # pylint: disable=g-import-not-at-top,unused-import
+  """The benchmark's JSON record for the registered task or mixture `task` (see the module docstring).
+
+  Raises:
+    ValueError: `task` is not registered (import the module that registers it first).
+  """
   from t5lite.data import registration  # pylint: disable=g-import-not-at-top
 
   t = registration.get_task_or_mixture(task)
@@ -90,6 +94,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
+  from t5lite import gin_entry  # pylint: disable=g-import-not-at-top
+
+  gin_entry.import_task_modules()  # the built-in tasks (a command line, as train/infer/eval)
   print(json.dumps(run(a.task, a.examples, a.inputs, a.targets, a.batch, a.seed)))
 
 
