@@ -1,45 +1,23 @@
-"""seqio data sources: the embedded pydocs corpus and TFDS catalog datasets such as C4.
+"""seqio sources over TFDS: the embedded pydocs corpus, built on first use, and catalog datasets such as C4.
 
-Both are `seqio.TfdsDataSource`s; what is added here is where the data lives
-and what happens when it is not there. The pydocs source prepares its dataset
-on first use (once, under a file lock) in the data directory resolved at that
-moment, so `seqio.set_tfds_data_dir_override` (the gin-visible `DATA_DIR`) and
-`$TFDS_DATA_DIR` both apply. A catalog source never downloads at run time: when
-its dataset is not prepared, the error says how to prepare it.
+The pydocs source prepares its dataset (`pydocs_prepare`) the first time it is
+read, in the data directory that applies at that moment (`data_dirs`); a
+catalog source never downloads at run time, and when its dataset is not
+prepared the error says how to prepare it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from typing import Optional
 
 import seqio
-from seqio import utils as seqio_utils
 import tensorflow_datasets as tfds
 
-from t5lite.data import pydocs
+from t5lite.data import data_dirs, pydocs, pydocs_prepare
 
-PYDOCS_VERSION = "1.0.0"
-
-
-def pydocs_config_name() -> str:
-  """The pydocs builder config for the running Python (e.g. 'py3_11')."""
-  return f"py{sys.version_info.major}_{sys.version_info.minor}"
-
-
-def pydocs_tfds_name() -> str:
-  return f"pydocs/{pydocs_config_name()}:{PYDOCS_VERSION}"
-
-
-def resolve_data_dir(data_dir: Optional[str] = None) -> str:
-  """An explicit dir, else seqio's override, else $TFDS_DATA_DIR, else the user cache."""
-  return data_dir or seqio_utils._get_data_dir_override(None) or pydocs.default_data_dir()  # pylint: disable=protected-access
-
-
-def set_data_dir(data_dir: Optional[str]) -> None:
-  """Points every TFDS-backed source (pydocs and catalog ones) at `data_dir`."""
-  seqio.set_tfds_data_dir_override(data_dir)
+# The entry points call `sources.set_data_dir`; `data_dirs` owns it.
+set_data_dir = data_dirs.set_data_dir
 
 
 class PydocsSource(seqio.TfdsDataSource):
@@ -49,7 +27,7 @@ class PydocsSource(seqio.TfdsDataSource):
     self._explicit_data_dir = data_dir
     self._prepared_dir: Optional[str] = None
     super().__init__(
-      tfds_name=pydocs_tfds_name(),
+      tfds_name=pydocs.TFDS_NAME,
       tfds_data_dir=data_dir,
       splits=("train", "validation"),
       read_only=True,
@@ -57,9 +35,9 @@ class PydocsSource(seqio.TfdsDataSource):
 
   def prepare(self) -> str:
     """Builds the dataset if needed; returns the data directory used."""
-    data_dir = resolve_data_dir(self._explicit_data_dir)
+    data_dir = data_dirs.resolve_data_dir(self._explicit_data_dir)
     if self._prepared_dir != data_dir:
-      pydocs.prepare_pydocs(data_dir)
+      pydocs_prepare.prepare_pydocs(data_dir)
       self.tfds_dataset.override_data_dir(data_dir)
       self._prepared_dir = data_dir
     return data_dir
@@ -86,7 +64,7 @@ class CatalogTfdsSource(seqio.TfdsDataSource):
 
   def _check_prepared(self) -> None:
     name = self.tfds_dataset.name
-    data_dir = resolve_data_dir()
+    data_dir = data_dirs.resolve_data_dir()
     builder = tfds.builder(name, data_dir=data_dir)
     if not tf_exists(os.path.join(builder.data_dir, "dataset_info.json")):
       raise FileNotFoundError(

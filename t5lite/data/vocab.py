@@ -214,11 +214,11 @@ def default_vocab_path(data_dir: Optional[str] = None) -> str:
   """Where the default pydocs vocabulary lives (or `$T5LITE_SPM_MODEL`)."""
   if os.environ.get(VOCAB_ENV):
     return os.environ[VOCAB_ENV]
-  from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+  from t5lite.data import data_dirs, pydocs  # pylint: disable=g-import-not-at-top
 
-  data_dir = data_dir or sources.resolve_data_dir()
+  data_dir = data_dirs.resolve_data_dir(data_dir)
   name = f"pydocs_{DEFAULT_MODEL_TYPE}_{DEFAULT_VOCAB_SIZE}_r{DEFAULT_VOCAB_REVISION}.model"
-  return os.path.join(data_dir, "t5lite_vocab", sources.pydocs_config_name(), name)
+  return os.path.join(data_dir, "t5lite_vocab", pydocs.CONFIG_NAME, name)
 
 
 def ensure_default_vocab(data_dir: Optional[str] = None) -> str:

@@ -15,8 +15,7 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from t5lite.data import locking
-from t5lite.data import pydocs
+from t5lite.data import data_dirs, locking, pydocs, pydocs_prepare, pydocs_subprocess
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,7 +53,7 @@ def built(tmp_path_factory):
   tfds.disable_progress_bar()
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   start = time.monotonic()
-  builder = pydocs.prepare_pydocs(data_dir)
+  builder = pydocs_prepare.prepare_pydocs(data_dir)
   seconds = time.monotonic() - start
   splits = {}
   for split in ("train", "validation"):
@@ -76,12 +75,14 @@ def test_names_and_config():
 
 def test_default_data_dir(monkeypatch, tmp_path):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
-  assert pydocs.default_data_dir() == str(tmp_path / "tfds")
+  assert data_dirs.default_data_dir() == str(tmp_path / "tfds")
   monkeypatch.delenv("TFDS_DATA_DIR")
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-  assert pydocs.default_data_dir() == str(tmp_path / "cache" / "t5lite" / "tensorflow_datasets")
+  assert data_dirs.default_data_dir() == str(tmp_path / "cache" / "t5lite" / "tensorflow_datasets")
   monkeypatch.delenv("XDG_CACHE_HOME")
-  assert pydocs.default_data_dir() == os.path.expanduser(os.path.join("~", ".cache", "t5lite", "tensorflow_datasets"))
+  assert data_dirs.default_data_dir() == os.path.expanduser(
+    os.path.join("~", ".cache", "t5lite", "tensorflow_datasets")
+  )
 
 
 def test_splits_sizes_and_names(built):
@@ -146,7 +147,7 @@ def test_second_prepare_reuses_the_dataset(built, monkeypatch):
 
   monkeypatch.setattr(pydocs, "collect_documents", must_not_run)
   monkeypatch.setattr(pydocs.Pydocs, "_split_generators", must_not_run)
-  builder = pydocs.prepare_pydocs(built["data_dir"])
+  builder = pydocs_prepare.prepare_pydocs(built["data_dir"])
   assert _files_with_mtimes(root) == before
   assert builder.info.splits["train"].num_examples == len(built["splits"]["train"])
 
@@ -178,7 +179,7 @@ def test_concurrent_prepare_builds_once(tmp_path):
   script = textwrap.dedent(
     """
         import sys
-        from t5lite.data import pydocs
+        from t5lite.data import pydocs, pydocs_prepare
         import tensorflow_datasets as tfds
         tfds.disable_progress_bar()
         calls = []
@@ -187,7 +188,7 @@ def test_concurrent_prepare_builds_once(tmp_path):
             calls.append(1)
             return collect(*args, **kwargs)
         pydocs.collect_documents = counting
-        builder = pydocs.prepare_pydocs(sys.argv[1])
+        builder = pydocs_prepare.prepare_pydocs(sys.argv[1])
         print("BUILDS", len(calls), builder.info.splits["train"].num_examples)
         """
   )
@@ -244,14 +245,14 @@ def test_file_lock_excludes_other_processes(tmp_path):
 def test_collector_survives_an_import_that_kills_the_process(monkeypatch, tmp_path):
   (tmp_path / "t5lite_crashy_module.py").write_text("import os\nos._exit(3)\n")
   (tmp_path / "t5lite_fine_module.py").write_text('"""A fine module."""\n')
-  child_env = pydocs._child_env
+  child_env = pydocs_subprocess._child_env
   monkeypatch.setattr(
-    pydocs,
+    pydocs_subprocess,
     "_child_env",
     lambda workdir: {**child_env(workdir), "PYTHONPATH": str(tmp_path)},
   )
   monkeypatch.setattr(
-    pydocs,
+    pydocs_subprocess,
     "_EXTRA_MODULES",
     ("os.path", "t5lite_crashy_module", "t5lite_fine_module"),
   )
@@ -259,3 +260,18 @@ def test_collector_survives_an_import_that_kills_the_process(monkeypatch, tmp_pa
   assert docs["t5lite_fine_module"] == "A fine module."
   assert "t5lite_crashy_module" not in docs
   assert "json" in docs and "os.path" in docs
+
+
+def test_collector_imports_the_standard_library_only():
+  """The child program must not import t5lite or any installed package: the corpus depends on Python alone."""
+  import ast  # pylint: disable=g-import-not-at-top
+
+  tree = ast.parse(open(pydocs_subprocess.COLLECTOR_PATH, encoding="utf-8").read())
+  imported = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      imported.update(alias.name.split(".")[0] for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      imported.add((node.module or "").split(".")[0])
+  assert imported and imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+  assert pydocs_subprocess._child_command([])[-2] == pydocs_subprocess.COLLECTOR_PATH

@@ -6,7 +6,7 @@ import pytest
 import seqio
 
 from t5lite import cli
-from t5lite.data import sources, vocab as vocab_lib
+from t5lite.data import pydocs, sources, vocab as vocab_lib
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ def test_pydocs_tasks_build_everything_locally(tmp_path, monkeypatch, capsys):
   # The corpus and the default vocabulary were built under the data dir.
   vocab_path = vocab_lib.default_vocab_path()
   assert vocab_path.startswith(str(tmp_path)) and os.path.exists(vocab_path)
-  assert os.path.isdir(tmp_path / "pydocs" / sources.pydocs_config_name() / "1.0.0")
+  assert os.path.isdir(tmp_path / "pydocs" / pydocs.CONFIG_NAME / "1.0.0")
   v = task.output_features["targets"].vocabulary
   assert v.vocab_size == vocab_lib.DEFAULT_VOCAB_SIZE + 100
   assert ex["targets"][0] == v.vocab_size - 1  # <extra_id_0> opens the targets
