@@ -1,24 +1,15 @@
-"""Process settings for CPU hosts, applied by the entry points (train, infer,
-eval, the benchmarks) before JAX starts computing.
+"""Process settings for CPU hosts, and JAX's persistent compilation cache.
 
-Two settings, neither of which changes what is computed:
-
-* glibc malloc keeps freed memory (`tune_glibc_malloc`). XLA:CPU allocates its
-  temporary buffer (about 1 GiB for T5 tiny at batch 8) and other large arrays
-  on every step; glibc serves allocations above 32 MiB with mmap and returns
-  them with munmap, so each step page-faults that memory in again (measured on
-  the 2-core dev box: ~300k faults and ~0.8 s of system time per `tiny` step).
-  Same effect as MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-  MALLOC_TRIM_THRESHOLD_=-1. Cost: the process does not give freed memory back
-  to the OS.
-* On CPU-only hosts, XLA_FLAGS gets `DEFAULT_XLA_CPU_FLAGS`: standalone matmuls
-  run on XLA's Eigen path instead of YNNPACK. On the dev box YNNPACK's
-  individual dots ran close to single-threaded when another process was busy,
-  and Eigen was as fast or faster when the box was idle. YNNPACK's other
-  fusions stay on. A flag the user already set in XLA_FLAGS wins.
-
-`T5LITE_PROCESS_SETTINGS=0` in the environment turns both off.
-Imports nothing heavy (no jax), so it can run first.
+The entry points (train, infer, eval, the benchmarks) apply the settings
+before JAX starts computing; neither changes what is computed:
+* glibc malloc keeps freed memory (`tune_glibc_malloc`, as MALLOC_ARENA_MAX=1
+  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1), so XLA:CPU's large per-step
+  buffers are not page-faulted in again every step; the process does not give
+  freed memory back to the OS;
+* on CPU-only hosts, XLA_FLAGS gets `DEFAULT_XLA_CPU_FLAGS` (standalone matmuls
+  on XLA's Eigen path instead of YNNPACK); a flag the user already set wins.
+`T5LITE_PROCESS_SETTINGS=0` turns both off. Imports no jax until the cache is
+set up, so it can run first. docs/performance.md has the measurements.
 """
 
 from __future__ import annotations
@@ -78,7 +69,7 @@ def _backend_started() -> bool:
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
 
-    return bool(xla_bridge._backends)  # pylint: disable=protected-access
+    return xla_bridge.backends_are_initialized()
   except Exception:  # pylint: disable=broad-except  # private API moved: assume started
     return True
 
