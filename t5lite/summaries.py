@@ -1,9 +1,10 @@
-"""Training summaries: TensorBoard event files and a JSON-lines metrics log.
+"""Training summaries: TensorBoard event files, a JSON-lines metrics log and the progress bar.
 
 Events are written with the `tensorboard` package's own event writer and
 protos, so summaries need no TensorFlow (the GPU machines have none). Each
 split gets its own folder (`MODEL_DIR/train`, `MODEL_DIR/eval`), as T5X does;
 `MODEL_DIR/metrics.jsonl` gets one object per line: step, split, metrics.
+The progress bar is tqdm's, on stderr.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -103,3 +105,45 @@ class Summaries:
     for w in self._writers.values():
       w.close()
     self._writers.clear()
+
+
+def progress_postfix(metrics: Mapping[str, float]) -> dict[str, str]:
+  """The progress bar's postfix for train metrics: loss, tokens/s and MFU
+  (or GFLOP/s where the device has no known peak)."""
+  out = {"loss": f"{metrics['loss']:.3f}"}
+  if "tokens_per_s" in metrics:
+    out["tok/s"] = f"{metrics['tokens_per_s']:,.0f}"
+  if "mfu" in metrics:
+    out["mfu"] = f"{100 * metrics['mfu']:.1f}%"
+  elif "flops_per_s" in metrics:
+    out["GFLOP/s"] = f"{metrics['flops_per_s'] / 1e9:.1f}"
+  return out
+
+
+class _NoProgress:
+  """A progress bar that shows nothing; `write` still prints."""
+
+  def update(self, n):
+    del n
+
+  def set_postfix(self, d):
+    del d
+
+  def write(self, s):
+    print(s)
+
+  def close(self):
+    return None
+
+
+def progress_bar(initial: int, total: int, enabled: bool) -> Any:
+  """A tqdm bar of training steps on stderr, from `initial` to `total`; when not
+  `enabled` (progress off, or not process 0) an object with the same methods
+  (update, set_postfix, write, close) that only prints what is written."""
+  if not enabled:
+    return _NoProgress()
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  return tqdm(
+    total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=1.0
+  )

@@ -3,14 +3,10 @@
 `train_step` does gradient accumulation over microbatches with `lax.scan`,
 normalizes the loss over the whole batch (so accumulation does not change the
 result), applies the optax update and returns metrics. `Trainer` is the thin
-object outside jit: it creates or restores the state, feeds batches, writes
-summaries and checkpoints, evaluates, and stops on a NaN loss.
-
-The data position saved with each checkpoint is the number of rows of the
-training data stream consumed so far, with the description of that stream
-(`data_spec`: task, lengths, converter, packing, shuffling, seed). A resume
-refuses another stream and converts a changed batch size (it continues at
-the same row); see docs/architecture.md, "Resuming".
+object outside jit: it runs the loop, saves checkpoints at their cadence with
+the data position, writes summaries (with throughput and MFU) and the progress
+bar, evaluates, and stops on a NaN loss. The state itself (shardings, fresh
+init, restore and its checks, model-info.txt) is `t5lite.train_state`'s.
 """
 
 from __future__ import annotations
@@ -18,32 +14,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import inspect
 import math
 import os
 import sys
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from t5lite import checkpointing, partitioning, summaries, throughput
 from t5lite.models.model import BaseModel
-from t5lite.optim import adafactor
+from t5lite.train_state import DataStream, TrainState, TrainStateInitializer
+from t5lite.train_state import make_optimizer  # noqa: F401  # train.py's name for it until it imports train_state
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: PyTree
-  opt_state: PyTree
 
 
 def _split_microbatches(batch: Batch, n: int) -> Batch:
@@ -112,14 +99,6 @@ def eval_step(params: PyTree, batch: Batch, *, model: BaseModel) -> dict[str, ja
   return m
 
 
-def make_optimizer(optimizer_factory: Callable[..., optax.GradientTransformation], learning_rate, logical_axes):
-  """Calls an optimizer factory with the schedule and, if it takes them, the logical axes."""
-  kwargs = {"learning_rate": learning_rate}
-  if "logical_axes" in inspect.signature(optimizer_factory).parameters:
-    kwargs["logical_axes"] = logical_axes
-  return optimizer_factory(**kwargs)
-
-
 @dataclasses.dataclass
 class TrainerConfig:
   """How long and how often; validated before any work starts.
@@ -163,7 +142,13 @@ class TrainerConfig:
 
 
 class Trainer:
-  """Runs a training job in MODEL_DIR: create or resume, loop, summarize, checkpoint."""
+  """Runs a training job in MODEL_DIR: create or resume, loop, summarize, checkpoint.
+
+  `state_init` (a train_state.TrainStateInitializer) holds the state's layout
+  and makes the state; `abstract_params` / `abstract_opt_state` are its
+  sharded ShapeDtypeStructs. Raises ValueError at construction for a batch
+  size the mesh does not divide, or a MODEL_DIR holding a checkpoint of
+  another model or data stream (nothing is written then)."""
 
   def __init__(
     self,
@@ -177,36 +162,22 @@ class Trainer:
     data_spec: Optional[Mapping[str, Any]] = None,
   ):
     self.model = model
-    self.data_spec = _jsonable(dict(data_spec)) if data_spec is not None else None
     self.config = config
     self.model_dir = os.path.abspath(model_dir)
     self.learning_rate = learning_rate
     self.is_primary = jax.process_index() == 0
-    self.partitioner = partitioner or partitioning.Partitioner()
-    part = self.partitioner
+    self.partitioner = part = partitioner or partitioning.Partitioner()
     part.check_batch_size(config.batch_size)
     part.check_batch_size(config.batch_size // config.num_microbatches)
-    shapes = model.input_shapes(config.batch_size, config.task_feature_lengths)
-    self.shapes = shapes
-    self.logical_axes = model.param_logical_axes(shapes)
-    unsharded_params = flax.core.meta.unbox(model.abstract_params(shapes))
-    part.fit_to(unsharded_params, self.logical_axes)
-    self.optimizer = make_optimizer(optimizer_factory, learning_rate, self.logical_axes)
-
-    # Shardings: parameters from their logical names; optimizer state like its
-    # parameter (Adafactor's factored statistics keep the parameter's other names).
-    self.param_shardings = part.shardings_for(self.logical_axes)
-    self.abstract_params = _with_shardings(unsharded_params, self.param_shardings)
-    unsharded_opt = jax.eval_shape(self.optimizer.init, unsharded_params)
-    try:
-      opt_axes = adafactor.adafactor_state_logical_axes(unsharded_opt, unsharded_params, self.logical_axes)
-      self.opt_shardings = jax.tree.map(lambda _, axes: part.shardings_for(axes), unsharded_opt, opt_axes)
-    except ValueError as e:
-      part.notes.append(f"optimizer state kept replicated: its layout could not be matched to the parameters ({e})")
-      self.opt_shardings = jax.tree.map(lambda _: part.replicated, unsharded_opt)
-    self.abstract_opt_state = _with_shardings(unsharded_opt, self.opt_shardings)
-    self.state_shardings = TrainState(step=part.replicated, params=self.param_shardings, opt_state=self.opt_shardings)
-
+    self.state_init = TrainStateInitializer(
+      model,
+      optimizer_factory,
+      learning_rate,
+      part,
+      model.input_shapes(config.batch_size, config.task_feature_lengths),
+    )
+    self.optimizer = self.state_init.optimizer
+    self.data = DataStream(config.batch_size, config.seed, data_spec)
     self.checkpointer = checkpointing.Checkpointer(
       os.path.join(self.model_dir, "checkpoints"),
       keep=config.keep_checkpoints,
@@ -214,12 +185,12 @@ class Trainer:
     )
     # Refuse an incompatible MODEL_DIR (another model, another data stream)
     # before anything else happens; a damaged step is dealt with at restore.
-    found = self.checkpointer.newest_readable_meta(self.abstract_params)
-    if found is not None:
-      self.check_data_position(*found)
+    self.state_init.check_checkpoints(self.checkpointer, self.data)
     self.initial_checkpoint_path = initial_checkpoint_path
     self.summaries = summaries.Summaries(self.model_dir, enabled=self.is_primary)
+    self.last_metric_eval: dict[str, float] = {}
     batch_sharding = part.batch_sharding()
+    state_shardings = self.state_init.state_shardings
     self._train_step = jax.jit(
       functools.partial(
         train_step,
@@ -228,32 +199,35 @@ class Trainer:
         learning_rate=learning_rate,
         num_microbatches=config.num_microbatches,
       ),
-      in_shardings=(self.state_shardings, batch_sharding, part.replicated),
-      out_shardings=(self.state_shardings, part.replicated),
+      in_shardings=(state_shardings, batch_sharding, part.replicated),
+      out_shardings=(state_shardings, part.replicated),
       donate_argnums=(0,),
     )
     self._eval_step = jax.jit(
       functools.partial(eval_step, model=model),
-      in_shardings=(self.param_shardings, batch_sharding),
+      in_shardings=(state_shardings.params, batch_sharding),
       out_shardings=part.replicated,
     )
     self._compiled_step = None
     self.flops_per_step = model.flops_per_step(config.batch_size, config.task_feature_lengths)
     self.tokens_per_step = model.tokens_per_step(config.batch_size, config.task_feature_lengths)
 
+  @property
+  def abstract_params(self) -> PyTree:
+    """The parameters' ShapeDtypeStructs with their shardings."""
+    return self.state_init.abstract_params
+
+  @property
+  def abstract_opt_state(self) -> PyTree:
+    """The optimizer state's ShapeDtypeStructs with their shardings."""
+    return self.state_init.abstract_opt_state
+
   # ---- state ---------------------------------------------------------------
   def fresh_state(self) -> TrainState:
     """A new train state: parameters from the seed (created from their shapes,
     placed straight into their shardings; see BaseModel.init_params), or from
     INITIAL_CHECKPOINT_PATH when fine-tuning, the optimizer's initial state and step 0."""
-    with self.partitioner.context():
-      if self.initial_checkpoint_path:
-        params = checkpointing.load_params(self.initial_checkpoint_path, self.abstract_params)
-      else:
-        params = self.model.init_params(jax.random.key(self.config.seed), self.shapes, self.param_shardings)
-      opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(params)
-    step = jax.device_put(jnp.asarray(0, jnp.int32), self.partitioner.replicated)
-    return TrainState(step=step, params=params, opt_state=opt_state)
+    return self.state_init.fresh(self.config.seed, self.initial_checkpoint_path)
 
   def compile_train_step(self, state: TrainState, batch: Batch, rng: jax.Array):
     """Compiles the train step for these arguments' shapes and shardings ahead
@@ -288,100 +262,19 @@ class Trainer:
 
     Raises ValueError for a checkpoint of another model, optimizer or data
     stream, checkpointing.DamagedCheckpointError when no checkpoint is readable."""
-    found = self.checkpointer.restore_latest(self.abstract_params, self.abstract_opt_state, warn=warn or log)
-    if found is None:
-      self._startup_log(
-        "no checkpoint in MODEL_DIR: creating the train state"
-        + (" from INITIAL_CHECKPOINT_PATH ..." if self.initial_checkpoint_path else " ...")
-      )
-      return self.fresh_state(), 0
-    latest, params, opt_state, meta = found
-    rows = self.check_data_position(latest, meta, log)
-    step = jax.device_put(jnp.asarray(latest, jnp.int32), self.partitioner.replicated)
-    return TrainState(step=step, params=params, opt_state=opt_state), rows
-
-  def check_data_position(self, step: int, meta: Mapping[str, Any], log: Optional[Callable[[str], None]] = None) -> int:
-    """Rows consumed at a saved `step`, after checking that this run reads the same stream.
-
-    Another task, lengths, converter, packing, shuffling or seed is another
-    stream, where the saved position means nothing: ValueError naming each
-    difference and the way out. Another batch size is converted (the run
-    continues at the same row) and reported through `log`. A checkpoint saved
-    before positions were recorded in rows (no 'rows_consumed') counts
-    batches_consumed * its batch size, with a note."""
-    cfg = self.config
-    saved = meta.get("data")
-    if self.data_spec is not None and saved is not None and saved != self.data_spec:
-      diffs = [
-        f"{k}: checkpoint {saved.get(k)!r}, this run {self.data_spec.get(k)!r}"
-        for k in sorted(set(saved) | set(self.data_spec))
-        if saved.get(k) != self.data_spec.get(k)
-      ]
-      raise ValueError(
-        f"{self.model_dir} was trained on another data stream than this run asks for ({'; '.join(diffs)}). "
-        f"Its data position (step {step}, {meta.get('rows_consumed')} rows consumed) means nothing for "
-        "another stream, so the run was not resumed and nothing was written. Resume with the values of the "
-        "checkpoint, or start a new MODEL_DIR with "
-        f"INITIAL_CHECKPOINT_PATH={self.checkpointer.directory}/{step} to train on the new data from its start."
-      )
-    if "rows_consumed" in meta:
-      rows = int(meta["rows_consumed"])
-    else:
-      saved_batch = int(meta.get("batch_size", cfg.batch_size))
-      rows = int(meta.get("batches_consumed", step)) * saved_batch
-      if log:
-        log(
-          f"note: checkpoint step {step} predates row positions; continuing at row {rows} "
-          f"({meta.get('batches_consumed', step)} batches of {saved_batch})."
-        )
-    saved_batch = meta.get("batch_size")
-    if log and saved_batch is not None and int(saved_batch) != cfg.batch_size:
-      log(
-        f"BATCH_SIZE changed from {saved_batch} to {cfg.batch_size} since step {step}: continuing at row {rows} "
-        "of the same data stream (no example skipped or repeated)."
-      )
-    return rows
-
-  def model_info(self) -> str:
-    """The mesh, the rules, per-device bytes and each parameter's sharding (model-info.txt)."""
-    part = self.partitioner
-    lines = [
-      f"mesh: {dict(part.mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} process(es)",
-      f"logical-axis rules: {list(part.active_rules)}",
-      *[f"note: {n}" for n in part.notes],
-      f"parameters: {partitioning.total_bytes(self.abstract_params):,} bytes in all, "
-      f"{partitioning.bytes_per_device(self.abstract_params):,} per device",
-      f"optimizer state: {partitioning.total_bytes(self.abstract_opt_state):,} bytes in all, "
-      f"{partitioning.bytes_per_device(self.abstract_opt_state):,} per device",
-      "",
-      "parameter  shape  logical axes  partition spec",
-    ]
-    flat_axes = partitioning.axes_leaves(self.logical_axes)
-    for (path, leaf), names in zip(jax.tree_util.tree_flatten_with_path(self.abstract_params)[0], flat_axes):
-      key = "/".join(str(getattr(k, "key", k)) for k in path)
-      lines.append(f"{key}  {tuple(leaf.shape)}  {names}  {leaf.sharding.spec}")
-    return "\n".join(lines) + "\n"
-
-  def write_model_info(self) -> None:
-    if self.is_primary:
-      os.makedirs(self.model_dir, exist_ok=True)
-      with open(os.path.join(self.model_dir, "model-info.txt"), "w", encoding="utf-8") as f:
-        f.write(self.model_info())
+    found = self.state_init.restore_latest(self.checkpointer, self.data, log, warn=warn or log)
+    if found is not None:
+      return found
+    self._startup_log(
+      "no checkpoint in MODEL_DIR: creating the train state"
+      + (" from INITIAL_CHECKPOINT_PATH ..." if self.initial_checkpoint_path else " ...")
+    )
+    return self.fresh_state(), 0
 
   def save(self, state: TrainState, rows_consumed: int) -> None:
     """Saves the state and the data position (rows of the stream consumed)."""
-    step = int(state.step)
-    meta = {
-      "rows_consumed": int(rows_consumed),
-      "batch_size": self.config.batch_size,
-      "batches_consumed": int(rows_consumed) // self.config.batch_size,
-      "seed": self.config.seed,
-      "process_count": jax.process_count(),
-      "model": type(self.model).__name__,
-    }
-    if self.data_spec is not None:
-      meta["data"] = self.data_spec
-    self.checkpointer.save(step, state.params, state.opt_state, meta)
+    meta = dict(self.data.position_meta(rows_consumed), model=type(self.model).__name__)
+    self.checkpointer.save(int(state.step), state.params, state.opt_state, meta)
 
   # ---- loop ----------------------------------------------------------------
   def evaluate(self, params: PyTree, batches: Iterator[Batch], step: int) -> dict[str, float]:
@@ -443,7 +336,7 @@ class Trainer:
       f"train state ready in {time.perf_counter() - t0:.2f} s "
       f"({f'restored step {start_step}' if start_step else 'step 0'})"
     )
-    self.write_model_info()
+    self.state_init.write_model_info(self.model_dir)
     if on_start is not None:
       on_start(start_step)
     if start_step >= cfg.train_steps:
@@ -455,7 +348,7 @@ class Trainer:
     batches = (self.partitioner.global_batch(b, cfg.batch_size) for b in train_batches(rows))
     last_metrics: dict[str, float] = {}
     last_saved = start_step if start_step else None
-    progress = _progress(start_step, cfg.train_steps, enabled=cfg.progress and self.is_primary)
+    progress = summaries.progress_bar(start_step, cfg.train_steps, enabled=cfg.progress and self.is_primary)
     window_start, window_steps, compile_done = time.perf_counter(), 0, False
     step = start_step
     try:
@@ -499,7 +392,7 @@ class Trainer:
             window_start, window_steps = time.perf_counter(), 0
           if is_summary:
             self.summaries.write(step, "train", m)
-            progress.set_postfix(_postfix(m))
+            progress.set_postfix(summaries.progress_postfix(m))
             last_metrics = m
           if is_ckpt:
             self.save(state, rows)
@@ -531,49 +424,3 @@ class Trainer:
   def close(self) -> None:
     self.checkpointer.close()
     self.summaries.close()
-
-
-def _jsonable(value: Any) -> Any:
-  """The data spec as it reads back from the checkpoint's JSON (tuples -> lists)."""
-  import json  # pylint: disable=g-import-not-at-top
-
-  return json.loads(json.dumps(value, sort_keys=True))
-
-
-def _with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-def _postfix(m: Mapping[str, float]) -> dict[str, str]:
-  out = {"loss": f"{m['loss']:.3f}"}
-  if "tokens_per_s" in m:
-    out["tok/s"] = f"{m['tokens_per_s']:,.0f}"
-  if "mfu" in m:
-    out["mfu"] = f"{100 * m['mfu']:.1f}%"
-  elif "flops_per_s" in m:
-    out["GFLOP/s"] = f"{m['flops_per_s'] / 1e9:.1f}"
-  return out
-
-
-class _NoProgress:
-  def update(self, n):
-    pass
-
-  def set_postfix(self, d):
-    pass
-
-  def write(self, s):
-    print(s)
-
-  def close(self):
-    pass
-
-
-def _progress(initial: int, total: int, enabled: bool):
-  if not enabled:
-    return _NoProgress()
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
-  return tqdm(
-    total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=1.0
-  )
