@@ -1,9 +1,9 @@
 """From a task name to host-local batches: feature conversion and packing.
 
 seqio does the work (its EncDec, LM and PrefixLM feature converters pack
-examples into rows with segment ids and positions); this module picks the
-converter for a model type, validates names and lengths early, and yields
-numpy batches of this process's shard.
+examples into rows with segment ids and positions); this module runs the
+converter class a model names (`model.feature_converter_cls`), validates names
+and lengths early, and yields numpy batches of this process's shard.
 
 The training data order (`host_batches`) is a function of the task, the
 lengths, the converter, packing, shuffling and the seed, and of nothing else:
@@ -18,7 +18,7 @@ shards (seqio's `ShardInfo`, which T5X uses and whose order depends on N).
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping, Optional, Union
 
 import numpy as np
 import seqio
@@ -26,18 +26,54 @@ import tensorflow as tf
 
 from t5lite.data import registration
 
+# The short names a checkpoint's data spec records for the converters.
 FEATURE_CONVERTERS = {
   "enc_dec": seqio.EncDecFeatureConverter,
   "lm": seqio.LMFeatureConverter,
   "prefix_lm": seqio.PrefixLMFeatureConverter,
 }
+ConverterLike = Union[type, str]
 
 
-def feature_converter(kind: str, pack: bool = True) -> seqio.FeatureConverter:
-  """The seqio feature converter for 'enc_dec', 'lm' (causal) or 'prefix_lm'."""
-  if kind not in FEATURE_CONVERTERS:
-    raise ValueError(f"Unknown feature converter {kind!r}; valid: {sorted(FEATURE_CONVERTERS)}.")
-  return FEATURE_CONVERTERS[kind](pack=pack)
+def converter_class(converter: ConverterLike) -> type:
+  """The seqio FeatureConverter class given as itself or by its short name.
+
+  Raises:
+    ValueError: an unknown name, or a class that is not a seqio FeatureConverter.
+  """
+  if isinstance(converter, str):
+    if converter not in FEATURE_CONVERTERS:
+      raise ValueError(f"Unknown feature converter {converter!r}; valid: {sorted(FEATURE_CONVERTERS)}.")
+    return FEATURE_CONVERTERS[converter]
+  if not (isinstance(converter, type) and issubclass(converter, seqio.FeatureConverter)):
+    raise ValueError(
+      f"feature converter {converter!r} is not a seqio.FeatureConverter class nor one of {sorted(FEATURE_CONVERTERS)}."
+    )
+  return converter
+
+
+def converter_name(converter: ConverterLike) -> str:
+  """The name a data spec records for a converter class (or name): 'enc_dec', 'lm'
+  or 'prefix_lm' for seqio's own, 'module.ClassName' for any other class.
+
+  Raises:
+    ValueError: as `converter_class`.
+  """
+  cls = converter_class(converter)
+  for name, known in FEATURE_CONVERTERS.items():
+    if cls is known:
+      return name
+  return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def feature_converter(converter: ConverterLike, pack: bool = True) -> seqio.FeatureConverter:
+  """An instance of the seqio feature converter class (or short name: 'enc_dec',
+  'lm' (causal) or 'prefix_lm').
+
+  Raises:
+    ValueError: as `converter_class`.
+  """
+  return converter_class(converter)(pack=pack)
 
 
 def get_dataset(
@@ -46,7 +82,7 @@ def get_dataset(
   *,
   split: str = "train",
   batch_size: Optional[int] = None,
-  converter: str = "enc_dec",
+  converter: ConverterLike = seqio.EncDecFeatureConverter,
   pack: bool = True,
   shuffle: bool = True,
   seed: Optional[int] = 0,
@@ -55,8 +91,10 @@ def get_dataset(
 ) -> tf.data.Dataset:
   """The model-ready dataset of a task or mixture for this process's shard.
 
-  `batch_size` is the per-process batch (the global batch divided by the
-  number of data-loading processes); batches are full (drop_remainder).
+  `converter` is a seqio FeatureConverter class (a model's
+  `feature_converter_cls`) or its short name. `batch_size` is the per-process
+  batch (the global batch divided by the number of data-loading processes);
+  batches are full (drop_remainder).
   """
   task = registration.get_task_or_mixture(mixture_or_task_name)
   for key, length in task_feature_lengths.items():
@@ -99,7 +137,7 @@ def host_batches(
   *,
   global_batch_size: int,
   split: str = "train",
-  converter: str = "enc_dec",
+  converter: ConverterLike = seqio.EncDecFeatureConverter,
   pack: bool = True,
   shuffle: bool = True,
   seed: Optional[int] = 0,

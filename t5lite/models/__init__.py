@@ -1,15 +1,18 @@
 """t5lite model layer: T5 v1.1 encoder-decoder and decoder-only Transformers.
 
-Modules: `config` (shared configuration checks), `params` (parameters: logical
-names, initialisers, creation from shapes), `embeddings` (token embeddings,
-output projection, relative position bias), `attention` (attention, masks, KV
-cache), `layers` (the Transformer layer and stack), `t5` and `decoder_only`
-(the two model families), `model` (the wrappers the trainer uses).
+Modules: `config` (the configuration base both families extend), `params`
+(parameters: logical names, initialisers, creation from shapes), `embeddings`
+(token embeddings, output projection, relative position bias), `attention`
+(attention, masks, KV cache), `layers` (the Transformer layer and layer stack),
+`stacks` (the encoder and decoder stacks: the one embed-to-logits path),
+`t5` and `decoder_only` (the two model families), `model` (the wrappers the
+trainer uses).
 Backend-specific kernels live in t5lite.kernels. Importing this package needs
 only jax, flax and numpy (no gin, TF or seqio).
 """
 
-from t5lite.models import attention, config, decoder_only, embeddings, layers, params, t5
+from t5lite.models import attention, config, decoder_only, embeddings, layers, params, stacks, t5
+from t5lite.models.config import TransformerConfig
 from t5lite.models.decoder_only import (
   DECODER_ONLY_PRESETS,
   DecoderOnlyConfig,
@@ -27,6 +30,7 @@ __all__ = [
   "T5Config",
   "T5Transformer",
   "T5_PRESETS",
+  "TransformerConfig",
   "attention",
   "config",
   "count_params",
@@ -37,6 +41,7 @@ __all__ = [
   "logical_axes_tree",
   "params",
   "relative_position_bucket",
+  "stacks",
   "t5",
   "t5_config",
 ]

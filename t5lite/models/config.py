@@ -1,10 +1,12 @@
-"""Configuration helpers shared by the model configs (T5Config, DecoderOnlyConfig):
-dtype names, remat policies and the field checks each config runs on construction.
+"""The configuration base of both model families: `TransformerConfig` holds the
+fields T5Config and DecoderOnlyConfig share and checks them on construction;
+plus dtype names, remat policies and the preset lookup.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -100,3 +102,80 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
   backend.check_attention_name(cfg.attention, where=f"{cls}.attention")
   epsilon = checks.check_float(f"{cls}.layer_norm_epsilon", cfg.layer_norm_epsilon, minimum=0.0, min_open=True)
   object.__setattr__(cfg, "layer_norm_epsilon", epsilon)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyper-parameters both model families share (defaults: T5 v1.1 'small').
+
+  A family's config subclasses this, adds its own fields (its depths, listed
+  in LAYER_FIELDS so that they are checked like the sizes) and may change
+  defaults. Frozen and hashable; checked on construction
+  (`validate_transformer_config`).
+
+  vocab_size, d_model, num_heads, d_kv (per-head size), d_ff (MLP width):
+    sizes, integers >= 1.
+  dropout_rate: dropout on embeddings, residuals, MLP and attention, in [0, 1).
+  relative_attention_num_buckets, relative_attention_max_distance: T5's
+    relative position buckets (t5lite.models.embeddings).
+  dtype: activation dtype ('float32', 'bfloat16', 'float16' or a jnp dtype;
+    stored as its string name). Parameters are always float32.
+  scan_layers: run each stack with nn.scan (params get a leading 'layers' axis).
+  remat_policy: 'none', 'full', 'dots_saveable' or 'minimal' (see `remat_policy`).
+  attention: 'auto' (the fastest on this backend), 'dot_product' (plain einsum,
+    float32 softmax), 'cudnn_flash_jax' (cuDNN fused attention, GPU) or
+    'cpu_dot_product' (the XLA:CPU kernels); see t5lite.kernels.backend.
+  logits_via_embedding: tie the output projection to the token embedding.
+  float32_attention_logits: accumulate attention logits in float32.
+  layer_norm_epsilon: RMSNorm epsilon, > 0.
+  position_bias_from_positions: False (as T5X): relative positions are
+    differences of token indices, one [1, heads, q, k] bias for the batch.
+    For packed batches whose `*_positions` count up by one within each
+    segment (seqio's packing) this is the same bias on every pair the
+    segment mask leaves visible. True: differences of the `*_positions`
+    features, a [batch, heads, q, k] bias, for positions that do not (a
+    gather and a scatter over batch x heads x q x k entries each step).
+  """
+
+  vocab_size: int = 32128
+  d_model: int = 512
+  num_heads: int = 6
+  d_kv: int = 64
+  d_ff: int = 1024
+  dropout_rate: float = 0.0
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dtype: Any = "float32"
+  scan_layers: bool = False
+  remat_policy: str = "none"
+  attention: str = "auto"
+  logits_via_embedding: bool = False
+  float32_attention_logits: bool = True
+  layer_norm_epsilon: float = 1e-6
+  position_bias_from_positions: bool = False
+
+  LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+  def __post_init__(self):
+    validate_transformer_config(self, self.LAYER_FIELDS)
+
+  @property
+  def activation_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+
+ConfigT = TypeVar("ConfigT", bound=TransformerConfig)
+
+
+def from_preset(
+  cls: type[ConfigT], presets: Mapping[str, Mapping[str, Any]], preset: str, overrides: Mapping[str, Any], family: str
+) -> ConfigT:
+  """`cls` built from the named preset with field overrides on top.
+
+  Raises:
+    ValueError: an unknown preset (naming `family` and the valid presets), or
+      a bad field value (the config's own checks).
+  """
+  if preset not in presets:
+    raise ValueError(f"unknown {family} preset {preset!r}; valid presets are {sorted(presets)}")
+  return cls(**{**presets[preset], **overrides})

@@ -11,52 +11,34 @@ causal. Inputs arrive already shifted; the model never shifts.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5lite.models import attention as attention_lib
 from t5lite.models import config as config_lib
-from t5lite.models import embeddings, layers
+from t5lite.models import embeddings, stacks
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderOnlyConfig:
+class DecoderOnlyConfig(config_lib.TransformerConfig):
   """Hyper-parameters of a decoder-only model (defaults: the 'small' size).
 
-  Field meanings are those of t5.T5Config; `num_layers` is the depth and
-  `allow_prefix_lm` controls whether `decoder_causal_attention` is accepted.
+  The shared fields are t5lite.models.config.TransformerConfig's (with this
+  family's default sizes); `num_layers` is the depth and `allow_prefix_lm`
+  controls whether `decoder_causal_attention` is accepted.
   """
 
-  vocab_size: int = 32128
   d_model: int = 768
   num_heads: int = 12
-  d_kv: int = 64
   d_ff: int = 2048
   num_layers: int = 12
-  dropout_rate: float = 0.0
-  relative_attention_num_buckets: int = 32
-  relative_attention_max_distance: int = 128
-  dtype: Any = "float32"
-  scan_layers: bool = False
-  remat_policy: str = "none"
-  attention: str = "auto"
-  logits_via_embedding: bool = False
-  float32_attention_logits: bool = True
-  layer_norm_epsilon: float = 1e-6
   allow_prefix_lm: bool = True
-  position_bias_from_positions: bool = False
 
-  def __post_init__(self):
-    config_lib.validate_transformer_config(self, ("num_layers",))
-
-  @property
-  def activation_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
+  LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("num_layers",)
 
 
 DECODER_ONLY_PRESETS: dict[str, dict[str, Any]] = {
@@ -68,10 +50,12 @@ DECODER_ONLY_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def decoder_only_config(preset: str, **overrides: Any) -> DecoderOnlyConfig:
-  """DecoderOnlyConfig of a named size with field overrides."""
-  if preset not in DECODER_ONLY_PRESETS:
-    raise ValueError(f"unknown decoder-only preset {preset!r}; valid presets are {sorted(DECODER_ONLY_PRESETS)}")
-  return DecoderOnlyConfig(**{**DECODER_ONLY_PRESETS[preset], **overrides})
+  """DecoderOnlyConfig of a named size with field overrides.
+
+  Raises:
+    ValueError: an unknown preset or a bad field value.
+  """
+  return config_lib.from_preset(DecoderOnlyConfig, DECODER_ONLY_PRESETS, preset, overrides, "decoder-only")
 
 
 class DecoderOnlyTransformer(nn.Module):
@@ -86,7 +70,7 @@ class DecoderOnlyTransformer(nn.Module):
   def setup(self):
     cfg = self.config
     self.token_embedder = embeddings.Embed(cfg.vocab_size, cfg.d_model, cfg.activation_dtype)
-    self.decoder = _DecoderStack(cfg, self.token_embedder)
+    self.decoder = stacks.Decoder(cfg, self.token_embedder, cfg.num_layers)
 
   def __call__(
     self,
@@ -107,10 +91,10 @@ class DecoderOnlyTransformer(nn.Module):
       )
     return self.decoder(
       decoder_input_tokens,
-      decoder_segment_ids,
-      decoder_positions,
-      decoder_causal_attention,
-      not enable_dropout,
+      segment_ids=decoder_segment_ids,
+      positions=decoder_positions,
+      causal_attention=decoder_causal_attention,
+      deterministic=not enable_dropout,
       decode=decode,
     )
 
@@ -125,80 +109,14 @@ class DecoderOnlyTransformer(nn.Module):
     decode_index.. (apply with mutable=['cache']). A prompt is one chunk
     (prefill): `valid` marks its real positions (False for left padding)
     and `bidirectional` lets a prefix-LM prompt see itself whole."""
-    if valid is None:
-      valid = jnp.ones(decoder_input_tokens.shape, bool)
     return self.decoder(
       decoder_input_tokens,
-      None,
-      None,
-      None,
-      True,
+      deterministic=True,
       decode=True,
       decode_index=decode_index,
       valid=valid,
       bidirectional_chunk=bidirectional,
     )
-
-
-class _DecoderStack(nn.Module):
-  config: DecoderOnlyConfig
-  shared_embedding: nn.Module
-
-  @nn.compact
-  def __call__(
-    self,
-    tokens: Array,
-    segment_ids: Optional[Array],
-    positions: Optional[Array],
-    causal_attention: Optional[Array],
-    deterministic: bool,
-    decode: bool = False,
-    decode_index: Optional[Array] = None,
-    valid: Optional[Array] = None,
-    bidirectional_chunk: bool = False,
-  ) -> Array:
-    cfg = self.config
-    dt = cfg.activation_dtype
-    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-    y = self.shared_embedding(tokens)
-    y = dropout(y, deterministic=deterministic)
-    y = nn.with_logical_constraint(y, ("batch", "length", "embed"))
-    length = tokens.shape[-1]
-    # Causal buckets, as in the T5 decoder (also for a bidirectional prefix,
-    # where keys to the right of the query share bucket 0, like T5X).
-    relpos = embeddings.RelativePositionBias(
-      cfg.num_heads,
-      cfg.relative_attention_num_buckets,
-      cfg.relative_attention_max_distance,
-      bidirectional=False,
-      name="relpos_bias",
-    )
-    if decode and self.has_variable("cache", "key_valid"):
-      bias, mask = attention_lib.decode_self_attention_inputs(self, relpos, valid, decode_index, bidirectional_chunk)
-      causal = False
-    else:
-      if decode:
-        self.variable("cache", "key_valid", jnp.zeros, tokens.shape, bool)
-      bias = relpos(length, length, *embeddings.bias_positions(cfg, positions))
-      mask, causal = attention_lib.decoder_self_attention_mask(segment_ids, causal_attention, length)
-    y = layers.apply_layer_stack(
-      cfg,
-      cfg.num_layers,
-      y,
-      bias,
-      mask,
-      causal=causal,
-      deterministic=deterministic,
-      decode=decode,
-      decode_index=decode_index,
-    )
-    y = layers.RMSNorm(cfg.layer_norm_epsilon, dt, name="decoder_norm")(y)
-    y = dropout(y, deterministic=deterministic)
-    if cfg.logits_via_embedding:
-      logits = self.shared_embedding.attend(y) / jnp.sqrt(jnp.float32(cfg.d_model))
-    else:
-      logits = embeddings.OutputDense(cfg.vocab_size, dt, name="logits_dense")(y)
-    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 def example_inputs(batch_size: int = 1, length: int = 8) -> dict[str, Array]:

@@ -17,7 +17,7 @@ from flax.core import meta
 import jax
 import jax.numpy as jnp
 
-from t5lite import checks, decoding, losses
+from t5lite import checks, decoding, features, losses
 from t5lite.models import decoder_only, t5
 from t5lite.models import params as params_lib
 
@@ -81,7 +81,7 @@ class BaseModel:
   label_smoothing: float = 0.0
   loss_normalizing_factor: Union[None, float, str] = "NUM_REAL_TARGET_TOKENS"
 
-  FEATURE_CONVERTER = "enc_dec"
+  FEATURE_CONVERTER = "enc_dec"  # the converter's short name; feature_converter_cls is the class
   module: nn.Module = dataclasses.field(init=False)
   _abstract_cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -93,6 +93,11 @@ class BaseModel:
     )
     self.z_loss = checks.check_float("z_loss", self.z_loss, minimum=0.0)
     losses.as_normalizer(self.loss_normalizing_factor)  # validates
+
+  @property
+  def feature_converter_cls(self) -> type:
+    """The seqio FeatureConverter class that makes this model's batches (imports seqio)."""
+    raise NotImplementedError  # defined by each subclass
 
   # ---- parameters ----------------------------------------------------------
   def input_shapes(self, batch_size: int, lengths: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
@@ -238,6 +243,12 @@ class EncoderDecoderModel(BaseModel):
     super().__post_init__()
     self.module = t5.T5Transformer(self.config)
 
+  @property
+  def feature_converter_cls(self) -> type:
+    import seqio  # pylint: disable=g-import-not-at-top  (models import without seqio)
+
+    return seqio.EncDecFeatureConverter
+
   def input_shapes(self, batch_size, lengths):
     self._check_lengths(lengths)
     return {
@@ -345,6 +356,12 @@ class DecoderOnlyModel(BaseModel):
     self.module = decoder_only.DecoderOnlyTransformer(self.config)
     self.FEATURE_CONVERTER = "prefix_lm" if self.prefix_lm else "lm"
 
+  @property
+  def feature_converter_cls(self) -> type:
+    import seqio  # pylint: disable=g-import-not-at-top  (models import without seqio)
+
+    return seqio.PrefixLMFeatureConverter if self.prefix_lm else seqio.LMFeatureConverter
+
   def total_length(self, lengths: Mapping[str, int]) -> int:
     if self.prefix_lm:
       if "inputs" not in lengths or "targets" not in lengths:
@@ -388,7 +405,7 @@ class DecoderOnlyModel(BaseModel):
     inputs = inputs.astype(jnp.int32)
     b, p = inputs.shape
     lengths = jnp.sum(inputs > 0, axis=1, dtype=jnp.int32)
-    shifted = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), inputs], axis=1)  # [b, P+1]
+    shifted = features.shift_right(jnp.pad(inputs, ((0, 0), (0, 1))))  # [b, P+1]: BOS, then the prompt
     # Right-align: row r's slot j holds shifted[r, j - (P - len_r)].
     slot = jnp.arange(p + 1, dtype=jnp.int32)[None, :]
     src = slot - (p - lengths)[:, None]

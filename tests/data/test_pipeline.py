@@ -193,3 +193,31 @@ def test_host_batches_errors(topics_task):
     )
   with pytest.raises(ValueError, match="start_row=-1 must be a non-negative int"):
     pipeline.host_batches(topics_task, {"inputs": 48, "targets": 12}, global_batch_size=8, start_row=-1)
+
+
+def test_converters_by_class_and_by_recorded_name(tiny_pairs):
+  for name, cls in [
+    ("enc_dec", seqio.EncDecFeatureConverter),
+    ("lm", seqio.LMFeatureConverter),
+    ("prefix_lm", seqio.PrefixLMFeatureConverter),
+  ]:
+    assert pipeline.converter_name(cls) == name and pipeline.converter_class(name) is cls
+
+  class OwnConverter(seqio.PrefixLMFeatureConverter):
+    pass
+
+  assert pipeline.converter_name(OwnConverter) == f"{__name__}.{OwnConverter.__qualname__}"
+  with pytest.raises(ValueError, match="is not a seqio.FeatureConverter class"):
+    pipeline.converter_class(dict)
+  lengths = {"inputs": 8, "targets": 6}
+  by_class, by_name = (
+    next(
+      pipeline.get_dataset(
+        tiny_pairs, lengths, batch_size=1, shuffle=False, num_epochs=1, converter=converter
+      ).as_numpy_iterator()
+    )
+    for converter in (seqio.PrefixLMFeatureConverter, "prefix_lm")
+  )
+  assert sorted(by_class) == sorted(by_name)
+  for k in by_name:
+    np.testing.assert_array_equal(by_class[k], by_name[k])

@@ -40,3 +40,28 @@ def test_boundary_loss_settings_are_accepted():
     config=t5.T5Config(**TINY, num_encoder_layers=1, num_decoder_layers=1), z_loss=0, label_smoothing=0.0
   )
   assert (model.z_loss, type(model.z_loss), model.label_smoothing) == (0.0, float, 0.0)
+
+
+def test_models_name_their_feature_converter_class():
+  import seqio  # the models themselves import without seqio
+
+  enc_dec = model_lib.EncoderDecoderModel(config=t5.T5Config(**TINY, num_encoder_layers=1, num_decoder_layers=1))
+  assert enc_dec.feature_converter_cls is seqio.EncDecFeatureConverter
+  config = decoder_only.DecoderOnlyConfig(**TINY, num_layers=1)
+  assert model_lib.DecoderOnlyModel(config=config).feature_converter_cls is seqio.LMFeatureConverter
+  prefix = model_lib.DecoderOnlyModel(config=config, prefix_lm=True)
+  assert prefix.feature_converter_cls is seqio.PrefixLMFeatureConverter
+
+
+def test_configs_share_one_base_and_keep_their_defaults():
+  from t5lite.models import config
+
+  for cls in (t5.T5Config, decoder_only.DecoderOnlyConfig):
+    assert issubclass(cls, config.TransformerConfig)
+  assert (t5.T5Config().d_model, t5.T5Config().num_encoder_layers) == (512, 8)
+  assert (decoder_only.DecoderOnlyConfig().d_model, decoder_only.DecoderOnlyConfig().num_layers) == (768, 12)
+  assert t5.t5_config("tiny") == t5.t5_config("tiny") and hash(t5.t5_config("tiny")) == hash(t5.t5_config("tiny"))
+  with pytest.raises(ValueError, match="DecoderOnlyConfig.num_layers=0 must be an integer >= 1"):
+    decoder_only.DecoderOnlyConfig(num_layers=0)
+  with pytest.raises(ValueError, match=r"unknown decoder-only preset 'huge'; valid presets are \['1b', 'base'"):
+    decoder_only.decoder_only_config("huge")

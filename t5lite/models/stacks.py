@@ -1,0 +1,214 @@
+"""The encoder and decoder stacks both model families are built from.
+
+One path from token ids to logits, `run_stack`: token embedding (and dropout)
+-> the layer stack (t5lite.models.layers) with the stack's relative position
+bias -> final RMSNorm (and dropout) -> output logits (untied, or tied to the
+embedding). `Encoder` is T5's encoder; `Decoder` is T5's decoder (with
+cross-attention) and the decoder-only model's whole network (without), KV
+cache included. Parameter names are T5X's (relpos_bias, layers_i,
+encoder_norm / decoder_norm, logits_dense).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5lite.models import attention as attention_lib
+from t5lite.models import embeddings, layers
+
+Array = jax.Array
+
+
+def relative_position_bias(config: Any, bidirectional: bool) -> embeddings.RelativePositionBias:
+  """The stack's 'relpos_bias' module (call it inside the stack's compact method)."""
+  return embeddings.RelativePositionBias(
+    config.num_heads,
+    config.relative_attention_num_buckets,
+    config.relative_attention_max_distance,
+    bidirectional=bidirectional,
+    name="relpos_bias",
+  )
+
+
+def run_stack(
+  config: Any,
+  embedder: embeddings.Embed,
+  tokens: Array,
+  num_layers: int,
+  bias: Optional[Array],
+  self_mask: Optional[Array],
+  encoded: Optional[Array] = None,
+  cross_mask: Optional[Array] = None,
+  *,
+  norm_name: str,
+  logits: bool,
+  cross_attention: bool = False,
+  causal: bool = False,
+  deterministic: bool = True,
+  decode: bool = False,
+  decode_index: Optional[Array] = None,
+) -> Array:
+  """Embed -> layer stack -> final norm (-> logits), inside the calling compact module.
+
+  tokens int32 [batch, length]; `bias` and `self_mask` as
+  `layers.apply_layer_stack` takes them (the stack's position bias, computed
+  once). One dropout module serves the embedding and the final norm output
+  (both broadcast over the length). Returns float32 logits [batch, length,
+  vocab] with `logits` (untied 'logits_dense', or `embedder.attend` scaled by
+  1/sqrt(d_model) with `config.logits_via_embedding`), else the normed
+  activations [batch, length, d_model] in the activation dtype.
+  """
+  dt = config.activation_dtype
+  dropout = nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))
+  x = embedder(tokens)
+  x = dropout(x, deterministic=deterministic)
+  x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+  x = layers.apply_layer_stack(
+    config,
+    num_layers,
+    x,
+    bias,
+    self_mask,
+    None if encoded is None else encoded.astype(dt),
+    cross_mask,
+    cross_attention=cross_attention,
+    causal=causal,
+    deterministic=deterministic,
+    decode=decode,
+    decode_index=decode_index,
+  )
+  x = layers.RMSNorm(config.layer_norm_epsilon, dt, name=norm_name)(x)
+  x = dropout(x, deterministic=deterministic)
+  if not logits:
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+  if config.logits_via_embedding:
+    out = embedder.attend(x) / jnp.sqrt(jnp.float32(config.d_model))
+  else:
+    out = embeddings.OutputDense(config.vocab_size, dt, name="logits_dense")(x)
+  return nn.with_logical_constraint(out, ("batch", "length", "vocab"))
+
+
+class Encoder(nn.Module):
+  """Bidirectional stack: embedding dropout, layers, final RMSNorm 'encoder_norm'.
+
+  Returns [batch, length, d_model] in the activation dtype.
+  """
+
+  config: Any
+  shared_embedding: nn.Module
+  num_layers: int
+
+  @nn.compact
+  def __call__(
+    self,
+    tokens: Array,
+    segment_ids: Optional[Array] = None,
+    positions: Optional[Array] = None,
+    deterministic: bool = True,
+  ) -> Array:
+    cfg = self.config
+    length = tokens.shape[-1]
+    bias = relative_position_bias(cfg, bidirectional=True)(length, length, *embeddings.bias_positions(cfg, positions))
+    mask = attention_lib.encoder_self_attention_mask(tokens, segment_ids)
+    return run_stack(
+      cfg,
+      self.shared_embedding,
+      tokens,
+      self.num_layers,
+      bias,
+      mask,
+      norm_name="encoder_norm",
+      logits=False,
+      deterministic=deterministic,
+    )
+
+
+class Decoder(nn.Module):
+  """Causal stack ending in logits; with `cross_attention`, T5's decoder.
+
+  Causal relative-position buckets (also for a prefix-LM prefix, where keys
+  to the right of the query share bucket 0, like T5X). Returns float32
+  logits [batch, length, vocab].
+  """
+
+  config: Any
+  shared_embedding: nn.Module
+  num_layers: int
+  cross_attention: bool = False
+
+  @nn.compact
+  def __call__(
+    self,
+    tokens: Array,
+    encoded: Optional[Array] = None,
+    encoder_tokens: Optional[Array] = None,
+    encoder_segment_ids: Optional[Array] = None,
+    segment_ids: Optional[Array] = None,
+    positions: Optional[Array] = None,
+    causal_attention: Optional[Array] = None,
+    *,
+    deterministic: bool = True,
+    decode: bool = False,
+    decode_index: Optional[Array] = None,
+    valid: Optional[Array] = None,
+    bidirectional_chunk: bool = False,
+  ) -> Array:
+    """Logits of `tokens` [b, length].
+
+    `causal_attention` (seqio PrefixLM: 1 on the prefix) lets the prefix see
+    itself whole. With `decode`, the first call (tokens of the full cache
+    length; with cross-attention also the encoder output and tokens) creates
+    the 'cache' collection: zero self-attention caches, `key_valid` (which
+    slots hold real tokens), and for cross-attention the encoder keys and
+    values and `encoder_valid`. Later calls pass a chunk of tokens [b, q],
+    its first cache slot `decode_index`, `valid` [b, q] (False for left
+    padding; default all True) and `bidirectional_chunk` (a prefix-LM prompt
+    sees itself whole); the encoder arguments may be None.
+
+    Raises:
+      ValueError: the first decode call of a cross-attention decoder without
+        the encoder output or tokens.
+    """
+    cfg = self.config
+    length = tokens.shape[-1]
+    relpos = relative_position_bias(cfg, bidirectional=False)
+    cross_mask = None
+    if decode and self.has_variable("cache", "key_valid"):
+      if valid is None:
+        valid = jnp.ones(tokens.shape, bool)
+      bias, mask = attention_lib.decode_self_attention_inputs(self, relpos, valid, decode_index, bidirectional_chunk)
+      causal = False
+      if self.cross_attention:
+        cross_mask = self.get_variable("cache", "encoder_valid")[:, None, None, :]
+    else:
+      if decode:
+        if self.cross_attention and (encoded is None or encoder_tokens is None):
+          raise ValueError("the first decode call needs the encoder output and the encoder tokens")
+        self.variable("cache", "key_valid", jnp.zeros, tokens.shape, bool)
+        if self.cross_attention:
+          self.variable("cache", "encoder_valid", lambda: encoder_tokens > 0)
+      bias = relpos(length, length, *embeddings.bias_positions(cfg, positions))
+      mask, causal = attention_lib.decoder_self_attention_mask(segment_ids, causal_attention, length)
+      if self.cross_attention:
+        cross_mask = attention_lib.encoder_decoder_attention_mask(encoder_tokens, encoder_segment_ids, segment_ids)
+    return run_stack(
+      cfg,
+      self.shared_embedding,
+      tokens,
+      self.num_layers,
+      bias,
+      mask,
+      encoded,
+      cross_mask,
+      norm_name="decoder_norm",
+      logits=True,
+      cross_attention=self.cross_attention,
+      causal=causal,
+      deterministic=deterministic,
+      decode=decode,
+      decode_index=decode_index,
+    )
