@@ -26,7 +26,8 @@ steps.
 Process settings (reported in the JSON as process_settings; see
 t5lite.runtime) are applied before JAX starts, as in
 t5lite.bench.train_step. The HuggingFace/PyTorch counterpart is
-t5lite/bench/hf_generate.py.
+t5lite.bench.hf_generate; the flags, the timing loop and the common result
+fields of both are t5lite.bench.decode_timing's.
 
 Prints ONE JSON line per method. Imports only jax/flax/numpy and t5lite (no
 TensorFlow, seqio or gin), so it runs on any JAX backend.
@@ -36,38 +37,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import re
-import resource
-import statistics
 import time
 from typing import Optional, Sequence
 
 import numpy as np
 
 from t5lite import runtime
+from t5lite.bench import decode_timing
+from t5lite.bench.decode_timing import ALPHA, parse_methods
 
-ALPHA = 0.6  # GNMT length penalty of beam search (T5X's default)
 EOS_NEVER = -1  # no model emits it: every sequence decodes max_decode_len tokens
-
-
-def parse_methods(spec: str) -> list[tuple[str, int]]:
-  """'greedy,beam4' -> [('greedy', 1), ('beam', 4)]."""
-  out = []
-  for name in (s.strip() for s in spec.split(",")):
-    if not name:
-      continue
-    if name == "greedy":
-      out.append(("greedy", 1))
-      continue
-    m = re.fullmatch(r"beam(\d+)", name)
-    if not m or int(m.group(1)) < 1:
-      raise ValueError(f"unknown decoding method {name!r}; use 'greedy' or 'beamN' (N >= 1 beams)")
-    out.append(("beam", int(m.group(1))))
-  if not out:
-    raise ValueError("no decoding method given")
-  return out
 
 
 def build_model(args):
@@ -125,49 +105,17 @@ def run(args) -> list[dict]:
     opts = model_lib.DecodeOptions(
       method=method, max_decode_len=args.max_decode_len, beam_size=beams, alpha=ALPHA, eos_id=EOS_NEVER
     )
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    t0 = time.perf_counter()
-    tokens, _ = predict(params, inputs, opts)
-    jax.block_until_ready(tokens)
-    compile_s = time.perf_counter() - t0
-
-    times, cpu = [], []
-    for _ in range(args.repeats):
-      t0, c0 = time.perf_counter(), time.process_time()
-      out = predict(params, inputs, opts)
-      jax.block_until_ready(out)
-      times.append(time.perf_counter() - t0)
-      cpu.append(time.process_time() - c0)
-    tokens = np.asarray(out[0])
+    timing = decode_timing.time_calls(lambda: jax.block_until_ready(predict(params, inputs, opts)), args.repeats)
+    tokens = np.asarray(timing.output[0])
     decoded_tokens = int(tokens.shape[0] * tokens.shape[1])  # best hypothesis of each row
-    median = statistics.median(times)
+    common = decode_timing.result_fields(
+      args, method, beams, timing, decoded_tokens=decoded_tokens, init_s=init_s, params=n_params
+    )
     results.append(
       {
         "impl": "t5lite",
         "model": args.model,
-        "preset": args.preset,
-        "method": method,
-        "batch": args.batch,
-        "inputs": args.inputs,
-        "max_decode_len": args.max_decode_len,
-        "beam_size": beams,
-        "alpha": ALPHA if method == "beam" else None,
-        "decoded_tokens": decoded_tokens,
-        "decoded_tokens_per_s": round(args.batch * args.max_decode_len / median, 1),
-        "median_s": round(median, 6),
-        "min_s": round(min(times), 6),
-        "repeats": len(times),
-        "compile_s": round(compile_s, 2),
-        "init_s": round(init_s, 2),
-        "params": n_params,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        "cpu_per_wall": round(sum(cpu) / sum(times), 2) if sum(times) > 0 else None,
-        "loadavg_1m_start_end": [
-          None if load_start is None else round(load_start, 2),
-          round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        ],
-        "vocab_size": args.vocab_size,
-        "dtype": args.dtype,
+        **common,
         "prng_impl": args.prng_impl or None,
         "process_settings": getattr(args, "process_settings", None),
         "device": device.device_kind,
@@ -184,14 +132,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", choices=("t5", "decoder_only"), default="t5")
   p.add_argument("--preset", default="tiny", help="t5: tiny/small/base/large/xl/xxl; decoder_only: tiny/small/base/1b")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--inputs", type=int, default=512, help="encoder input length (t5) or prompt length (decoder_only)")
-  p.add_argument("--max_decode_len", type=int, default=64)
-  p.add_argument("--methods", default="greedy,beam4", help="comma list of 'greedy' and 'beamN'")
-  p.add_argument("--repeats", type=int, default=3, help="timed calls after the first (compile) call")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  p.add_argument("--vocab_size", type=int, default=32128)
-  p.add_argument("--seed", type=int, default=0)
+  decode_timing.add_flags(
+    p, inputs_help="encoder input length (t5) or prompt length (decoder_only)", first_call="compile"
+  )
   p.add_argument(
     "--prng_impl",
     default="",
@@ -200,15 +143,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   )
   runtime.add_flags(p)
   args = p.parse_args(argv)
-  for name in ("batch", "inputs", "max_decode_len", "repeats"):
-    if getattr(args, name) < 1:
-      p.error(f"--{name} must be >= 1")
-  if args.vocab_size < 3:
-    p.error("--vocab_size must be >= 3 (ids 0 and 1 are pad and EOS)")
-  try:
-    parse_methods(args.methods)
-  except ValueError as e:
-    p.error(str(e))
+  decode_timing.check_flags(p, args)
   return args
 
 

@@ -1,14 +1,15 @@
 """Decoding throughput of HuggingFace `T5ForConditionalGeneration.generate`
 (PyTorch, CPU): the baseline for t5lite.bench.decode.
 
-    /tmp/hfvenv/bin/python t5lite/bench/hf_generate.py --preset tiny
-    /tmp/hfvenv/bin/python t5lite/bench/hf_generate.py --preset small --batch 8 --inputs 512 \
+    cd REPO && /tmp/hfvenv/bin/python -m t5lite.bench.hf_generate --preset tiny
+    cd REPO && /tmp/hfvenv/bin/python -m t5lite.bench.hf_generate --preset small --batch 8 --inputs 512 \
         --max_decode_len 64 --methods greedy,beam4 --repeats 3
 
 Needs torch and transformers (tested with torch 2.13.0, transformers 5.24.0),
 e.g. `python3 -m venv /tmp/hfvenv && /tmp/hfvenv/bin/pip install torch
-transformers numpy`. A standalone script, never imported by t5lite or its
-tests.
+transformers numpy`; from t5lite it imports only `t5lite.bench.decode_timing`
+(plain Python), so t5lite need not be installed there: run it from the
+repository root. Never imported by t5lite or its tests.
 
 Same shapes and measurement as t5lite.bench.decode --model t5: a randomly
 initialised T5 v1.1 model of the same architecture (`tiny`: d_model 128,
@@ -36,11 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import re
-import resource
-import statistics
 import time
 from typing import Optional, Sequence
 
@@ -48,31 +45,14 @@ import numpy as np
 import torch
 import transformers
 
-ALPHA = 0.6  # length penalty of beam search, as t5lite.bench.decode
+from t5lite.bench import decode_timing
+from t5lite.bench.decode_timing import ALPHA, parse_methods
 
 # T5 v1.1 sizes, as t5lite.models.t5.T5_PRESETS.
 PRESETS = {
   "tiny": dict(d_model=128, d_ff=512, num_heads=4, d_kv=32, num_layers=2, num_decoder_layers=2),
   "small": dict(d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=8, num_decoder_layers=8),
 }
-
-
-def parse_methods(spec: str) -> list[tuple[str, int]]:
-  """'greedy,beam4' -> [('greedy', 1), ('beam', 4)]."""
-  out = []
-  for name in (s.strip() for s in spec.split(",")):
-    if not name:
-      continue
-    if name == "greedy":
-      out.append(("greedy", 1))
-      continue
-    m = re.fullmatch(r"beam(\d+)", name)
-    if not m or int(m.group(1)) < 1:
-      raise ValueError(f"unknown decoding method {name!r}; use 'greedy' or 'beamN' (N >= 1 beams)")
-    out.append(("beam", int(m.group(1))))
-  if not out:
-    raise ValueError("no decoding method given")
-  return out
 
 
 def build_model(preset: str, vocab_size: int, dtype: str):
@@ -142,51 +122,22 @@ def run(args) -> list[dict]:
       with torch.inference_mode():
         return model.generate(input_ids, attention_mask=attention_mask, **kwargs)
 
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    t0 = time.perf_counter()
-    out = call()
-    compile_s = time.perf_counter() - t0
-
-    times, cpu = [], []
-    for _ in range(args.repeats):
-      t0, c0 = time.perf_counter(), time.process_time()
-      out = call()
-      times.append(time.perf_counter() - t0)
-      cpu.append(time.process_time() - c0)
+    timing = decode_timing.time_calls(call, args.repeats)
+    out = timing.output
     # generate returns the decoder start token followed by the new tokens.
     new_tokens = out.shape[1] - 1
     if out.shape[0] != args.batch or new_tokens != args.max_decode_len:
       raise RuntimeError(
         f"generate returned shape {tuple(out.shape)}; expected ({args.batch}, {args.max_decode_len + 1})"
       )
-    median = statistics.median(times)
+    common = decode_timing.result_fields(
+      args, method, beams, timing, decoded_tokens=int(out.shape[0] * new_tokens), init_s=init_s, params=n_params
+    )
     results.append(
       {
         "impl": "hf_torch",
         "model": "t5",
-        "preset": args.preset,
-        "method": method,
-        "batch": args.batch,
-        "inputs": args.inputs,
-        "max_decode_len": args.max_decode_len,
-        "beam_size": beams,
-        "alpha": ALPHA if method == "beam" else None,
-        "decoded_tokens": int(out.shape[0] * new_tokens),
-        "decoded_tokens_per_s": round(args.batch * args.max_decode_len / median, 1),
-        "median_s": round(median, 6),
-        "min_s": round(min(times), 6),
-        "repeats": len(times),
-        "compile_s": round(compile_s, 2),
-        "init_s": round(init_s, 2),
-        "params": n_params,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        "cpu_per_wall": round(sum(cpu) / sum(times), 2) if sum(times) > 0 else None,
-        "loadavg_1m_start_end": [
-          None if load_start is None else round(load_start, 2),
-          round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        ],
-        "vocab_size": args.vocab_size,
-        "dtype": args.dtype,
+        **common,
         "threads": torch.get_num_threads(),
         "flush_denormal": args.flush_denormal,
         "device": "cpu",
@@ -202,14 +153,7 @@ def run(args) -> list[dict]:
 def parse_args(argv: Optional[Sequence[str]] = None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--inputs", type=int, default=512, help="encoder input length")
-  p.add_argument("--max_decode_len", type=int, default=64)
-  p.add_argument("--methods", default="greedy,beam4", help="comma list of 'greedy' and 'beamN'")
-  p.add_argument("--repeats", type=int, default=3, help="timed calls after the first (warm-up) call")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  p.add_argument("--vocab_size", type=int, default=32128)
-  p.add_argument("--seed", type=int, default=0)
+  decode_timing.add_flags(p, inputs_help="encoder input length", first_call="warm-up")
   p.add_argument(
     "--flush-denormal",
     dest="flush_denormal",
@@ -219,17 +163,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
   )
   p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
   args = p.parse_args(argv)
-  for name in ("batch", "inputs", "max_decode_len", "repeats"):
-    if getattr(args, name) < 1:
-      p.error(f"--{name} must be >= 1")
-  if args.vocab_size < 3:
-    p.error("--vocab_size must be >= 3 (ids 0 and 1 are pad and EOS)")
+  decode_timing.check_flags(p, args)
   if args.threads < 0:
     p.error("--threads must be >= 0")
-  try:
-    parse_methods(args.methods)
-  except ValueError as e:
-    p.error(str(e))
   return args
 
 

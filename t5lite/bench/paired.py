@@ -3,9 +3,9 @@
     python -m t5lite.bench.paired --hf_python /tmp/hfvenv/bin/python \\
         --preset small --batch 8 --inputs 512 --targets 114 --steps 10
 
-On a shared machine whose speed drifts (the 2-core dev box: up to 30 % within
-an hour, and ±10 % between two runs a minute apart), two benchmarks run one
-after the other can differ by more than the effect being measured. Here both
+On a shared machine whose speed drifts (docs/performance.md has the 2-core
+dev box's drift), two benchmarks run one after the other can differ by more
+than the effect being measured. Here both
 run at once but never together: t5lite runs one training step, then the
 PyTorch worker (a subprocess in the environment of `--hf_python`, which needs
 torch and transformers) runs one, and so on. Each pair of steps sees nearly the
