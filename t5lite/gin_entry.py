@@ -3,8 +3,8 @@
 `train.main`, `eval.main` and `infer.main` call `run_gin_entry`: parse the flags, join a
 multi-process job, parse and check the gin files and bindings, register the task package's
 tasks, and call the function the run gin file configures. Errors in the flags, the gin files
-or the settings come back as one line `t5lite COMMAND: error: ...`. This is the one module of
-the package that imports gin and the task package `t5lite_tasks`.
+or the settings come back as one line `t5lite COMMAND: error: ...`. This is the command line's
+gin edge, and the one module of the package that imports the task package `t5lite_tasks`.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def import_task_modules() -> None:
   other way round); a Python user imports it, or their own task module, as with
   seqio and T5X. The command-line entry points call this once their flags and
   gin files have been checked, before the configured function runs.
+
+  Raises:
+    ModuleNotFoundError: t5lite_tasks is not installed (install t5lite, or run
+      from a checkout with `pip install -e .`).
   """
   importlib.import_module(TASK_PACKAGE)
 

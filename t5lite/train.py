@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import optax
 
-from t5lite import evaluation, partitioning, runtime
+from t5lite import evaluation, partitioning, runtime, train_state
 from t5lite import trainer as trainer_lib
 from t5lite.models.model import BaseModel
 from t5lite.optim import adafactor, schedules
@@ -154,7 +154,7 @@ def train(
   checks.check_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)
   checks.check_int("INFER_EVAL_EVERY", infer_eval_every, minimum=0, hint=" (0: never)")
   checks.check_int("INFER_EVAL_EXAMPLES", infer_eval_examples, minimum=1, allow_none=True, hint=" (None: all)")
-  trainer_lib.make_optimizer(optimizer, learning_rate or 1.0, None)  # its hyper-parameters, before any data
+  train_state.make_optimizer(optimizer, learning_rate or 1.0, None)  # its hyper-parameters, before any data
   learning_rate = learning_rate or schedules.rsqrt(1.0, 10000)
   runtime.setup_compilation_cache(compilation_cache_dir)
   config = trainer_lib.TrainerConfig(

@@ -364,3 +364,21 @@ def test_the_library_imports_neither_gin_nor_the_task_package():
   out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split() == ["[]", "unknown", "synthetic_reverse"]
+
+
+def test_only_gin_entry_imports_the_task_package():
+  import ast  # pylint: disable=g-import-not-at-top
+
+  package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "t5lite")
+  importers = []
+  for root, _, names in os.walk(package):
+    for name in (n for n in names if n.endswith(".py")):
+      path = os.path.join(root, name)
+      with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        modules += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        if any(m.split(".")[0] == gin_entry.TASK_PACKAGE for m in modules):
+          importers.append(os.path.relpath(path, package))
+  assert importers == []  # gin_entry imports it by name (importlib), as TASK_PACKAGE
