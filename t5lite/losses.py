@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,94 @@ Array = jax.Array
 # ---------------------------------------------------------------------------
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _custom_vjp_cross_entropy(nll: Callable, gradients: Callable) -> Callable:
+  """A cross entropy with z-loss and a custom VJP, from its target-specific parts.
+
+  Shared by both target forms: logits in float32, lse = logsumexp over the
+  vocab, z = z_loss * lse^2, loss = nll + z; the backward pass gets the saved
+  lse (one float per token) instead of autodiff's [..., vocab] intermediates.
+
+  Args:
+    nll: (float32 logits, targets, lse) -> the negative log-likelihood per token.
+    gradients: (float32 logits, targets, lse, loss cotangent, z cotangent, z_loss)
+      -> (float32 logits cotangent, targets cotangent).
+
+  Returns:
+    f(logits, targets, z_loss) -> (loss_per_token, z_loss_per_token), z_loss static.
+  """
+
+  def forward(logits: Array, targets: Array, z_loss: float):
+    x = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(x, axis=-1)
+    z = z_loss * jnp.square(lse)
+    return nll(x, targets, lse) + z, z, lse
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+  def cross_entropy(logits: Array, targets: Array, z_loss: float) -> tuple[Array, Array]:
+    loss, z, _ = forward(logits, targets, z_loss)
+    return loss, z
+
+  def fwd(logits: Array, targets: Array, z_loss: float):
+    loss, z, lse = forward(logits, targets, z_loss)
+    return (loss, z), (logits, targets, lse)
+
+  def bwd(z_loss: float, residuals, cotangents):
+    logits, targets, lse = residuals
+    g_loss, g_z = cotangents
+    d_logits, d_targets = gradients(logits.astype(jnp.float32), targets, lse, g_loss, g_z, z_loss)
+    return d_logits.astype(logits.dtype), d_targets
+
+  cross_entropy.defvjp(fwd, bwd)
+  return cross_entropy
+
+
+def _soft_nll(x: Array, targets: Array, lse: Array) -> Array:
+  return -jnp.sum(targets.astype(jnp.float32) * (x - lse[..., None]), axis=-1)
+
+
+def _soft_gradients(x: Array, targets: Array, lse: Array, g_loss: Array, g_z: Array, z_loss: float):
+  t = targets.astype(jnp.float32)
+  log_softmax = x - lse[..., None]
+  softmax = jnp.exp(log_softmax)
+  g_loss = g_loss[..., None].astype(jnp.float32)
+  g_z = g_z[..., None].astype(jnp.float32)
+  # d nll / d logits = sum(t) * softmax - t  (= softmax - t for a distribution);
+  # d (z_loss lse^2) / d logits = 2 z_loss lse softmax, reached through both outputs.
+  z_grad = (2.0 * z_loss) * lse[..., None] * softmax
+  d_logits = g_loss * (jnp.sum(t, axis=-1, keepdims=True) * softmax - t + z_grad) + g_z * z_grad
+  d_targets = -g_loss * log_softmax
+  return d_logits, d_targets.astype(targets.dtype)
+
+
+def _label_nll(x: Array, labels: Array, lse: Array) -> Array:
+  vocab = x.shape[-1]
+  labels = labels.astype(jnp.int32)
+  valid = (labels >= 0) & (labels < vocab)
+  picked = jnp.take_along_axis(x, jnp.clip(labels, 0, vocab - 1)[..., None], axis=-1)[..., 0]
+  return jnp.where(valid, lse - picked, 0.0)
+
+
+def _label_gradients(x: Array, labels: Array, lse: Array, g_loss: Array, g_z: Array, z_loss: float):
+  g_loss = g_loss.astype(jnp.float32)
+  lse = lse[..., None]
+  # d loss / d logits = sum(t) softmax - t + 2 z_loss lse softmax with t = one_hot(labels)
+  # (sum(t) is 0 for an out-of-range id); d z / d logits = 2 z_loss lse softmax.
+  in_range = ((labels >= 0) & (labels < x.shape[-1])).astype(jnp.float32)
+  coef = (g_loss * in_range)[..., None] + (2.0 * z_loss) * lse * (g_loss + g_z.astype(jnp.float32))[..., None]
+  one_hot = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1) == labels.astype(jnp.int32)[..., None]
+  d_logits = coef * jnp.exp(x - lse) - jnp.where(one_hot, g_loss[..., None], 0.0)
+  labels_ct = (
+    np.zeros(labels.shape, jax.dtypes.float0)
+    if not jnp.issubdtype(labels.dtype, jnp.floating)
+    else jnp.zeros_like(labels)
+  )
+  return d_logits, labels_ct
+
+
+_soft_cross_entropy = _custom_vjp_cross_entropy(_soft_nll, _soft_gradients)
+_label_cross_entropy = _custom_vjp_cross_entropy(_label_nll, _label_gradients)
+
+
 def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float) -> tuple[Array, Array]:
   """Cross entropy of `logits` against one-hot or soft `targets`, plus z-loss.
 
@@ -45,47 +132,12 @@ def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float) -> t
 
   Returns:
     (loss_per_token, z_loss_per_token), each of shape logits.shape[:-1], float32.
-    loss_per_token includes the z-loss term.
+    loss_per_token includes the z-loss term. Custom VJP: the backward pass
+    recomputes the softmax from the logits and the saved lse.
   """
-  loss, z, _ = _xent_forward(logits, targets, z_loss)
-  return loss, z
+  return _soft_cross_entropy(logits, targets, z_loss)
 
 
-def _xent_forward(logits: Array, targets: Array, z_loss: float):
-  x = logits.astype(jnp.float32)
-  t = targets.astype(jnp.float32)
-  lse = jax.nn.logsumexp(x, axis=-1)
-  nll = -jnp.sum(t * (x - lse[..., None]), axis=-1)
-  z = z_loss * jnp.square(lse)
-  return nll + z, z, lse
-
-
-def _xent_fwd(logits: Array, targets: Array, z_loss: float):
-  loss, z, lse = _xent_forward(logits, targets, z_loss)
-  return (loss, z), (logits, targets, lse)
-
-
-def _xent_bwd(z_loss: float, residuals, cotangents):
-  logits, targets, lse = residuals
-  g_loss, g_z = cotangents
-  x = logits.astype(jnp.float32)
-  t = targets.astype(jnp.float32)
-  log_softmax = x - lse[..., None]
-  softmax = jnp.exp(log_softmax)
-  g_loss = g_loss[..., None].astype(jnp.float32)
-  g_z = g_z[..., None].astype(jnp.float32)
-  # d nll / d logits = sum(t) * softmax - t  (= softmax - t for a distribution);
-  # d (z_loss lse^2) / d logits = 2 z_loss lse softmax, reached through both outputs.
-  z_grad = (2.0 * z_loss) * lse[..., None] * softmax
-  d_logits = g_loss * (jnp.sum(t, axis=-1, keepdims=True) * softmax - t + z_grad) + g_z * z_grad
-  d_targets = -g_loss * log_softmax
-  return d_logits.astype(logits.dtype), d_targets.astype(targets.dtype)
-
-
-cross_entropy_with_logits.defvjp(_xent_fwd, _xent_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def cross_entropy_with_integer_labels(logits: Array, labels: Array, z_loss: float) -> tuple[Array, Array]:
   """`cross_entropy_with_logits` against one-hot targets, given as integer ids.
 
@@ -98,53 +150,7 @@ def cross_entropy_with_integer_labels(logits: Array, labels: Array, z_loss: floa
   Returns:
     (loss_per_token, z_loss_per_token), each of shape labels.shape, float32.
   """
-  loss, z, _ = _int_xent_forward(logits, labels, z_loss)
-  return loss, z
-
-
-def _label_logit(x: Array, labels: Array) -> tuple[Array, Array]:
-  vocab = x.shape[-1]
-  labels = labels.astype(jnp.int32)
-  valid = (labels >= 0) & (labels < vocab)
-  picked = jnp.take_along_axis(x, jnp.clip(labels, 0, vocab - 1)[..., None], axis=-1)[..., 0]
-  return jnp.where(valid, picked, 0.0), valid
-
-
-def _int_xent_forward(logits: Array, labels: Array, z_loss: float):
-  x = logits.astype(jnp.float32)
-  lse = jax.nn.logsumexp(x, axis=-1)
-  label_logit, valid = _label_logit(x, labels)
-  nll = jnp.where(valid, lse - label_logit, 0.0)
-  z = z_loss * jnp.square(lse)
-  return nll + z, z, lse
-
-
-def _int_xent_fwd(logits: Array, labels: Array, z_loss: float):
-  loss, z, lse = _int_xent_forward(logits, labels, z_loss)
-  return (loss, z), (logits, labels, lse)
-
-
-def _int_xent_bwd(z_loss: float, residuals, cotangents):
-  logits, labels, lse = residuals
-  g_loss, g_z = cotangents
-  x = logits.astype(jnp.float32)
-  g_loss = g_loss.astype(jnp.float32)
-  lse = lse[..., None]
-  # d loss / d logits = sum(t) softmax - t + 2 z_loss lse softmax with t = one_hot(labels)
-  # (sum(t) is 0 for an out-of-range id); d z / d logits = 2 z_loss lse softmax.
-  in_range = ((labels >= 0) & (labels < x.shape[-1])).astype(jnp.float32)
-  coef = (g_loss * in_range)[..., None] + (2.0 * z_loss) * lse * (g_loss + g_z.astype(jnp.float32))[..., None]
-  one_hot = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1) == labels.astype(jnp.int32)[..., None]
-  d_logits = coef * jnp.exp(x - lse) - jnp.where(one_hot, g_loss[..., None], 0.0)
-  labels_ct = (
-    np.zeros(labels.shape, jax.dtypes.float0)
-    if not jnp.issubdtype(labels.dtype, jnp.floating)
-    else jnp.zeros_like(labels)
-  )
-  return d_logits.astype(logits.dtype), labels_ct
-
-
-cross_entropy_with_integer_labels.defvjp(_int_xent_fwd, _int_xent_bwd)
+  return _label_cross_entropy(logits, labels, z_loss)
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ plus dtype names, remat policies and the preset lookup.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Optional, Self, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -109,8 +109,8 @@ class TransformerConfig:
   """Hyper-parameters both model families share (defaults: T5 v1.1 'small').
 
   A family's config subclasses this, adds its own fields (its depths, listed
-  in LAYER_FIELDS so that they are checked like the sizes) and may change
-  defaults. Frozen and hashable; checked on construction
+  in LAYER_FIELDS so that they are checked like the sizes), names its
+  PRESETS (the sizes `from_preset` builds) and may change defaults. Frozen and hashable; checked on construction
   (`validate_transformer_config`).
 
   vocab_size, d_model, num_heads, d_kv (per-head size), d_ff (MLP width):
@@ -155,27 +155,24 @@ class TransformerConfig:
   position_bias_from_positions: bool = False
 
   LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
+  PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+  FAMILY: ClassVar[str] = "Transformer"
 
   def __post_init__(self):
     validate_transformer_config(self, self.LAYER_FIELDS)
 
+  @classmethod
+  def from_preset(cls, preset: str, **overrides: Any) -> Self:
+    """The config of a named size (`cls.PRESETS`) with field overrides on top.
+
+    Raises:
+      ValueError: an unknown preset (naming the family and the valid presets),
+        or a bad field value.
+    """
+    if preset not in cls.PRESETS:
+      raise ValueError(f"unknown {cls.FAMILY} preset {preset!r}; valid presets are {sorted(cls.PRESETS)}")
+    return cls(**{**cls.PRESETS[preset], **overrides})
+
   @property
   def activation_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.dtype)
-
-
-ConfigT = TypeVar("ConfigT", bound=TransformerConfig)
-
-
-def from_preset(
-  cls: type[ConfigT], presets: Mapping[str, Mapping[str, Any]], preset: str, overrides: Mapping[str, Any], family: str
-) -> ConfigT:
-  """`cls` built from the named preset with field overrides on top.
-
-  Raises:
-    ValueError: an unknown preset (naming `family` and the valid presets), or
-      a bad field value (the config's own checks).
-  """
-  if preset not in presets:
-    raise ValueError(f"unknown {family} preset {preset!r}; valid presets are {sorted(presets)}")
-  return cls(**{**presets[preset], **overrides})

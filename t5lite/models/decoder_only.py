@@ -23,6 +23,14 @@ from t5lite.models import embeddings, stacks
 Array = jax.Array
 
 
+DECODER_ONLY_PRESETS: dict[str, dict[str, Any]] = {
+  "tiny": dict(vocab_size=32128, d_model=128, num_heads=4, d_kv=32, d_ff=512, num_layers=4, dropout_rate=0.0),
+  "small": dict(vocab_size=32128, d_model=768, num_heads=12, d_kv=64, d_ff=2048, num_layers=12, dropout_rate=0.0),
+  "base": dict(vocab_size=32128, d_model=1024, num_heads=16, d_kv=64, d_ff=2816, num_layers=24, dropout_rate=0.0),
+  "1b": dict(vocab_size=32128, d_model=2048, num_heads=32, d_kv=64, d_ff=5120, num_layers=18, dropout_rate=0.0),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderOnlyConfig(config_lib.TransformerConfig):
   """Hyper-parameters of a decoder-only model (defaults: the 'small' size).
@@ -39,23 +47,12 @@ class DecoderOnlyConfig(config_lib.TransformerConfig):
   allow_prefix_lm: bool = True
 
   LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("num_layers",)
+  PRESETS: ClassVar[dict[str, dict[str, Any]]] = DECODER_ONLY_PRESETS
+  FAMILY: ClassVar[str] = "decoder-only"
 
 
-DECODER_ONLY_PRESETS: dict[str, dict[str, Any]] = {
-  "tiny": dict(vocab_size=32128, d_model=128, num_heads=4, d_kv=32, d_ff=512, num_layers=4, dropout_rate=0.0),
-  "small": dict(vocab_size=32128, d_model=768, num_heads=12, d_kv=64, d_ff=2048, num_layers=12, dropout_rate=0.0),
-  "base": dict(vocab_size=32128, d_model=1024, num_heads=16, d_kv=64, d_ff=2816, num_layers=24, dropout_rate=0.0),
-  "1b": dict(vocab_size=32128, d_model=2048, num_heads=32, d_kv=64, d_ff=5120, num_layers=18, dropout_rate=0.0),
-}
-
-
-def decoder_only_config(preset: str, **overrides: Any) -> DecoderOnlyConfig:
-  """DecoderOnlyConfig of a named size with field overrides.
-
-  Raises:
-    ValueError: an unknown preset or a bad field value.
-  """
-  return config_lib.from_preset(DecoderOnlyConfig, DECODER_ONLY_PRESETS, preset, overrides, "decoder-only")
+# decoder_only_config('tiny', num_layers=2): DecoderOnlyConfig of a named size with field overrides.
+decoder_only_config = DecoderOnlyConfig.from_preset
 
 
 class DecoderOnlyTransformer(nn.Module):

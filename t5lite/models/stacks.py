@@ -2,8 +2,8 @@
 
 One path from token ids to logits, `run_stack`: token embedding (and dropout)
 -> the layer stack (t5lite.models.layers) with the stack's relative position
-bias -> final RMSNorm (and dropout) -> output logits (untied, or tied to the
-embedding). `Encoder` is T5's encoder; `Decoder` is T5's decoder (with
+bias and masks -> final RMSNorm (and dropout) -> output logits (untied, or
+tied to the embedding). `Encoder` is T5's encoder; `Decoder` is T5's decoder (with
 cross-attention) and the decoder-only model's whole network (without), KV
 cache included. Parameter names are T5X's (relpos_bias, layers_i,
 encoder_norm / decoder_norm, logits_dense).
@@ -11,7 +11,7 @@ encoder_norm / decoder_norm, logits_dense).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -38,49 +38,28 @@ def run_stack(
   config: Any,
   embedder: embeddings.Embed,
   tokens: Array,
-  num_layers: int,
-  bias: Optional[Array],
-  self_mask: Optional[Array],
-  encoded: Optional[Array] = None,
-  cross_mask: Optional[Array] = None,
+  layer_stack: Callable[[Array], Array],
   *,
   norm_name: str,
-  logits: bool,
-  cross_attention: bool = False,
-  causal: bool = False,
-  deterministic: bool = True,
-  decode: bool = False,
-  decode_index: Optional[Array] = None,
+  deterministic: bool,
+  logits: bool = False,
 ) -> Array:
-  """Embed -> layer stack -> final norm (-> logits), inside the calling compact module.
+  """Embed -> `layer_stack` -> final norm (-> logits), inside the calling compact module.
 
-  tokens int32 [batch, length]; `bias` and `self_mask` as
-  `layers.apply_layer_stack` takes them (the stack's position bias, computed
-  once). One dropout module serves the embedding and the final norm output
-  (both broadcast over the length). Returns float32 logits [batch, length,
-  vocab] with `logits` (untied 'logits_dense', or `embedder.attend` scaled by
-  1/sqrt(d_model) with `config.logits_via_embedding`), else the normed
-  activations [batch, length, d_model] in the activation dtype.
+  tokens int32 [batch, length]; `layer_stack` maps the embedded tokens to the
+  last layer's output (a `layers.apply_layer_stack` call with the stack's
+  position bias and masks). One dropout module serves the embedding and the
+  final norm output (both broadcast over the length). Returns float32 logits
+  [batch, length, vocab] with `logits` (untied 'logits_dense', or
+  `embedder.attend` scaled by 1/sqrt(d_model) with
+  `config.logits_via_embedding`), else the normed activations
+  [batch, length, d_model] in the activation dtype.
   """
   dt = config.activation_dtype
   dropout = nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))
   x = embedder(tokens)
   x = dropout(x, deterministic=deterministic)
-  x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-  x = layers.apply_layer_stack(
-    config,
-    num_layers,
-    x,
-    bias,
-    self_mask,
-    None if encoded is None else encoded.astype(dt),
-    cross_mask,
-    cross_attention=cross_attention,
-    causal=causal,
-    deterministic=deterministic,
-    decode=decode,
-    decode_index=decode_index,
-  )
+  x = layer_stack(nn.with_logical_constraint(x, ("batch", "length", "embed")))
   x = layers.RMSNorm(config.layer_norm_epsilon, dt, name=norm_name)(x)
   x = dropout(x, deterministic=deterministic)
   if not logits:
@@ -114,16 +93,12 @@ class Encoder(nn.Module):
     length = tokens.shape[-1]
     bias = relative_position_bias(cfg, bidirectional=True)(length, length, *embeddings.bias_positions(cfg, positions))
     mask = attention_lib.encoder_self_attention_mask(tokens, segment_ids)
+
+    def layer_stack(x):
+      return layers.apply_layer_stack(cfg, self.num_layers, x, bias, mask, deterministic=deterministic)
+
     return run_stack(
-      cfg,
-      self.shared_embedding,
-      tokens,
-      self.num_layers,
-      bias,
-      mask,
-      norm_name="encoder_norm",
-      logits=False,
-      deterministic=deterministic,
+      cfg, self.shared_embedding, tokens, layer_stack, norm_name="encoder_norm", deterministic=deterministic
     )
 
 
@@ -195,20 +170,31 @@ class Decoder(nn.Module):
       mask, causal = attention_lib.decoder_self_attention_mask(segment_ids, causal_attention, length)
       if self.cross_attention:
         cross_mask = attention_lib.encoder_decoder_attention_mask(encoder_tokens, encoder_segment_ids, segment_ids)
+    if encoded is not None:
+      encoded = encoded.astype(cfg.activation_dtype)
+
+    def layer_stack(x):
+      return layers.apply_layer_stack(
+        cfg,
+        self.num_layers,
+        x,
+        bias,
+        mask,
+        encoded,
+        cross_mask,
+        cross_attention=self.cross_attention,
+        causal=causal,
+        deterministic=deterministic,
+        decode=decode,
+        decode_index=decode_index,
+      )
+
     return run_stack(
       cfg,
       self.shared_embedding,
       tokens,
-      self.num_layers,
-      bias,
-      mask,
-      encoded,
-      cross_mask,
+      layer_stack,
       norm_name="decoder_norm",
-      logits=True,
-      cross_attention=self.cross_attention,
-      causal=causal,
       deterministic=deterministic,
-      decode=decode,
-      decode_index=decode_index,
+      logits=True,
     )

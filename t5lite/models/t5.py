@@ -32,20 +32,6 @@ from t5lite.models import embeddings, stacks
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class T5Config(config_lib.TransformerConfig):
-  """Hyper-parameters of a T5 v1.1 model (defaults: the 'small' size).
-
-  The shared fields are t5lite.models.config.TransformerConfig's; T5 adds the
-  depth of each stack.
-  """
-
-  num_encoder_layers: int = 8
-  num_decoder_layers: int = 8
-
-  LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("num_encoder_layers", "num_decoder_layers")
-
-
 def _t5_size(d_model: int, num_heads: int, d_ff: int, num_layers: int, d_kv: int = 64) -> dict[str, Any]:
   return dict(
     vocab_size=32128,
@@ -71,13 +57,24 @@ T5_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def t5_config(preset: str, **overrides: Any) -> T5Config:
-  """T5Config of a named size with field overrides, e.g. t5_config('base', dtype='bfloat16').
+@dataclasses.dataclass(frozen=True)
+class T5Config(config_lib.TransformerConfig):
+  """Hyper-parameters of a T5 v1.1 model (defaults: the 'small' size).
 
-  Raises:
-    ValueError: an unknown preset or a bad field value.
+  The shared fields are t5lite.models.config.TransformerConfig's; T5 adds the
+  depth of each stack.
   """
-  return config_lib.from_preset(T5Config, T5_PRESETS, preset, overrides, "T5")
+
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+
+  LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("num_encoder_layers", "num_decoder_layers")
+  PRESETS: ClassVar[dict[str, dict[str, Any]]] = T5_PRESETS
+  FAMILY: ClassVar[str] = "T5"
+
+
+# t5_config('base', dtype='bfloat16'): T5Config of a named size with field overrides.
+t5_config = T5Config.from_preset
 
 
 class T5Transformer(nn.Module):
