@@ -3,7 +3,7 @@
 The models read the features seqio's feature converters write (EncDec, LM and
 PrefixLM). Training gets them from seqio (t5lite.data.pipeline); decoding,
 scoring and evaluation build them, or read prompts out of them, here, with
-numpy only, so that they need neither TensorFlow nor seqio. Every function
+numpy only (jax for jax arrays), so that they need neither TensorFlow nor seqio. Every function
 gives what the seqio converter gives with `pack=False` (tests/test_features.py
 compares them): int32 arrays, right padding with 0, decoder inputs shifted
 right with BOS 0.
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, TypeVar
 
-import jax
 import numpy as np
 
 BOS_ID = 0  # the first decoder input, as seqio's converters write it
 PAD_ID = 0
 
 Features = dict[str, np.ndarray]
-ArrayT = TypeVar("ArrayT", np.ndarray, jax.Array)
+ArrayT = TypeVar("ArrayT")  # a numpy array or a jax.Array
 
 
 def shift_right(tokens: ArrayT, segment_ids: Optional[ArrayT] = None, bos_id: int = BOS_ID) -> ArrayT:
@@ -31,7 +30,11 @@ def shift_right(tokens: ArrayT, segment_ids: Optional[ArrayT] = None, bos_id: in
   numpy arrays give numpy, jax arrays (traced ones included) give jax; the
   dtype and shape are kept. Source: seqio.utils.make_autoregressive_inputs.
   """
-  xp = np if isinstance(tokens, np.ndarray) else jax.numpy
+  if isinstance(tokens, np.ndarray):
+    xp = np
+  else:
+    import jax.numpy as xp  # pylint: disable=g-import-not-at-top  (host-side use needs numpy only)
+
   bos = xp.full(tokens.shape[:-1] + (1,), bos_id, tokens.dtype)
   shifted = xp.concatenate([bos, tokens[..., :-1]], axis=-1)
   if segment_ids is None:

@@ -54,6 +54,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from t5lite import features
+
 # |a - b| relative to |a| (norms; see the module docstring), by activation
 # dtype. bfloat16 keeps 8 significant bits (a relative rounding of 2^-9 =
 # 2e-3 per operation) and two implementations round at different places
@@ -112,24 +114,14 @@ def _pack(rng: np.random.Generator, vocab: int, length: int, num_segments: int, 
   return tokens, seg, pos
 
 
-def _shift_right(targets: np.ndarray, seg: Optional[np.ndarray]) -> np.ndarray:
-  """Decoder inputs: the targets shifted right by one within each segment, 0 (BOS) first."""
-  inputs = np.zeros_like(targets)
-  inputs[:, 1:] = targets[:, :-1]
-  if seg is not None:
-    starts = np.concatenate([np.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], axis=1)
-    inputs[starts] = 0
-  return inputs
-
-
 def make_batch(kind: str, packed: bool, batch: int, lengths: dict, vocab: int, seed: int) -> dict:
   """A numpy batch for `kind` ('t5' or 'decoder_only'): packed (two segments
   per row, segment ids and positions) or unpacked (one example per row, right
   padding, no segment ids; the first row full length)."""
   rng = np.random.default_rng(seed)
-  features = {"t5": ("inputs", "targets"), "decoder_only": ("targets",)}[kind]
+  task_features = {"t5": ("inputs", "targets"), "decoder_only": ("targets",)}[kind]
   out = {}
-  for feature in features:
+  for feature in task_features:
     length = lengths[feature]
     if packed:
       rows = [_pack(rng, vocab, length, 2) for _ in range(batch)]
@@ -146,7 +138,7 @@ def make_batch(kind: str, packed: bool, batch: int, lengths: dict, vocab: int, s
         out["encoder_segment_ids"], out["encoder_positions"] = seg, pos
     else:
       out["decoder_target_tokens"] = tokens
-      out["decoder_input_tokens"] = _shift_right(tokens, seg)
+      out["decoder_input_tokens"] = features.shift_right(tokens, seg)
       out["decoder_loss_weights"] = (tokens > 0).astype(np.float32)
       if packed:
         out["decoder_segment_ids"], out["decoder_positions"] = seg, pos
