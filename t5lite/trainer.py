@@ -27,7 +27,6 @@ import optax
 from t5lite import checkpointing, partitioning, summaries, throughput
 from t5lite.models.model import BaseModel
 from t5lite.train_state import DataStream, TrainState, TrainStateInitializer
-from t5lite.train_state import make_optimizer  # noqa: F401  # train.py's name for it until it imports train_state
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
