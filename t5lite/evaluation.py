@@ -17,8 +17,8 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import numpy as np
 
-from t5lite import inference, partitioning
-from t5lite.models.model import BaseModel, DecodeOptions, DecoderOnlyModel
+from t5lite import features, inference, partitioning
+from t5lite.models.model import BaseModel, DecodeOptions
 
 # DecodeOptions field -> the gin macro that sets it in runs/infer.gin and runs/eval.gin.
 DECODE_MACROS = {
@@ -63,22 +63,6 @@ def decode_options(
   return DecodeOptions(method=method, **checked)
 
 
-def _prompts(model: BaseModel, feats: Mapping[str, np.ndarray]) -> np.ndarray:
-  """Inputs to decode from, out of seqio model features."""
-  if "encoder_input_tokens" in feats:
-    return feats["encoder_input_tokens"]
-  if not isinstance(model, DecoderOnlyModel) or "decoder_causal_attention" not in feats:
-    raise ValueError("decoding needs inputs: evaluate a decoder-only model on a prefix-LM (inputs/targets) task")
-  # PrefixLM features: the first sum(causal) - 1 target tokens are the inputs.
-  causal = feats["decoder_causal_attention"]
-  targets = feats["decoder_target_tokens"]
-  n_inputs = causal.sum(axis=1) - 1
-  out = np.zeros((len(targets), int(n_inputs.max(initial=1))), np.int32)
-  for r, n in enumerate(n_inputs):
-    out[r, :n] = targets[r, :n]
-  return out
-
-
 class MetricEvaluator:
   """seqio's Evaluator for one task or mixture, driven by a `Predictor`.
 
@@ -118,7 +102,7 @@ class MetricEvaluator:
       os.makedirs(output_dir, exist_ok=True)
     self.evaluator = seqio.Evaluator(
       mixture_or_task_name,
-      feature_converter=pipeline.feature_converter(model.FEATURE_CONVERTER, pack=False),
+      feature_converter=pipeline.feature_converter(model.feature_converter_cls, pack=False),
       eval_split=split,
       use_cached=False,
       seed=seed,
@@ -138,12 +122,10 @@ class MetricEvaluator:
     return index, feats
 
   def __call__(self, predictor: inference.Predictor, step: int) -> dict[str, dict[str, float]]:
-    model = self.model
-
     def predict_fn(ds, model_feature_shapes=None):
       del model_feature_shapes
       index, feats = self._examples(ds, True)
-      inputs = _prompts(model, feats) if index else np.zeros((0, 1), np.int32)
+      inputs = features.prompts(feats) if index else np.zeros((0, 1), np.int32)
       tokens, _ = predictor.predict_tokens(inputs)
       # Fixed-length rows (padding after EOS): seqio stacks them; its
       # vocabulary's decode stops at EOS.

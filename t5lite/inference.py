@@ -37,11 +37,10 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from t5lite import checkpointing, checks, partitioning, train_state
-from t5lite.models.model import BaseModel, DecodeOptions, DecoderOnlyModel, EncoderDecoderModel
+from t5lite import checkpointing, checks, features, partitioning, train_state
+from t5lite.models.model import BaseModel, DecodeOptions, EncoderDecoderModel
 
 PyTree = Any
 logger = logging.getLogger(__name__)
@@ -366,43 +365,27 @@ class Predictor:
     return out
 
   def pad(self, seqs: Sequence[Sequence[int]], length: Optional[int] = None) -> np.ndarray:
-    length = length or max([len(s) for s in seqs] + [1])
-    out = np.zeros((len(seqs), length), np.int32)
-    for i, s in enumerate(seqs):
-      out[i, : len(s)] = s
-    return out
+    """int32 [len(seqs), length] of token id sequences padded with 0 (`features.pad`)."""
+    return features.pad(seqs, length)
 
   def score_features(self, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-    """Model features that score `targets` given `inputs` (token ids)."""
-    if len(inputs) != len(targets):
-      raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
-    lt = self.task_feature_lengths.get("targets")
+    """Model features that score `targets` given `inputs` (token ids), as the
+    model's seqio feature converter makes them (t5lite.features): EncDec
+    features padded to the task lengths; for a decoder-only model inputs +
+    targets in one row padded to the lengths' sum, with
+    `decoder_causal_attention` for a prefix LM. A length the task does not
+    give is the longest sequence's.
+
+    Raises:
+      ValueError: different numbers of inputs and targets, or a sequence
+        longer than its length.
+    """
+    lengths = self.task_feature_lengths
     if isinstance(self.model, EncoderDecoderModel):
-      enc = self.pad(inputs, self.task_feature_lengths.get("inputs"))
-      tgt = self.pad(targets, lt)
-      dec_in = np.concatenate([np.zeros((len(tgt), 1), np.int32), tgt[:, :-1]], axis=1)
-      return {
-        "encoder_input_tokens": enc,
-        "decoder_input_tokens": dec_in,
-        "decoder_target_tokens": tgt,
-        "decoder_loss_weights": (tgt > 0).astype(np.int32),
-      }
-    seqs = [list(i) + list(t) for i, t in zip(inputs, targets)]
-    total = sum(self.task_feature_lengths.values()) or None
-    full = self.pad(seqs, total)
-    weights = np.zeros_like(full)
-    causal = np.zeros_like(full)
-    for r, (i, t) in enumerate(zip(inputs, targets)):
-      weights[r, len(i) : len(i) + len(t)] = 1
-      causal[r, : len(i) + 1] = 1
-    feats = {
-      "decoder_input_tokens": np.concatenate([np.zeros((len(full), 1), np.int32), full[:, :-1]], axis=1),
-      "decoder_target_tokens": full,
-      "decoder_loss_weights": weights,
-    }
-    if getattr(self.model, "prefix_lm", False):
-      feats["decoder_causal_attention"] = causal
-    return feats
+      return features.enc_dec_features(inputs, targets, lengths.get("inputs"), lengths.get("targets"))
+    return features.prefix_lm_features(
+      inputs, targets, sum(lengths.values()) or None, causal_attention=getattr(self.model, "prefix_lm", False)
+    )
 
   # ---- text level ----------------------------------------------------------
   def _vocab(self):
