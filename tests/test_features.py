@@ -1,5 +1,9 @@
 """t5lite.features against seqio's feature converters (pack=False) on the same examples."""
 
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -103,3 +107,14 @@ def test_errors_name_the_bad_row():
     features.prefix_lm_features(INPUTS[:3], TARGETS)
   with pytest.raises(ValueError, match="decoding needs inputs"):
     features.prompts(features.lm_features(TARGETS))
+
+
+def test_imports_numpy_only():
+  # The GPU machine and token-level inference have neither TensorFlow nor seqio; jax is
+  # imported only when jax arrays are shifted.
+  code = "import sys, t5lite.features; print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'seqio', 'gin', 'jax'}))"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True, check=True, timeout=120
+  )
+  assert out.stdout.strip() == "[]"
