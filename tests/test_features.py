@@ -112,7 +112,10 @@ def test_errors_name_the_bad_row():
 def test_imports_numpy_only():
   # The GPU machine and token-level inference have neither TensorFlow nor seqio; jax is
   # imported only when jax arrays are shifted.
-  code = "import sys, t5lite.features; print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'seqio', 'gin', 'jax'}))"
+  code = (
+    "import sys, t5lite.features; "
+    "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'seqio', 'gin', 'jax'}))"
+  )
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(
     [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True, check=True, timeout=120
