@@ -71,12 +71,12 @@ def _vocab_train(args) -> int:
 
 
 def _data_prepare(args) -> int:
-  from t5lite.data import sources, vocab  # pylint: disable=g-import-not-at-top
+  from t5lite.data import pydocs, sources, vocab  # pylint: disable=g-import-not-at-top
 
   source = sources.PydocsSource(args.data_dir)
   data_dir = source.prepare()
   counts = {s: source.num_input_examples(s) for s in source.splits}
-  print(f"pydocs ({sources.pydocs_tfds_name()}) in {data_dir}: {counts}")
+  print(f"pydocs ({pydocs.TFDS_NAME}) in {data_dir}: {counts}")
   path = vocab.ensure_default_vocab(args.data_dir)
   print(f"default vocabulary: {path}")
   return 0
@@ -85,9 +85,9 @@ def _data_prepare(args) -> int:
 def _data_preview(args) -> int:
   checks.check_int("--examples", args.examples, minimum=1)
   if args.data_dir:
-    from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+    from t5lite.data import data_dirs  # pylint: disable=g-import-not-at-top
 
-    sources.set_data_dir(args.data_dir)
+    data_dirs.set_data_dir(args.data_dir)
   from t5lite.data import preview, registration  # pylint: disable=g-import-not-at-top
 
   gin_entry.import_task_modules()

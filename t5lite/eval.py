@@ -75,9 +75,9 @@ def evaluate(
       out of range (named by its gin macro), an unknown task or split.
   """
   if data_dir:
-    from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+    from t5lite.data import data_dirs  # pylint: disable=g-import-not-at-top
 
-    sources.set_data_dir(data_dir)
+    data_dirs.set_data_dir(data_dir)
   options = evaluation.decode_options(
     task_feature_lengths, method=method, max_decode_len=max_decode_len, beam_size=beam_size, alpha=alpha
   )

@@ -242,9 +242,9 @@ def infer(
     if max_examples is not None:
       examples = examples[:max_examples]
   if data_dir:
-    from t5lite.data import sources  # pylint: disable=g-import-not-at-top
+    from t5lite.data import data_dirs  # pylint: disable=g-import-not-at-top
 
-    sources.set_data_dir(data_dir)
+    data_dirs.set_data_dir(data_dir)
   vocabulary = inference.task_vocabulary(mixture_or_task_name)
   predictor = inference.Predictor.restore(
     model,

@@ -29,10 +29,10 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
   Both read one stream for all processes and keep this process's rows of each
   global batch (`pipeline.host_batches`), so the batches do not depend on the
   number of processes."""
-  from t5lite.data import pipeline, registration, sources  # pylint: disable=g-import-not-at-top
+  from t5lite.data import data_dirs, pipeline, registration  # pylint: disable=g-import-not-at-top
 
   if data_dir:
-    sources.set_data_dir(data_dir)
+    data_dirs.set_data_dir(data_dir)
   task = registration.get_task_or_mixture(mixture_or_task_name)
   common = dict(
     global_batch_size=batch_size,

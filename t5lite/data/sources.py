@@ -16,9 +16,6 @@ import tensorflow_datasets as tfds
 
 from t5lite.data import data_dirs, pydocs, pydocs_prepare
 
-# The entry points call `sources.set_data_dir`; `data_dirs` owns it.
-set_data_dir = data_dirs.set_data_dir
-
 
 class PydocsSource(seqio.TfdsDataSource):
   """The embedded corpus: builds itself into the data directory on first use."""
