@@ -319,10 +319,12 @@ class Trainer:
     part of each global batch of the data stream from row `start_row` on.
 
     `on_start(step)` runs once the state is restored (or created) and checked,
-    before the first step (train.py writes the run's config.gin there).
+    before the first step (`t5lite train` writes the run's config.gin there:
+    `train.train`'s `on_start` is `gin_entry.write_config`).
 
     `metric_eval(params, step) -> {task: {metric: value}}` (decoding and the
-    task's metrics, see t5lite.eval.MetricEvaluator) runs every
+    task's metrics, see `evaluation.MetricEvaluator` and
+    `evaluation.metric_eval_fn`) runs every
     `metric_eval_every` steps and at the end; its values are written as the
     'infer_eval' split of the summaries."""
     cfg = self.config
