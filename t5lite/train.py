@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import optax
@@ -69,16 +69,21 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
 def data_spec(
   mixture_or_task_name: str,
   task_feature_lengths: Mapping[str, int],
-  converter: str,
+  converter: Union[type, str],
   pack: bool,
   shuffle: bool,
   seed: int,
 ) -> dict[str, Any]:
-  """What the training data stream, and so a saved data position, depends on."""
+  """What the training data stream, and so a saved data position, depends on.
+
+  `converter` is the seqio FeatureConverter class (or its short name); the spec
+  records its short name ('enc_dec', 'lm', 'prefix_lm'), as checkpoints always have."""
+  from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
+
   return {
     "mixture_or_task_name": mixture_or_task_name,
     "task_feature_lengths": {k: task_feature_lengths[k] for k in sorted(task_feature_lengths)},
-    "feature_converter": converter,
+    "feature_converter": pipeline.converter_name(converter),
     "pack": bool(pack),
     "shuffle": bool(shuffle),
     "seed": seed,
@@ -175,7 +180,7 @@ def train(
     mixture_or_task_name,
     task_feature_lengths,
     batch_size,
-    model.FEATURE_CONVERTER,
+    model.feature_converter_cls,
     pack,
     seed,
     data_dir,
@@ -194,7 +199,7 @@ def train(
     model_dir,
     initial_checkpoint_path=initial_checkpoint_path,
     partitioner=partitioner,
-    data_spec=data_spec(mixture_or_task_name, task_feature_lengths, model.FEATURE_CONVERTER, pack, shuffle, seed),
+    data_spec=data_spec(mixture_or_task_name, task_feature_lengths, model.feature_converter_cls, pack, shuffle, seed),
   )
   try:
     eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None

@@ -10,7 +10,6 @@ import os
 import pytest
 
 from t5lite import gin_entry, train as train_lib
-from tests.test_train import no_work  # noqa: F401  (a fixture: the moved tests ask for it by name)
 
 
 def test_gin_errors_name_the_problem(tmp_path, capsys):

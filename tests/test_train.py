@@ -415,16 +415,6 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
 # --------------------------------------------------------------------------- #
 # Settings checked before any work (the command line's mistakes: tests/test_gin_entry.py).
 # --------------------------------------------------------------------------- #
-@pytest.fixture
-def no_work(monkeypatch):
-  """Fails the test if a run gets as far as building its data (the first work train() does)."""
-
-  def built_data(*args, **kwargs):
-    pytest.fail("the run built its data: the mistake was not caught before any work")
-
-  monkeypatch.setattr(train_lib, "_data", built_data)
-
-
 @pytest.mark.parametrize(
   "field, value, message",
   [

@@ -17,7 +17,7 @@ import time
 from typing import Mapping, Optional, Sequence
 
 
-def _measure(task_name: str, lengths: Mapping[str, int], converter: str, examples: int, batch: int, seed: int) -> dict:
+def _measure(task_name: str, lengths: Mapping[str, int], converter: type, examples: int, batch: int, seed: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from t5lite.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -47,7 +47,7 @@ def _measure(task_name: str, lengths: Mapping[str, int], converter: str, example
     rows += len(b[tok_keys[0]])
   elapsed = time.perf_counter() - start
   return {
-    "converter": converter,
+    "converter": pipeline.converter_name(converter),
     "examples_per_s": round(seen / elapsed, 1),
     "tokens_per_s": round(tokens / elapsed, 1),
     "examples_per_row": round(seen / rows, 2),
@@ -63,6 +63,8 @@ def run(task: str, examples: int, inputs: int, targets: int, batch: int, seed: i
   Raises:
     ValueError: `task` is not registered (import the module that registers it first).
   """
+  import seqio  # pylint: disable=g-import-not-at-top
+
   from t5lite.data import registration  # pylint: disable=g-import-not-at-top
 
   t = registration.get_task_or_mixture(task)
@@ -77,10 +79,12 @@ def run(task: str, examples: int, inputs: int, targets: int, batch: int, seed: i
   result = {"bench": "data", "task": task, "batch": batch, "cpus": os.cpu_count()}
   if has_inputs:
     lengths = {"inputs": inputs, "targets": targets}
-    result["enc_dec"] = _measure(task, lengths, "enc_dec", examples, batch, seed)
-    result["decoder_only"] = _measure(task, lengths, "prefix_lm", examples, batch, seed)
+    result["enc_dec"] = _measure(task, lengths, seqio.EncDecFeatureConverter, examples, batch, seed)
+    result["decoder_only"] = _measure(task, lengths, seqio.PrefixLMFeatureConverter, examples, batch, seed)
   else:
-    result["decoder_only"] = _measure(task, {"targets": inputs + targets}, "lm", examples, batch, seed)
+    result["decoder_only"] = _measure(
+      task, {"targets": inputs + targets}, seqio.LMFeatureConverter, examples, batch, seed
+    )
   return result
 
 

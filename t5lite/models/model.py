@@ -81,7 +81,6 @@ class BaseModel:
   label_smoothing: float = 0.0
   loss_normalizing_factor: Union[None, float, str] = "NUM_REAL_TARGET_TOKENS"
 
-  FEATURE_CONVERTER = "enc_dec"  # the converter's short name; feature_converter_cls is the class
   module: nn.Module = dataclasses.field(init=False)
   _abstract_cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -237,7 +236,6 @@ class EncoderDecoderModel(BaseModel):
   """T5 v1.1 encoder-decoder trained on EncDec feature-converted batches."""
 
   config: t5.T5Config = dataclasses.field(default_factory=t5.T5Config)
-  FEATURE_CONVERTER = "enc_dec"
 
   def __post_init__(self):
     super().__post_init__()
@@ -349,12 +347,10 @@ class DecoderOnlyModel(BaseModel):
 
   config: decoder_only.DecoderOnlyConfig = dataclasses.field(default_factory=decoder_only.DecoderOnlyConfig)
   prefix_lm: bool = False
-  FEATURE_CONVERTER = "lm"
 
   def __post_init__(self):
     super().__post_init__()
     self.module = decoder_only.DecoderOnlyTransformer(self.config)
-    self.FEATURE_CONVERTER = "prefix_lm" if self.prefix_lm else "lm"
 
   @property
   def feature_converter_cls(self) -> type:
