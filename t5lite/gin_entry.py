@@ -269,9 +269,10 @@ def _parameter_names(selector: str) -> list[str]:
   for key, configurable in gin.config._REGISTRY.items():  # pylint: disable=protected-access
     if key.split(".")[-1] == last:
       try:
-        names += list(inspect.signature(configurable.wrapped).parameters)
-      except (TypeError, ValueError):
-        pass
+        signature = inspect.signature(configurable.wrapped)
+      except (TypeError, ValueError):  # a builtin without a signature: it names no parameters
+        continue
+      names += list(signature.parameters)
   return names
 
 

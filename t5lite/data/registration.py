@@ -130,11 +130,9 @@ def get_task_or_mixture(name: str):
       exists once the module that registers it is imported (`import
       t5lite_tasks` for t5lite's own tasks).
   """
-  try:
-    return seqio.get_mixture_or_task(name)
-  except ValueError:
-    pass
   known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  if name in known:
+    return seqio.get_mixture_or_task(name)
   close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
   hint = f" Did you mean: {', '.join(close)}?" if close else ""
   registered = ", ".join(known) if known else "none"
