@@ -28,9 +28,11 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# One style for the package (ruff.toml: 2-space indentation, lines up to 120).
+# One style for the package (ruff.toml: 2-space indentation, lines up to 120) and
+# pyflakes (unused imports, undefined names).
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -109,7 +109,7 @@ class Checkpointer:
     return ValueError(
       f"{self.directory} holds a checkpoint (step {step}) of this model whose optimizer state "
       f"({detail}) does not match this run's optimizer (another optimizer or optimizer settings, or a "
-      "checkpoint written before Adafactor factored the attention kernels, 2026-11-29). "
+      "checkpoint written before Adafactor factored the attention kernels). "
       "Nothing was overwritten; resume with the optimizer it was written with, or start a new "
       f"MODEL_DIR with INITIAL_CHECKPOINT_PATH={self.directory}/{step} (parameters only)."
     )

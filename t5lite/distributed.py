@@ -1,6 +1,6 @@
 """Starting jax.distributed for multi-process runs, and failing fast when a process dies.
 
-`maybe_initialize()`, the first thing an entry point does, decides from its
+`maybe_initialize()`, run by the command line once its flags are parsed, decides from its
 arguments and the environment whether this process is one of several
 (`plan_from_env`), and if so calls `jax.distributed.initialize` and installs a
 fail-fast hook: a process that fails tells the others to stop, through jax's

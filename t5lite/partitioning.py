@@ -12,8 +12,8 @@ so (data 8) is plain data parallelism and (fsdp 8) is FSDP.
 What is ours (jax and flax give meshes, NamedSharding and the rule lookup;
 `mesh_shape` resolves the mesh sizes): named rule presets, dropping a rule
 for a logical name whose sizes the mesh axes do not divide (e.g. 4 heads over
-8 model devices: heads stay replicated, and model-info.txt says so), and the
-shardings of a whole train state.
+8 model devices: heads stay replicated, and model-info.txt says so). The train
+state's shardings are `train_state`'s.
 """
 
 from __future__ import annotations

@@ -223,7 +223,7 @@ def train(
       metric_eval_every=infer_eval_every,
       on_start=(lambda step: on_start(model_dir, step)) if on_start else None,
     )
-    if metrics and getattr(trainer, "last_metric_eval", None):
+    if metrics and trainer.last_metric_eval:
       metrics.update({f"infer_eval/{k}": v for k, v in trainer.last_metric_eval.items()})
     return metrics
   finally:

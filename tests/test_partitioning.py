@@ -1,7 +1,6 @@
 """Tests for t5lite/partitioning.py and sharded training (8 simulated CPU devices)."""
 
 import json
-import os
 
 import jax
 import numpy as np

@@ -197,7 +197,7 @@ def lower(model, params, batch) -> dict:
   cuDNN calls and whether t5lite.kernels.cudnn logged its fallback."""
   from t5lite.kernels import cudnn  # pylint: disable=g-import-not-at-top
 
-  cudnn._warned = False  # pylint: disable=protected-access  # its fallback warning is logged once per process
+  cudnn.reset_fallback_warning()
   handler = _Warnings()
   log = logging.getLogger(cudnn.__name__)
   log.addHandler(handler)

@@ -44,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 

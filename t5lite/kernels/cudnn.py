@@ -22,6 +22,14 @@ logger = logging.getLogger(__name__)
 _warned = False
 
 
+def reset_fallback_warning() -> None:
+  """Lets the next fallback from cuDNN to plain attention log its warning again
+  (it is logged once per process); the attention check uses it to see whether a
+  fallback happened while it lowered a program."""
+  global _warned
+  _warned = False
+
+
 def attention(
   query: jax.Array,
   key: jax.Array,

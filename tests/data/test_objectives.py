@@ -1,7 +1,5 @@
 """Tests for t5lite/data/objectives.py: span corruption, UL2 denoisers, prefix LM, causal LM."""
 
-import functools
-
 import numpy as np
 import pytest
 import seqio

@@ -4,11 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
-from t5lite import losses
 from t5lite.kernels import xla_cpu
-from t5lite.models import attention, embeddings
+from t5lite.models import attention
 
 
 def _qkv(seed, b=2, q=5, k=7, h=3, d=4, dtype=jnp.float32):

@@ -2,9 +2,7 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from flax import linen as nn
 
 from t5lite.models import attention, config, decoder_only, t5
 from t5lite.models import model as model_lib

@@ -7,9 +7,7 @@ tests share one input shape (batch 2, length 8).
 
 import functools
 import math
-import os
 import pathlib
-import sys
 
 import gin
 import jax

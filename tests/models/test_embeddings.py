@@ -1,10 +1,8 @@
 """Tests of t5lite.models.embeddings: T5's relative position buckets and bias."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from t5lite.models import embeddings
 

@@ -4,8 +4,6 @@ through the models in test_t5.py and test_decoder_only.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from flax import linen as nn
 
 from t5lite.models import layers
 from t5lite.models import params as params_lib

@@ -10,9 +10,7 @@ variant compiles once.
 
 import functools
 import math
-import os
 import pathlib
-import sys
 
 import gin
 import jax
