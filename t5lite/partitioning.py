@@ -37,7 +37,14 @@ BATCH_MESH_AXES = ("data", "fsdp")
 Rules = Sequence[tuple[str, Union[None, str, tuple[str, ...]]]]
 
 # Every preset names all logical axes, so nothing is sharded by accident.
-_UNSHARDED = (("length", None), ("kv", None), ("layers", None), ("relpos_buckets", None), ("joined_kv", None))
+_UNSHARDED = (
+  ("length", None),
+  ("kv", None),
+  ("layers", None),
+  ("relpos_buckets", None),
+  ("abspos", None),
+  ("joined_kv", None),
+)
 RULE_PRESETS: dict[str, Rules] = {
   "data_parallel": (
     ("batch", BATCH_MESH_AXES),

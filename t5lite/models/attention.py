@@ -1,6 +1,7 @@
 """Multi-head attention, its masks and its KV cache.
 
-`MultiHeadAttention` is T5's bias-free attention; it runs the implementation
+`MultiHeadAttention` is T5's bias-free attention (with optional biases and
+run-time query scaling for GPT-2-style models); it runs the implementation
 its `attention` option resolves to on this backend (t5lite.kernels.backend):
 the plain einsum below (`dot_product`), cuDNN fused attention
 (t5lite.kernels.cudnn) or the XLA:CPU kernel (t5lite.kernels.xla_cpu, not under
@@ -161,9 +162,18 @@ def _fold_rows(x: Array, fold: int, cache_rows: int) -> Array:
 
 
 class MultiHeadAttention(nn.Module):
-  """Bias-free T5 attention. Kernels: query/key/value ('embed','heads','kv'),
-  out ('heads','kv','embed'). The query init is scaled by 1/sqrt(d_kv) and the
-  dot product is left unscaled, as in T5."""
+  """Multi-head attention, bias-free as in T5 by default.
+
+  Kernels: query/key/value [d_model, heads, kv] ('embed','heads','kv'), out
+  [heads, kv, d_model] ('heads','kv','embed'). With `use_bias` (GPT-2, BERT)
+  zero-initialised query_bias/key_bias/value_bias [heads, kv] ('heads','kv')
+  and out_bias [d_model] ('embed'). `scale_logits=False` (T5): the query init
+  is scaled by 1/sqrt(d_kv) and the dot product is left unscaled.
+  `scale_logits=True` (Vaswani et al. 2017, GPT-2): queries are multiplied by
+  d_kv**-0.5 after the projection and its bias, before any attention
+  implementation or the decode cache sees them, and the query init is not
+  pre-scaled.
+  """
 
   num_heads: int
   head_dim: int
@@ -175,6 +185,8 @@ class MultiHeadAttention(nn.Module):
   # Autoregressive decoding with a KV cache ('cache' collection): see below.
   decode: bool = False
   cross_attention: bool = False
+  use_bias: bool = False
+  scale_logits: bool = False
 
   @nn.compact
   def __call__(
@@ -208,17 +220,29 @@ class MultiHeadAttention(nn.Module):
     d_kv_in = d_model if inputs_kv is None else inputs_kv.shape[-1]
     h, k = self.num_heads, self.head_dim
     qkv_init = params.kernel_init(in_axis=0, out_axis=(1, 2))
-    wq = params.param(self, "query", qkv_init.scaled(k**-0.5), (d_model, h, k), ("embed", "heads", "kv"))
+    q_init = qkv_init if self.scale_logits else qkv_init.scaled(k**-0.5)
+    wq = params.param(self, "query", q_init, (d_model, h, k), ("embed", "heads", "kv"))
     wk = params.param(self, "key", qkv_init, (d_kv_in, h, k), ("embed", "heads", "kv"))
     wv = params.param(self, "value", qkv_init, (d_kv_in, h, k), ("embed", "heads", "kv"))
     wo = params.param(
       self, "out", params.kernel_init(in_axis=(0, 1), out_axis=2), (h, k, d_model), ("heads", "kv", "embed")
     )
+    if self.use_bias:
+      bq, bk, bv = (
+        params.param(self, f"{n}_bias", params.zeros_init, (h, k), ("heads", "kv")) for n in ("query", "key", "value")
+      )
+      bo = params.param(self, "out_bias", params.zeros_init, (d_model,), ("embed",))
+      wq, wk, wv, wo = (wq, bq), (wk, bk), (wv, bv), (wo, bo)
+    else:
+      wq, wk, wv, wo = (wq, None), (wk, None), (wv, None), (wo, None)
 
     dt = self.dtype
     xq = inputs_q.astype(dt)
     axes = ("batch", "length", "heads", "kv")
-    q = nn.with_logical_constraint(params.dense(xq, wq.astype(dt)), axes)
+    q = self._project(xq, wq)
+    if self.scale_logits:
+      q = q * jnp.asarray(k**-0.5, dt)
+    q = nn.with_logical_constraint(q, axes)
     if self.decode:
       cached = self._cached_attention(q, inputs_q, inputs_kv, wk, wv, bias, mask, decode_index)
       if cached is not None:
@@ -226,8 +250,8 @@ class MultiHeadAttention(nn.Module):
     if inputs_kv is None:
       raise ValueError("inputs_kv is required unless a decode cache holds the keys and values")
     xkv = xq if inputs_kv is inputs_q else inputs_kv.astype(dt)
-    key = nn.with_logical_constraint(params.dense(xkv, wk.astype(dt)), axes)
-    value = nn.with_logical_constraint(params.dense(xkv, wv.astype(dt)), axes)
+    key = nn.with_logical_constraint(self._project(xkv, wk), axes)
+    value = nn.with_logical_constraint(self._project(xkv, wv), axes)
     if self.decode:  # the first call: create the cache entries
       if self.cross_attention:
         self.variable("cache", "cross_key", lambda: _cache_layout_key(key))
@@ -248,10 +272,16 @@ class MultiHeadAttention(nn.Module):
       )
     return self._project_out(out, wo)
 
-  def _project_out(self, out: Array, wo: Array) -> Array:
-    """Attention output [b, q, heads, kv] -> [b, q, d_model] through the 'out' kernel."""
+  def _project(self, x: Array, kernel_bias: tuple[Array, Optional[Array]], in_dims: int = 1) -> Array:
+    """x @ kernel (+ bias) in the activation dtype; `kernel_bias` is (kernel, bias or None)."""
+    kernel, bias = kernel_bias
+    y = params.dense(x, kernel.astype(self.dtype), in_dims=in_dims)
+    return y if bias is None else y + bias.astype(self.dtype)
+
+  def _project_out(self, out: Array, wo: tuple[Array, Optional[Array]]) -> Array:
+    """Attention output [b, q, heads, kv] -> [b, q, d_model] through the 'out' kernel (and bias)."""
     out = nn.with_logical_constraint(out.astype(self.dtype), ("batch", "length", "heads", "kv"))
-    y = params.dense(out, wo.astype(self.dtype), in_dims=2)
+    y = self._project(out, wo, in_dims=2)
     return nn.with_logical_constraint(y, ("batch", "length", "embed"))
 
   def _cached_attention(self, q, inputs_q, inputs_kv, wk, wv, bias, mask, decode_index) -> Optional[Array]:
@@ -278,8 +308,8 @@ class MultiHeadAttention(nn.Module):
       if decode_index is None:
         raise ValueError("decode_index is required when decoding from a cache")
       xkv = inputs_q.astype(dt)
-      key = params.dense(xkv, wk.astype(dt))
-      value = params.dense(xkv, wv.astype(dt))
+      key = self._project(xkv, wk)
+      value = self._project(xkv, wv)
       cached_key = self.variable("cache", "cached_key")
       cached_value = self.variable("cache", "cached_value")
       if key.shape[1] > cached_value.value.shape[2]:
@@ -320,7 +350,7 @@ class MultiHeadAttention(nn.Module):
 
 def decode_self_attention_inputs(
   module: nn.Module,
-  relpos: nn.Module,
+  relpos: Optional[nn.Module],
   valid: Array,
   decode_index: Array,
   bidirectional_chunk: bool = False,
@@ -335,7 +365,7 @@ def decode_self_attention_inputs(
   written so far. A query sees the written, valid slots up to its own
   (all of the chunk's slots with `bidirectional_chunk`, for a prefix-LM
   prompt). Relative positions are slot differences, so left padding shifts
-  nothing.
+  nothing. The bias is None without a `relpos` module (absolute positions).
   """
   key_valid = module.variable("cache", "key_valid")
   idx = jnp.asarray(decode_index, jnp.int32)
@@ -348,5 +378,19 @@ def decode_self_attention_inputs(
   if bidirectional_chunk:
     visible = visible | (k_pos < idx + q_len)[None, :]
   mask = visible[None, None] & key_valid.value[:, None, None, :]
-  bias = relpos(q_len, max_len, q_pos[None], k_pos[None])
+  bias = None if relpos is None else relpos(q_len, max_len, q_pos[None], k_pos[None])
   return bias, mask
+
+
+def decode_positions(module: nn.Module, decode_index: Array, q_len: int) -> Array:
+  """Absolute positions int32 [b, q_len] of a decoder chunk at cache slots [decode_index, decode_index + q_len).
+
+  A token's position is the number of valid slots before it in the module's
+  `key_valid` cache entry (call after `decode_self_attention_inputs` has
+  written the chunk's validity), so a left-padded prompt counts from its first
+  real token, as Hugging Face's generate (position_ids = cumsum(attention_mask) - 1).
+  """
+  key_valid = module.get_variable("cache", "key_valid").astype(jnp.int32)
+  before = jnp.cumsum(key_valid, axis=1) - key_valid  # valid slots strictly before each slot
+  idx = jnp.asarray(decode_index, jnp.int32)
+  return jax.lax.dynamic_slice_in_dim(before, idx, q_len, axis=1)

@@ -10,12 +10,17 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Self, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from t5lite import checks
 from t5lite.kernels import backend
 
 ATTENTION_IMPLEMENTATIONS = backend.ATTENTION_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal")
+# 'gelu' is the tanh approximation (HF 'gelu_new', T5's 'gated-gelu'); 'gelu_exact' the erf form.
+MLP_ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "linear")
+NORM_TYPES = ("rmsnorm", "layernorm")
+POSITION_EMBEDDINGS = ("relative", "absolute")
 _DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
@@ -59,8 +64,9 @@ def remat_policy(name: str) -> Optional[Callable[..., bool]]:
 def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
   """Shared __post_init__ checks for the model config dataclasses.
 
-  Normalises `dtype` to its string name, `remat_policy=None` to 'none' and
-  numbers to Python ints and floats (the configs are frozen, hence
+  Normalises `dtype` to its string name, `remat_policy=None` to 'none',
+  a list of `mlp_activations` (from gin) to a tuple and numbers to Python
+  ints and floats (the configs are frozen, hence
   object.__setattr__).
 
   Raises:
@@ -68,7 +74,11 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
       included), dropout_rate outside [0, 1), relative_attention_num_buckets
       < 4, relative_attention_max_distance <= num_buckets // 2,
       layer_norm_epsilon not > 0, NaN or infinity, an unknown remat policy,
-      dtype or attention implementation. An attention implementation this
+      dtype or attention implementation, mlp_activations that is not a
+      non-empty tuple (or list) of MLP_ACTIVATIONS names, an unknown
+      norm_type or position_embedding, max_position_embeddings < 1 with
+      absolute positions (< 0 otherwise), use_bias /
+      scale_attention_logits / scale_tied_logits that are not bools. An attention implementation this
       process's backend cannot run is refused when the model is traced
       (t5lite.models.layers.apply_layer_stack).
   """
@@ -102,6 +112,39 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
   backend.check_attention_name(cfg.attention, where=f"{cls}.attention")
   epsilon = checks.check_float(f"{cls}.layer_norm_epsilon", cfg.layer_norm_epsilon, minimum=0.0, min_open=True)
   object.__setattr__(cfg, "layer_norm_epsilon", epsilon)
+  _validate_architecture(cfg, cls)
+
+
+def _check_choice(where: str, value: Any, choices: Sequence[str]) -> str:
+  if not isinstance(value, str) or value not in choices:
+    raise ValueError(f"{where}={value!r} is not one of the valid options {choices}")
+  return value
+
+
+def _validate_architecture(cfg: Any, cls: str) -> None:
+  """Checks (and normalises) the fields that choose between the T5 and GPT-2 style blocks."""
+  acts = cfg.mlp_activations
+  if isinstance(acts, str) or not isinstance(acts, (list, tuple)):
+    raise ValueError(
+      f"{cls}.mlp_activations={acts!r} must be a non-empty tuple of activation names from {MLP_ACTIVATIONS}, "
+      f"e.g. ('relu',) or ('gelu', 'linear')"
+    )
+  if not acts:
+    raise ValueError(f"{cls}.mlp_activations is empty; give at least one activation from {MLP_ACTIVATIONS}")
+  for i, act in enumerate(acts):
+    _check_choice(f"{cls}.mlp_activations[{i}]", act, MLP_ACTIVATIONS)
+  object.__setattr__(cfg, "mlp_activations", tuple(acts))
+  _check_choice(f"{cls}.norm_type", cfg.norm_type, NORM_TYPES)
+  _check_choice(f"{cls}.position_embedding", cfg.position_embedding, POSITION_EMBEDDINGS)
+  minimum = 1 if cfg.position_embedding == "absolute" else 0
+  hint = " (the size of the learned position table)" if minimum else ""
+  max_pos = checks.check_int(f"{cls}.max_position_embeddings", cfg.max_position_embeddings, minimum=minimum, hint=hint)
+  object.__setattr__(cfg, "max_position_embeddings", max_pos)
+  for field in ("use_bias", "scale_attention_logits", "scale_tied_logits"):
+    value = getattr(cfg, field)
+    if not isinstance(value, (bool, np.bool_)):
+      raise checks.SettingTypeError(f"{cls}.{field}={value!r} must be True or False")
+    object.__setattr__(cfg, field, bool(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +170,7 @@ class TransformerConfig:
     'cpu_dot_product' (the XLA:CPU kernels); see t5lite.kernels.backend.
   logits_via_embedding: tie the output projection to the token embedding.
   float32_attention_logits: accumulate attention logits in float32.
-  layer_norm_epsilon: RMSNorm epsilon, > 0.
+  layer_norm_epsilon: the norms' epsilon (RMSNorm or LayerNorm), > 0.
   position_bias_from_positions: False (as T5X): relative positions are
     differences of token indices, one [1, heads, q, k] bias for the batch.
     For packed batches whose `*_positions` count up by one within each
@@ -135,6 +178,35 @@ class TransformerConfig:
     segment mask leaves visible. True: differences of the `*_positions`
     features, a [batch, heads, q, k] bias, for positions that do not (a
     gather and a scatter over batch x heads x q x k entries each step).
+
+  The architecture options below default to T5 v1.1; other settings give
+  the original T5 (mlp_activations=('relu',), logits_via_embedding=True) or
+  GPT-2 (layernorm, ('gelu',), use_bias, absolute positions, tied logits
+  with scale_tied_logits=False, scale_attention_logits=True).
+  mlp_activations: one activation name per MLP input projection, from
+    'gelu' (tanh approximation: HF 'gelu_new', T5 'gated-gelu'),
+    'gelu_exact' (erf), 'relu', 'silu', 'linear'. The MLP computes
+    wo(prod_i act_i(x @ wi_i)) (T5X's MlpBlock); its kernels are `wi` with
+    one activation, `wi_0`, `wi_1`, ... with several. Default
+    ('gelu', 'linear'): T5 v1.1's gated GELU. A list is stored as a tuple.
+  use_bias: zero-initialised biases on every attention and MLP projection
+    (query_bias, key_bias, value_bias [heads, kv], out_bias [d_model];
+    wi_bias or wi_i_bias [d_ff], wo_bias [d_model]); the untied output
+    projection never has one.
+  norm_type: 'rmsnorm' (T5: scale only) or 'layernorm' (mean subtracted,
+    params `scale` and `bias`), computed in float32.
+  position_embedding: 'relative' (T5's bucketed bias, one 'relpos_bias' per
+    stack) or 'absolute' (a learned [max_position_embeddings, d_model]
+    table 'position_embedder' per stack, added to the token embedding as
+    in GPT-2; no relative bias then).
+  max_position_embeddings: rows of the absolute position table, >= 1 with
+    absolute positions (a longer sequence is refused); ignored otherwise.
+  scale_attention_logits: False (T5): the 1/sqrt(d_kv) factor lives in the
+    query initialiser and the dot product is unscaled. True (GPT-2, BERT):
+    queries are multiplied by d_kv**-0.5 at run time and their initialiser
+    is not pre-scaled.
+  scale_tied_logits: with logits_via_embedding, multiply the last hidden
+    state by d_model**-0.5 before the tied projection (T5; GPT-2 does not).
   """
 
   vocab_size: int = 32128
@@ -153,6 +225,13 @@ class TransformerConfig:
   float32_attention_logits: bool = True
   layer_norm_epsilon: float = 1e-6
   position_bias_from_positions: bool = False
+  mlp_activations: tuple[str, ...] = ("gelu", "linear")
+  use_bias: bool = False
+  norm_type: str = "rmsnorm"
+  position_embedding: str = "relative"
+  max_position_embeddings: int = 0
+  scale_attention_logits: bool = False
+  scale_tied_logits: bool = True
 
   LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
   PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}

@@ -5,7 +5,12 @@ gated-GELU MLP, bias-free attention with a causal relative position bias
 shared by all layers, and an untied output projection. With seqio's PrefixLM
 feature converter, `decoder_causal_attention` marks the prefix (inputs) part,
 whose tokens then attend to each other bidirectionally while the rest stays
-causal. Inputs arrive already shifted; the model never shifts.
+causal. Inputs arrive already shifted; the model never shifts. The
+architecture fields of TransformerConfig turn the same stack into GPT-2
+(norm_type='layernorm', mlp_activations=('gelu',), use_bias=True,
+position_embedding='absolute' with max_position_embeddings,
+logits_via_embedding=True, scale_tied_logits=False,
+scale_attention_logits=True).
 """
 
 from __future__ import annotations
@@ -59,7 +64,9 @@ class DecoderOnlyTransformer(nn.Module):
   """Decoder-only LM. Returns float32 logits [batch, length, vocab].
 
   Parameter tree: token_embedder/embedding, decoder/{relpos_bias, layers_i
-  (or layers when scanned), decoder_norm, logits_dense}.
+  (or layers when scanned), decoder_norm, logits_dense}; with absolute
+  positions decoder/position_embedder instead of relpos_bias, and no
+  logits_dense with tied logits.
   """
 
   config: DecoderOnlyConfig

@@ -1,4 +1,4 @@
-"""Token embeddings, the output projection and T5's relative position bias."""
+"""Token embeddings, learned absolute positions, the output projection and T5's relative position bias."""
 
 from __future__ import annotations
 
@@ -39,6 +39,47 @@ class Embed(nn.Module):
     lead = x.shape[:-1]
     logits = jnp.einsum("td,vd->tv", x.reshape((-1, x.shape[-1])), table, preferred_element_type=jnp.float32)
     return logits.reshape(lead + (self.num_embeddings,))
+
+
+class PositionEmbed(nn.Module):
+  """Learned absolute position embeddings (GPT-2's wpe, BERT's position_embeddings).
+
+  Parameter 'embedding' [num_positions, features], axes ('abspos', 'embed'),
+  drawn like the token embedding (t5lite.models.params.position_embedding_init).
+  """
+
+  num_positions: int
+  features: int
+  dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, positions: Array, length: int) -> Array:
+    """Embeddings [b, q, features] in `dtype` of int positions [b or 1, q].
+
+    `length` is the sequence (or decode cache) length the positions index
+    into; a length beyond the table is a ValueError at trace time, so no
+    position of the sequence can fall outside it. Positions outside
+    [0, num_positions) (only possible with a hand-made `positions` feature)
+    give NaN rows rather than a silently clipped or wrapped lookup.
+
+    Raises:
+      ValueError: length > num_positions (names both numbers).
+    """
+    if length > self.num_positions:
+      raise ValueError(
+        f"a sequence of {length} positions does not fit the learned position table of "
+        f"max_position_embeddings={self.num_positions}; use sequences of at most {self.num_positions} "
+        f"tokens (inputs plus decode length when decoding) or a larger max_position_embeddings"
+      )
+    table = params.param(
+      self,
+      "embedding",
+      params.position_embedding_init,
+      (self.num_positions, self.features),
+      ("abspos", "embed"),
+    )
+    out = jnp.take(table, positions.astype(jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
+    return out.astype(self.dtype)
 
 
 class OutputDense(nn.Module):

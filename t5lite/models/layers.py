@@ -1,10 +1,13 @@
 """The Transformer layer and the layer stack of both model families.
 
-Everything follows the T5 v1.1 recipe: pre-norm residual blocks with RMSNorm,
-gated-GELU feed-forward layers, bias-free multi-head attention
+By default everything follows the T5 v1.1 recipe: pre-norm residual blocks
+with RMSNorm, gated-GELU feed-forward layers, bias-free multi-head attention
 (t5lite.models.attention) whose 1/sqrt(d_kv) factor lives in the query
 initialiser, and one relative position bias per stack
-(t5lite.models.embeddings) computed once and shared by its layers.
+(t5lite.models.embeddings) computed once and shared by its layers. The
+config's architecture fields (norm_type, mlp_activations, use_bias,
+scale_attention_logits) turn the same layer into the original T5's or
+GPT-2's (see t5lite.models.config.TransformerConfig).
 
 Parameters are float32 and carry *logical* axis names (t5lite.models.params);
 activations get `nn.with_logical_constraint` hints. The modules know nothing
@@ -42,27 +45,92 @@ class RMSNorm(nn.Module):
     return (y * scale).astype(self.dtype)
 
 
-class GatedMlp(nn.Module):
-  """T5 v1.1 feed-forward: wo(gelu_tanh(x @ wi_0) * (x @ wi_1))."""
+class LayerNorm(nn.Module):
+  """LayerNorm (Ba et al. 2016, as in GPT-2 and BERT): (x - mean) * rsqrt(var + eps) * scale + bias.
+
+  x [..., d] -> same shape in `dtype`, computed in float32 (biased variance,
+  as torch.nn.LayerNorm). Params `scale` (init 1) and `bias` (init 0), axes ('embed',).
+  """
+
+  epsilon: float = 1e-6
+  dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d = x.shape[-1]
+    scale = params.param(self, "scale", params.ones_init, (d,), ("embed",))
+    bias = params.param(self, "bias", params.zeros_init, (d,), ("embed",))
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    y = centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + self.epsilon)
+    return (y * scale + bias).astype(self.dtype)
+
+
+def norm(config: Any, name: str) -> nn.Module:
+  """The norm `config.norm_type` names ('rmsnorm' or 'layernorm'), called `name` (inside a compact method)."""
+  cls = LayerNorm if config.norm_type == "layernorm" else RMSNorm
+  return cls(config.layer_norm_epsilon, jnp.dtype(config.dtype), name=name)
+
+
+def _activation(name: str, x: Array) -> Array:
+  """One of t5lite.models.config.MLP_ACTIVATIONS applied to x."""
+  if name == "gelu":
+    return nn.gelu(x, approximate=True)
+  if name == "gelu_exact":
+    return nn.gelu(x, approximate=False)
+  if name == "relu":
+    return nn.relu(x)
+  if name == "silu":
+    return nn.silu(x)
+  if name == "linear":
+    return x
+  raise ValueError(f"unknown MLP activation {name!r}; valid options are {config_lib.MLP_ACTIVATIONS}")
+
+
+class MlpBlock(nn.Module):
+  """Feed-forward block wo(prod_i act_i(x @ wi_i + b_i)) + b_o (T5X's MlpBlock).
+
+  x [..., d_model] -> [..., d_model] in `dtype`. One activation: kernel `wi`
+  [d_model, d_ff]; several: `wi_0`, `wi_1`, ... (axes ('embed', 'mlp')); `wo`
+  [d_ff, d_model] ('mlp', 'embed'). With `use_bias`, zero-initialised
+  `wi_bias` / `wi_i_bias` [d_ff] ('mlp') and `wo_bias` [d_model] ('embed').
+  The default is T5 v1.1's gated GELU, wo(gelu_tanh(x @ wi_0) * (x @ wi_1));
+  ('relu',) is the original T5's, ('gelu',) GPT-2's (tanh GELU, 'gelu_new').
+  """
 
   d_ff: int
   dropout_rate: float = 0.0
   dtype: DType = jnp.float32
+  activations: tuple[str, ...] = ("gelu", "linear")
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    if not self.activations:
+      raise ValueError(f"MlpBlock needs at least one activation from {config_lib.MLP_ACTIVATIONS}")
     d_model = x.shape[-1]
-    wi_0 = params.param(self, "wi_0", params.kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
-    wi_1 = params.param(self, "wi_1", params.kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
+    dt = self.dtype
+    x = x.astype(dt)
+    names = ["wi"] if len(self.activations) == 1 else [f"wi_{i}" for i in range(len(self.activations))]
+    h = None
+    for name, act in zip(names, self.activations):
+      wi = params.param(self, name, params.kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
+      y = params.dense(x, wi.astype(dt))
+      if self.use_bias:
+        y = y + params.param(self, f"{name}_bias", params.zeros_init, (self.d_ff,), ("mlp",)).astype(dt)
+      y = _activation(act, y)
+      h = y if h is None else h * y
     wo = params.param(self, "wo", params.kernel_init(), (self.d_ff, d_model), ("mlp", "embed"))
-    x = x.astype(self.dtype)
-    gate = params.dense(x, wi_0.astype(self.dtype))
-    linear = params.dense(x, wi_1.astype(self.dtype))
-    h = nn.gelu(gate, approximate=True) * linear
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-    out = params.dense(h, wo.astype(self.dtype))
+    out = params.dense(h, wo.astype(dt))
+    if self.use_bias:
+      out = out + params.param(self, "wo_bias", params.zeros_init, (d_model,), ("embed",)).astype(dt)
     return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+
+# The default MlpBlock, T5 v1.1's gated GELU, under its earlier name.
+GatedMlp = MlpBlock
 
 
 # --------------------------------------------------------------------------
@@ -75,7 +143,8 @@ class TransformerLayer(nn.Module):
 
   `config` is a T5Config or DecoderOnlyConfig (duck-typed: num_heads, d_kv,
   d_ff, dropout_rate, dtype, attention, float32_attention_logits,
-  layer_norm_epsilon). Static choices (causality, dropout on/off) are
+  layer_norm_epsilon, norm_type, mlp_activations, use_bias,
+  scale_attention_logits). Static choices (causality, dropout on/off) are
   attributes so the layer can be scanned and rematerialised without static
   call arguments. Returns (x, None) so it can be the body of nn.scan.
   """
@@ -100,9 +169,6 @@ class TransformerLayer(nn.Module):
     dt = jnp.dtype(cfg.dtype)
     det = self.deterministic
 
-    def norm(name):
-      return RMSNorm(cfg.layer_norm_epsilon, dt, name=name)
-
     def attention(name, cross=False):
       return attention_lib.MultiHeadAttention(
         cfg.num_heads,
@@ -111,6 +177,8 @@ class TransformerLayer(nn.Module):
         cfg.dropout_rate,
         cfg.attention,
         cfg.float32_attention_logits,
+        use_bias=cfg.use_bias,
+        scale_logits=cfg.scale_attention_logits,
         # The XLA:CPU kernel's backward keeps the softmax weights, which
         # remat policies cannot see: only without rematerialisation.
         saves_weights_ok=cfg.remat_policy == "none" and not self.decode,
@@ -123,19 +191,19 @@ class TransformerLayer(nn.Module):
       return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=det)
 
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    h = norm("pre_self_attention_layer_norm")(x)
+    h = norm(cfg, "pre_self_attention_layer_norm")(x)
     h = attention("self_attention")(
       h, h, self_bias, self_mask, is_causal=self.causal, deterministic=det, decode_index=decode_index
     )
     x = x + residual_dropout(h)
 
     if self.cross_attention:
-      h = norm("pre_cross_attention_layer_norm")(x)
+      h = norm(cfg, "pre_cross_attention_layer_norm")(x)
       h = attention("encoder_decoder_attention", cross=True)(h, encoded, None, cross_mask, deterministic=det)
       x = x + residual_dropout(h)
 
-    h = norm("pre_mlp_layer_norm")(x)
-    h = GatedMlp(cfg.d_ff, cfg.dropout_rate, dt, name="mlp")(h, deterministic=det)
+    h = norm(cfg, "pre_mlp_layer_norm")(x)
+    h = MlpBlock(cfg.d_ff, cfg.dropout_rate, dt, cfg.mlp_activations, cfg.use_bias, name="mlp")(h, deterministic=det)
     x = x + residual_dropout(h)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 

@@ -216,8 +216,11 @@ class BaseModel:
     return batch_size * sum(lengths.values())
 
 
-def _matmul_params(abstract: PyTree, exclude: tuple[str, ...] = ("token_embedder", "relpos")) -> dict[str, int]:
-  """Parameter counts per top-level stack, leaving out lookups (no matmul)."""
+def _matmul_params(
+  abstract: PyTree, exclude: tuple[str, ...] = ("token_embedder", "position_embedder", "relpos", "bias")
+) -> dict[str, int]:
+  """Parameter counts per top-level stack, leaving out lookups (no matmul) and biases
+  (the [heads, kv] attention biases are 2-D but are added, not multiplied)."""
   counts: dict[str, int] = {}
   flat = jax.tree_util.tree_flatten_with_path(meta.unbox(abstract))[0]
   for path, leaf in flat:

@@ -38,8 +38,9 @@ Array = jax.Array
 PyTree = Any
 
 # Logical axis vocabulary used by parameters ('layers' only appears when a
-# stack is scanned) and by activation constraints.
-LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "relpos_buckets", "layers")
+# stack is scanned, 'abspos' only with learned absolute positions) and by
+# activation constraints.
+LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "relpos_buckets", "abspos", "layers")
 ACTIVATION_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab")
 
 
@@ -81,7 +82,7 @@ class Normal:
 
 @dataclasses.dataclass(frozen=True)
 class Constant:
-  """Every entry `value` (RMSNorm scales: 1)."""
+  """Every entry `value` (norm scales: 1; biases: 0)."""
 
   value: float = 1.0
 
@@ -103,6 +104,9 @@ def kernel_init(in_axis: Any = -2, out_axis: Any = -1) -> VarianceScaling:
 embedding_init = Normal(1.0)
 relpos_init = VarianceScaling(1.0, "fan_avg", "uniform")
 ones_init = Constant(1.0)
+zeros_init = Constant(0.0)
+# Learned absolute positions are drawn like the token embedding they are added to.
+position_embedding_init = embedding_init
 
 
 # --------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """The encoder and decoder stacks both model families are built from.
 
-One path from token ids to logits, `run_stack`: token embedding (and dropout)
--> the layer stack (t5lite.models.layers) with the stack's relative position
-bias and masks -> final RMSNorm (and dropout) -> output logits (untied, or
-tied to the embedding). `Encoder` is T5's encoder; `Decoder` is T5's decoder (with
+One path from token ids to logits, `run_stack`: token embedding (plus learned
+absolute positions when the config asks for them; then dropout) -> the layer
+stack (t5lite.models.layers) with the stack's relative position bias (if any)
+and masks -> final norm (and dropout) -> output logits (untied, or tied to the
+embedding). `Encoder` is T5's encoder; `Decoder` is T5's decoder (with
 cross-attention) and the decoder-only model's whole network (without), KV
 cache included. Parameter names are T5X's (relpos_bias, layers_i,
-encoder_norm / decoder_norm, logits_dense).
+encoder_norm / decoder_norm, logits_dense), plus position_embedder.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from t5lite.models import embeddings, layers
 Array = jax.Array
 
 
-def relative_position_bias(config: Any, bidirectional: bool) -> embeddings.RelativePositionBias:
-  """The stack's 'relpos_bias' module (call it inside the stack's compact method)."""
+def relative_position_bias(config: Any, bidirectional: bool) -> Optional[embeddings.RelativePositionBias]:
+  """The stack's 'relpos_bias' module (call it inside the stack's compact method),
+  or None when `config.position_embedding` is 'absolute'."""
+  if config.position_embedding != "relative":
+    return None
   return embeddings.RelativePositionBias(
     config.num_heads,
     config.relative_attention_num_buckets,
@@ -43,36 +47,51 @@ def run_stack(
   norm_name: str,
   deterministic: bool,
   logits: bool = False,
+  positions: Optional[Array] = None,
+  position_length: Optional[int] = None,
 ) -> Array:
   """Embed -> `layer_stack` -> final norm (-> logits), inside the calling compact module.
 
   tokens int32 [batch, length]; `layer_stack` maps the embedded tokens to the
   last layer's output (a `layers.apply_layer_stack` call with the stack's
-  position bias and masks). One dropout module serves the embedding and the
-  final norm output (both broadcast over the length). Returns float32 logits
-  [batch, length, vocab] with `logits` (untied 'logits_dense', or
-  `embedder.attend` scaled by 1/sqrt(d_model) with
+  position bias and masks). With `config.position_embedding == 'absolute'`
+  the learned 'position_embedder' rows of `positions` (int [batch or 1,
+  length]; None: 0..length-1) are added to the token embedding before its
+  dropout; `position_length` (default: length) is what the table must hold
+  (the cache length when decoding), else a ValueError. One dropout module
+  serves the embedding and the final norm output (both broadcast over the
+  length). Returns float32 logits [batch, length, vocab] with `logits`
+  (untied 'logits_dense', or `embedder.attend`, its input scaled by
+  1/sqrt(d_model) when `config.scale_tied_logits`, with
   `config.logits_via_embedding`), else the normed activations
   [batch, length, d_model] in the activation dtype.
   """
   dt = config.activation_dtype
   dropout = nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))
   x = embedder(tokens)
+  if config.position_embedding == "absolute":
+    length = tokens.shape[-1]
+    if positions is None:
+      positions = jnp.arange(length, dtype=jnp.int32)[None]
+    table = embeddings.PositionEmbed(config.max_position_embeddings, config.d_model, dt, name="position_embedder")
+    x = x + table(positions, length if position_length is None else position_length)
   x = dropout(x, deterministic=deterministic)
   x = layer_stack(nn.with_logical_constraint(x, ("batch", "length", "embed")))
-  x = layers.RMSNorm(config.layer_norm_epsilon, dt, name=norm_name)(x)
+  x = layers.norm(config, norm_name)(x)
   x = dropout(x, deterministic=deterministic)
   if not logits:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
   if config.logits_via_embedding:
-    out = embedder.attend(x) / jnp.sqrt(jnp.float32(config.d_model))
+    out = embedder.attend(x)
+    if config.scale_tied_logits:
+      out = out / jnp.sqrt(jnp.float32(config.d_model))
   else:
     out = embeddings.OutputDense(config.vocab_size, dt, name="logits_dense")(x)
   return nn.with_logical_constraint(out, ("batch", "length", "vocab"))
 
 
 class Encoder(nn.Module):
-  """Bidirectional stack: embedding dropout, layers, final RMSNorm 'encoder_norm'.
+  """Bidirectional stack: embedding dropout, layers, final norm 'encoder_norm'.
 
   Returns [batch, length, d_model] in the activation dtype.
   """
@@ -91,14 +110,21 @@ class Encoder(nn.Module):
   ) -> Array:
     cfg = self.config
     length = tokens.shape[-1]
-    bias = relative_position_bias(cfg, bidirectional=True)(length, length, *embeddings.bias_positions(cfg, positions))
+    relpos = relative_position_bias(cfg, bidirectional=True)
+    bias = None if relpos is None else relpos(length, length, *embeddings.bias_positions(cfg, positions))
     mask = attention_lib.encoder_self_attention_mask(tokens, segment_ids)
 
     def layer_stack(x):
       return layers.apply_layer_stack(cfg, self.num_layers, x, bias, mask, deterministic=deterministic)
 
     return run_stack(
-      cfg, self.shared_embedding, tokens, layer_stack, norm_name="encoder_norm", deterministic=deterministic
+      cfg,
+      self.shared_embedding,
+      tokens,
+      layer_stack,
+      norm_name="encoder_norm",
+      deterministic=deterministic,
+      positions=positions,
     )
 
 
@@ -106,8 +132,8 @@ class Decoder(nn.Module):
   """Causal stack ending in logits; with `cross_attention`, T5's decoder.
 
   Causal relative-position buckets (also for a prefix-LM prefix, where keys
-  to the right of the query share bucket 0, like T5X). Returns float32
-  logits [batch, length, vocab].
+  to the right of the query share bucket 0, like T5X), or learned absolute
+  positions. Returns float32 logits [batch, length, vocab].
   """
 
   config: Any
@@ -142,7 +168,9 @@ class Decoder(nn.Module):
     values and `encoder_valid`. Later calls pass a chunk of tokens [b, q],
     its first cache slot `decode_index`, `valid` [b, q] (False for left
     padding; default all True) and `bidirectional_chunk` (a prefix-LM prompt
-    sees itself whole); the encoder arguments may be None.
+    sees itself whole); the encoder arguments may be None. With absolute
+    positions a chunk token's position is the number of valid cache slots
+    before it (`attention.decode_positions`).
 
     Raises:
       ValueError: the first decode call of a cross-attention decoder without
@@ -152,10 +180,13 @@ class Decoder(nn.Module):
     length = tokens.shape[-1]
     relpos = relative_position_bias(cfg, bidirectional=False)
     cross_mask = None
+    position_length = None
     if decode and self.has_variable("cache", "key_valid"):
       if valid is None:
         valid = jnp.ones(tokens.shape, bool)
       bias, mask = attention_lib.decode_self_attention_inputs(self, relpos, valid, decode_index, bidirectional_chunk)
+      positions = attention_lib.decode_positions(self, decode_index, length)
+      position_length = self.get_variable("cache", "key_valid").shape[1]
       causal = False
       if self.cross_attention:
         cross_mask = self.get_variable("cache", "encoder_valid")[:, None, None, :]
@@ -166,7 +197,7 @@ class Decoder(nn.Module):
         self.variable("cache", "key_valid", jnp.zeros, tokens.shape, bool)
         if self.cross_attention:
           self.variable("cache", "encoder_valid", lambda: encoder_tokens > 0)
-      bias = relpos(length, length, *embeddings.bias_positions(cfg, positions))
+      bias = None if relpos is None else relpos(length, length, *embeddings.bias_positions(cfg, positions))
       mask, causal = attention_lib.decoder_self_attention_mask(segment_ids, causal_attention, length)
       if self.cross_attention:
         cross_mask = attention_lib.encoder_decoder_attention_mask(encoder_tokens, encoder_segment_ids, segment_ids)
@@ -197,4 +228,6 @@ class Decoder(nn.Module):
       norm_name="decoder_norm",
       deterministic=deterministic,
       logits=True,
+      positions=positions,
+      position_length=position_length,
     )

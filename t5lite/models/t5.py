@@ -4,7 +4,9 @@ The architecture of "T5 v1.1": untied input embedding and output projection,
 gated-GELU MLPs, RMSNorm pre-norm blocks, no biases, no dropout in
 pre-training, and one relative position bias table per stack (bidirectional
 buckets in the encoder, causal buckets in the decoder) shared by all layers
-of that stack. Packed examples are supported through segment ids and
+of that stack. The architecture fields of TransformerConfig also express the
+original T5 (ReLU MLP `mlp_activations=('relu',)`, tied embeddings with the
+d_model**-0.5 output scale: `logits_via_embedding=True`). Packed examples are supported through segment ids and
 positions; decoder inputs arrive already shifted (seqio does it), so the model
 never shifts.
 
@@ -82,7 +84,9 @@ class T5Transformer(nn.Module):
 
   Parameter tree: token_embedder/embedding, encoder/{relpos_bias, layers_i
   (or layers when scanned), encoder_norm}, decoder/{relpos_bias, layers_i,
-  decoder_norm, logits_dense}. Dropout draws from the 'dropout' rng.
+  decoder_norm, logits_dense}; with absolute positions each stack has
+  position_embedder instead of relpos_bias, and logits_dense is absent with
+  tied logits. Dropout draws from the 'dropout' rng.
   """
 
   config: T5Config
