@@ -38,6 +38,8 @@ setuptools.setup(
     "numpy>=2.0",
     "tqdm>=4.60",
     "tensorboard>=2.21,<2.22",
+    "safetensors>=0.8,<0.9",
+    "ml_dtypes>=0.5",
   ],
   extras_require={
     # The data path (seqio tasks, TFDS builders) needs TensorFlow; the model,
@@ -51,7 +53,8 @@ setuptools.setup(
       "sacrebleu>=2.6,<3",
       "rouge-score>=0.1.2,<0.2",
     ],
-    "test": ["pytest>=8"],
+    # The Hugging Face conversion tests compare logits with transformers' models on a CPU torch.
+    "test": ["pytest>=8", "torch==2.13.0", "transformers==5.17.0"],
   },
   entry_points={"console_scripts": ["t5lite=t5lite.cli:console_main"]},
 )

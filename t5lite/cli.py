@@ -7,6 +7,8 @@
     t5lite train --gin_file=experiments/quickstart.gin --gin.MODEL_DIR=\"/tmp/run\"
     t5lite infer --gin_file=RUN/config.gin --gin_file=runs/infer.gin --gin.INFER_OUTPUT_DIR=\"/tmp/infer\"
     t5lite eval  --gin_file=RUN/config.gin --gin_file=runs/eval.gin --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
+    t5lite convert from-hf --hf_dir ~/models/flan-t5-small --output runs/flan_t5_small
+    t5lite convert to-hf --checkpoint runs/finetuned --output ~/models/finetuned
 
 Heavy imports (TensorFlow, seqio) happen inside the subcommands that need them. The
 subcommands that read registered tasks register the built-in ones first
@@ -104,6 +106,45 @@ def _data_preview(args) -> int:
   return 0
 
 
+def _overrides(args) -> dict:
+  out = {}
+  for name in ("dtype", "remat_policy", "attention"):
+    if getattr(args, name) is not None:
+      out[name] = getattr(args, name)
+  if args.scan_layers:
+    out["scan_layers"] = True
+  if args.dropout_rate is not None:
+    out["dropout_rate"] = checks.check_float(
+      "--dropout_rate", args.dropout_rate, minimum=0.0, maximum=1.0, max_open=True
+    )
+  return out
+
+
+def _convert_from_hf(args) -> int:
+  from t5lite import convert  # pylint: disable=g-import-not-at-top
+
+  lengths = None
+  if args.inputs_length or args.targets_length:
+    lengths = {k: v for k, v in (("inputs", args.inputs_length), ("targets", args.targets_length)) if v}
+    checks.check_lengths("--inputs_length/--targets_length", lengths)
+  result = convert.from_hf(args.hf_dir, args.output, overrides=_overrides(args), task_feature_lengths=lengths)
+  vocab = result["vocabulary_size"]
+  print(f"wrote {result['output']} ({result['family']}, {result['seconds']:.1f} s)")
+  print(f"  fine-tune: include {result['output']}/model.gin and set INITIAL_CHECKPOINT_PATH = '{result['output']}'")
+  if vocab is not None:
+    print(f"  vocabulary: VOCABULARY_MODEL = '{result['output']}/spiece.model' ({vocab} ids with the sentinels)")
+  return 0
+
+
+def _convert_to_hf(args) -> int:
+  from t5lite import convert  # pylint: disable=g-import-not-at-top
+
+  step = checks.check_int("--step", args.step, minimum=0, allow_none=True, hint=" (omit for the latest)")
+  result = convert.to_hf(args.checkpoint, args.output, step=step, model_type=args.model_type, dtype=args.dtype)
+  print(f"wrote {result['output']} ({result['family']}, step {result['step']}, {result['seconds']:.1f} s)")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="t5lite", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +188,28 @@ def build_parser() -> argparse.ArgumentParser:
   prev.add_argument("--split", default="validation")
   prev.add_argument("--data_dir", default=None)
   prev.set_defaults(fn=_data_preview)
+
+  conv_p = sub.add_parser("convert", help="Hugging Face checkpoints in and out").add_subparsers(
+    dest="sub", required=True
+  )
+  from_hf = conv_p.add_parser("from-hf", help="a local Hugging Face directory (safetensors) -> a t5lite checkpoint")
+  from_hf.add_argument("--hf_dir", required=True, help="directory with config.json and model.safetensors (or shards)")
+  from_hf.add_argument("--output", required=True, help="new directory to write (refused if it exists and is not empty)")
+  from_hf.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="activation dtype")
+  from_hf.add_argument("--scan_layers", action="store_true", help="store the layer stacks scanned (nn.scan)")
+  from_hf.add_argument("--remat_policy", default=None)
+  from_hf.add_argument("--attention", default=None)
+  from_hf.add_argument("--dropout_rate", type=float, default=None, help="default: the checkpoint's config.json")
+  from_hf.add_argument("--inputs_length", type=int, default=None, help="TASK_FEATURE_LENGTHS for config.gin")
+  from_hf.add_argument("--targets_length", type=int, default=None)
+  from_hf.set_defaults(fn=_convert_from_hf)
+  to_hf = conv_p.add_parser("to-hf", help="a t5lite run's checkpoint -> a Hugging Face directory (safetensors)")
+  to_hf.add_argument("--checkpoint", required=True, help="a run directory, its checkpoints/ or a step directory")
+  to_hf.add_argument("--output", required=True, help="new directory to write (refused if it exists and is not empty)")
+  to_hf.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+  to_hf.add_argument("--model_type", default=None, choices=["t5", "mt5", "gpt2"])
+  to_hf.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="tensor dtype")
+  to_hf.set_defaults(fn=_convert_to_hf)
   return parser
 
 
@@ -160,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   try:
     return args.fn(args)
-  except (ValueError, FileNotFoundError) as e:  # checks.SettingError is a ValueError
+  except (ValueError, FileNotFoundError, FileExistsError) as e:  # checks.SettingError is a ValueError
     message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     print(f"t5lite {args.command} {args.sub}: error: {message}", file=sys.stderr)
     return 2

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from t5lite import checkpointing, partitioning
+from t5lite.hf import files as hf_files
+from t5lite.hf import weights as hf_weights
 from t5lite.models.model import BaseModel
 from t5lite.optim import state_axes
 
@@ -205,9 +207,16 @@ class TrainStateInitializer:
     shapes straight into their shardings; see BaseModel.init_params), or read
     from `initial_checkpoint_path` when fine-tuning (ValueError for another
     model's checkpoint, FileNotFoundError when there is none), and the
-    optimizer's initial state, created in its shardings."""
+    optimizer's initial state, created in its shardings. A Hugging Face
+    directory (config.json + safetensors) as `initial_checkpoint_path` is read
+    straight into the shardings, each device's shard from its slice of the
+    file (t5lite.hf.weights.import_params), so a large model never sits whole
+    on one host; its tensors must fit this run's model config."""
     with self.partitioner.context():
-      if initial_checkpoint_path:
+      if initial_checkpoint_path and hf_files.is_hf_dir(initial_checkpoint_path):
+        with hf_files.Checkpoint(str(initial_checkpoint_path)) as checkpoint:
+          params = hf_weights.import_params(checkpoint, self.model.config, self.params.abstract)
+      elif initial_checkpoint_path:
         params = checkpointing.load_params(initial_checkpoint_path, self.params.abstract)
       else:
         params = self.model.init_params(jax.random.key(seed), self.input_shapes, self.params.shardings)

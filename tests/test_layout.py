@@ -33,14 +33,14 @@ LAYERS = (
   ("t5lite.models", "t5lite.losses", "t5lite.decoding"),
   # 3: optimizers
   ("t5lite.optim",),
-  # 4: meshes and checkpoints
-  ("t5lite.partitioning", "t5lite.checkpointing"),
+  # 4: meshes and checkpoints (Hugging Face checkpoints too)
+  ("t5lite.partitioning", "t5lite.checkpointing", "t5lite.hf"),
   # 5: the train state
   ("t5lite.train_state",),
   # 6: the training loop and inference
   ("t5lite.trainer", "t5lite.inference"),
-  # 7: evaluation (used by train and eval)
-  ("t5lite.evaluation",),
+  # 7: evaluation (used by train and eval) and checkpoint conversion
+  ("t5lite.evaluation", "t5lite.convert"),
   # 8: the command line under gin
   ("t5lite.gin_entry",),
   # 9: entry points

@@ -1,0 +1,268 @@
+"""`t5lite convert from-hf` / `to-hf`: a Hugging Face model directory <-> a t5lite checkpoint directory.
+
+from-hf writes a directory laid out like a training run, so that everything that takes a run accepts it:
+
+    OUTPUT/checkpoints/0/{params,meta}   orbax parameters (float32) and their meta (shapes, vocabulary size)
+    OUTPUT/model.gin                     the model (include it in a fine-tuning gin file)
+    OUTPUT/config.gin                    model.gin plus task settings, for `t5lite infer` and inference.load
+    OUTPUT/spiece.model                  the checkpoint's SentencePiece model, when the directory has one
+    OUTPUT/conversion.json               where it came from, and the t5lite config
+
+`INITIAL_CHECKPOINT_PATH=OUTPUT` fine-tunes from it. to-hf reads a run directory (its config.gin and a
+checkpoint) and writes `config.json` and `model.safetensors` that transformers' `from_pretrained` loads.
+Both write into a temporary sibling directory and rename it into place at the end, so an interrupted
+conversion leaves no half-written output; an existing non-empty output directory is refused, never
+overwritten. The tensor mapping is t5lite.hf; this module is the directories around it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+
+from t5lite import checkpointing, inference
+from t5lite.hf import configs, files, weights
+from t5lite.models import model as model_lib, params as params_lib, t5
+
+# Fields written to model.gin: the architecture (runtime fields keep their defaults unless overridden).
+_ARCH_FIELDS = (
+  "vocab_size",
+  "d_model",
+  "num_heads",
+  "d_kv",
+  "d_ff",
+  "num_encoder_layers",
+  "num_decoder_layers",
+  "num_layers",
+  "dropout_rate",
+  "relative_attention_num_buckets",
+  "relative_attention_max_distance",
+  "layer_norm_epsilon",
+  "mlp_activations",
+  "use_bias",
+  "norm_type",
+  "position_embedding",
+  "max_position_embeddings",
+  "scale_attention_logits",
+  "logits_via_embedding",
+  "scale_tied_logits",
+)
+SENTINELS = 100  # seqio's extra_ids, as T5's tokenizer adds them
+
+
+def check_output_dir(output: str, what: str = "--output") -> str:
+  """The absolute output path; raises FileExistsError when it exists and is not an empty directory."""
+  output = os.path.abspath(os.fspath(output))
+  if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+    raise FileExistsError(f"{what} {output!r} exists and is not empty; choose a new directory (nothing is overwritten)")
+  return output
+
+
+def _staging(output: str) -> str:
+  staging = f"{output}.partial-{os.getpid()}-{int(time.time())}"
+  os.makedirs(staging)
+  return staging
+
+
+def _publish(staging: str, output: str) -> None:
+  if os.path.isdir(output):
+    os.rmdir(output)  # empty (checked before the work started)
+  os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+  os.rename(staging, output)
+
+
+def model_for(config: Any) -> model_lib.BaseModel:
+  """The t5lite model of a config (EncoderDecoderModel for T5, DecoderOnlyModel otherwise)."""
+  if isinstance(config, t5.T5Config):
+    return model_lib.EncoderDecoderModel(config=config)
+  return model_lib.DecoderOnlyModel(config=config)
+
+
+def abstract_params(model: model_lib.BaseModel) -> Any:
+  """The model's parameters as unboxed ShapeDtypeStructs (no shardings)."""
+  lengths = {"inputs": 8, "targets": 8} if isinstance(model, model_lib.EncoderDecoderModel) else {"targets": 8}
+  return params_lib.strip_boxes(model.abstract_params(model.input_shapes(1, lengths)))
+
+
+def _gin_value(value: Any) -> str:
+  if isinstance(value, tuple):
+    return "(" + ", ".join(_gin_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return repr(value)
+
+
+def model_gin(config: Any, source: str = "") -> str:
+  """A gin file that builds `config`'s model (MODEL), like gin/models/*/*.gin."""
+  if isinstance(config, t5.T5Config):
+    module, cls, model_cls = "t5", "T5Config", "EncoderDecoderModel"
+  else:
+    module, cls, model_cls = "decoder_only", "DecoderOnlyConfig", "DecoderOnlyModel"
+  defaults = type(config)()
+  lines = [f"# {source}" if source else "# Converted model", "from __gin__ import dynamic_registration", ""]
+  lines += [f"from t5lite.models import {module}", "", f"{module}.{cls}:"]
+  for field in _ARCH_FIELDS:
+    if hasattr(config, field):
+      lines.append(f"  {field} = {_gin_value(getattr(config, field))}")
+  for field in ("dtype", "scan_layers", "remat_policy", "attention"):
+    if getattr(config, field) != getattr(defaults, field):
+      lines.append(f"  {field} = {_gin_value(getattr(config, field))}")
+  lines += ["", "from t5lite.models import model", "", f"MODEL = @model.{model_cls}()"]
+  lines.append(f"model.{model_cls}.config = @{module}.{cls}()")
+  return "\n".join(lines) + "\n"
+
+
+def vocabulary_size(spiece_path: str) -> int:
+  """Ids of the seqio vocabulary of a SentencePiece model: its pieces plus T5's 100 sentinels."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  proc = spm.SentencePieceProcessor()
+  proc.Load(spiece_path)
+  return proc.GetPieceSize() + SENTINELS
+
+
+def _save_checkpoint(run_dir: str, params: Any, meta: Mapping[str, Any]) -> None:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  step_dir = os.path.join(run_dir, "checkpoints", "0")
+  os.makedirs(step_dir)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.join(step_dir, "params"), params)
+  ocp.Checkpointer(ocp.JsonCheckpointHandler()).save(os.path.join(step_dir, "meta"), dict(meta))
+
+
+def from_hf(
+  hf_dir: str,
+  output: str,
+  *,
+  overrides: Optional[Mapping[str, Any]] = None,
+  task_feature_lengths: Optional[Mapping[str, int]] = None,
+) -> dict[str, Any]:
+  """Converts a local Hugging Face directory into a t5lite checkpoint directory (see module doc).
+
+  overrides: t5lite config fields on top of the converted ones (dtype, scan_layers, dropout_rate, ...).
+  task_feature_lengths: written into config.gin (default inputs 512 / targets 128 for T5, targets 512 else).
+  Returns {'output', 'family', 'config', 'vocabulary_size', 'seconds', 'bytes_read'}.
+
+  Raises:
+    FileNotFoundError: no config.json, no safetensors weights (a pytorch_model.bin is named with how to
+      convert it), a missing shard.
+    FileExistsError: `output` exists and is not empty (checked first).
+    configs.UnsupportedModelError: an architecture or option t5lite cannot represent (listing the supported).
+    ValueError: a tensor of another shape than config.json implies (naming both), a missing or unexpected
+      tensor.
+  """
+  start = time.perf_counter()
+  output = check_output_dir(output)
+  hf_config = files.read_config(hf_dir)
+  family = configs.family(hf_config, where=os.path.join(hf_dir, files.CONFIG))
+  with files.Checkpoint(hf_dir) as checkpoint:
+    tied = weights.output_is_tied(checkpoint, family)
+    config = configs.to_t5lite(hf_config, tied_output=tied, overrides=overrides)
+    model = model_for(config)
+    params = weights.import_params(checkpoint, config, abstract_params(model))
+    bytes_read = checkpoint.bytes_read
+  spiece = os.path.join(hf_dir, files.SPIECE)
+  vocab_size = vocabulary_size(spiece) if os.path.isfile(spiece) else None
+  if isinstance(config, t5.T5Config):
+    lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 128})
+  else:
+    lengths = dict(task_feature_lengths or {"targets": 512})
+  staging = _staging(output)
+  try:
+    meta = {
+      "step": 0,
+      "param_shapes": checkpointing.param_shapes(params),
+      "model": type(model).__name__,
+      "source": {"hf_dir": os.path.abspath(hf_dir), "model_type": hf_config.get("model_type")},
+    }
+    if vocab_size is not None:
+      meta["vocabulary_size"] = vocab_size
+    _save_checkpoint(staging, params, meta)
+    gin_text = model_gin(config, f"Converted from {os.path.abspath(hf_dir)} by `t5lite convert from-hf`.")
+    with open(os.path.join(staging, "model.gin"), "w", encoding="utf-8") as f:
+      f.write(gin_text)
+    run_lines = [gin_text, "MIXTURE_OR_TASK_NAME = None", f"TASK_FEATURE_LENGTHS = {lengths!r}"]
+    if vocab_size is not None:
+      shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
+      run_lines.append(f"VOCABULARY_MODEL = {os.path.join(output, files.SPIECE)!r}")
+    with open(os.path.join(staging, "config.gin"), "w", encoding="utf-8") as f:
+      f.write("\n".join(run_lines) + "\n")
+    record = {
+      "source": os.path.abspath(hf_dir),
+      "family": family,
+      "hf_config": hf_config,
+      "config": configs.describe(config),
+      "vocabulary_size": vocab_size,
+    }
+    with open(os.path.join(staging, "conversion.json"), "w", encoding="utf-8") as f:
+      json.dump(record, f, indent=2, sort_keys=True, default=str)
+    _publish(staging, output)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return {
+    "output": output,
+    "family": family,
+    "config": config,
+    "vocabulary_size": vocab_size,
+    "seconds": time.perf_counter() - start,
+    "bytes_read": bytes_read,
+  }
+
+
+def _run_dir(checkpoint: str) -> str:
+  """The run directory holding config.gin for a run, checkpoints/ or step directory path."""
+  path = os.path.abspath(checkpoint)
+  for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+    if os.path.isfile(os.path.join(candidate, "config.gin")):
+      return candidate
+  raise FileNotFoundError(
+    f"--checkpoint {checkpoint!r}: no config.gin in it or above it; give a run directory written by "
+    "`t5lite train` or `t5lite convert from-hf`"
+  )
+
+
+def to_hf(
+  checkpoint: str,
+  output: str,
+  *,
+  step: Optional[int] = None,
+  model_type: Optional[str] = None,
+  dtype: Optional[str] = None,
+) -> dict[str, Any]:
+  """Writes a t5lite run's checkpoint as a Hugging Face directory (config.json, model.safetensors, and the
+  run's spiece.model when it has one).
+
+  checkpoint: a run directory (or its checkpoints/ or a step directory); `step`: which (default the latest).
+  model_type: 't5' or 'mt5' for T5 models. dtype: None/'float32', 'bfloat16' or 'float16' for the file.
+  Returns {'output', 'family', 'step', 'seconds'}.
+
+  Raises:
+    FileExistsError: `output` exists and is not empty (checked first).
+    FileNotFoundError: no config.gin or no checkpoint.
+    configs.UnsupportedModelError: a model no Hugging Face family represents (naming the fields that differ).
+  """
+  start = time.perf_counter()
+  output = check_output_dir(output)
+  run_dir = _run_dir(checkpoint)
+  model = inference.read_run_config(run_dir)["model"]
+  family = configs.check_exportable(model.config)
+  hf_config = configs.from_t5lite(model.config, model_type)
+  found_step, params_dir = checkpointing.resolve_checkpoint(checkpoint, step, what="--checkpoint")
+  params = checkpointing.load_params(os.path.dirname(params_dir), abstract_params(model), what="--checkpoint")
+  tensors = weights.export_tensors(model.config, jax.device_get(params))
+  staging = _staging(output)
+  try:
+    files.write(staging, tensors, hf_config, dtype=dtype)
+    spiece = os.path.join(run_dir, files.SPIECE)
+    if os.path.isfile(spiece):
+      shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
+    _publish(staging, output)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return {"output": output, "family": family, "step": found_step, "seconds": time.perf_counter() - start}

@@ -1,0 +1,132 @@
+"""Parameters from a Hugging Face checkpoint, built straight into their shardings, and the way back.
+
+`import_params` checks the checkpoint against the model first (every tensor the model needs is there with
+the shape its config implies; nothing unexpected is left over), then creates each parameter with
+`jax.make_array_from_callback`: every device's shard is read from the checkpoint's matching slice
+(t5lite.hf.names.Tensor.read), so on a mesh no host ever holds a whole xl or xxl model, and in a
+multi-process run each process reads only its own devices' shards. `export_tensors` is the inverse, on
+host numpy arrays. Written by hand: neither flax nor transformers converts between the two layouts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+from t5lite.hf import configs, files, names
+
+PyTree = Any
+
+
+def gpt2_prefix(checkpoint: files.Checkpoint) -> str:
+  """'transformer.' for GPT2LMHeadModel's tensor names, '' for a bare GPT2Model's."""
+  return "" if "wte.weight" in checkpoint and "transformer.wte.weight" not in checkpoint else "transformer."
+
+
+def output_is_tied(checkpoint: files.Checkpoint, family: str) -> bool:
+  """Whether the checkpoint's output projection is its token embedding: no `lm_head.weight`, or one equal
+  to the embedding (older files store the tied copy)."""
+  if "lm_head.weight" not in checkpoint:
+    return True
+  embedding = "shared.weight" if family == "t5" else f"{gpt2_prefix(checkpoint)}wte.weight"
+  if embedding not in checkpoint or checkpoint.shape(embedding) != checkpoint.shape("lm_head.weight"):
+    return False
+  rows = (slice(0, min(8, checkpoint.shape(embedding)[0])),)
+  if not np.array_equal(checkpoint.read(embedding, rows), checkpoint.read("lm_head.weight", rows)):
+    return False
+  return bool(np.array_equal(checkpoint.read(embedding), checkpoint.read("lm_head.weight")))
+
+
+def check_checkpoint(checkpoint: files.Checkpoint, config: Any, sources: Mapping[str, names.Source]) -> None:
+  """Raises ValueError when the checkpoint lacks a tensor the model needs, holds one of another shape (naming
+  the tensor and both shapes), or holds tensors the model would leave unused."""
+  prefix = gpt2_prefix(checkpoint) if configs.check_exportable(config) == "gpt2" else "transformer."
+  needed: dict[str, tuple[int, ...]] = {}
+  for source in sources.values():
+    for tensor in source.layers if isinstance(source, names.Stacked) else (source,):
+      needed[tensor.name] = tensor.hf_shape
+  missing = sorted(n for n in needed if n not in checkpoint)
+  if missing:
+    raise ValueError(
+      f"{checkpoint.directory!r}: {len(missing)} tensor(s) the config implies are not in the checkpoint, "
+      f"e.g. {missing[:5]}; config.json and the weights disagree"
+    )
+  for name, shape in sorted(needed.items()):
+    found = checkpoint.shape(name)
+    if found != tuple(shape):
+      raise ValueError(
+        f"{checkpoint.directory!r}: tensor {name!r} has shape {list(found)} in the checkpoint, but config.json "
+        f"implies {list(shape)}"
+      )
+  unused = sorted(set(checkpoint.names()) - set(needed) - set(names.ignored_tensors(config, prefix)))
+  if unused:
+    raise ValueError(
+      f"{checkpoint.directory!r}: {len(unused)} tensor(s) this model has no place for, e.g. {unused[:5]}; "
+      "the checkpoint is of another architecture than its config.json describes"
+    )
+
+
+def import_params(checkpoint: files.Checkpoint, config: Any, abstract_params: PyTree) -> PyTree:
+  """Float32 parameters for `config` read from `checkpoint`, with the tree of `abstract_params`.
+
+  abstract_params: the model's parameters as (unboxed) jax.ShapeDtypeStructs, nested dicts; each leaf's
+  `sharding`, when it has one, is where its shards go (else the default device).
+  Raises ValueError (see `check_checkpoint`) before any parameter is created, and for a model parameter
+  with no checkpoint source.
+  """
+  prefix = gpt2_prefix(checkpoint) if configs.check_exportable(config) == "gpt2" else "transformer."
+  sources = names.tensor_map(config, prefix)
+  flat = names.flat_paths(abstract_params)
+  extra = sorted(set(flat) - set(sources))
+  if extra:
+    raise ValueError(f"model parameters with no Hugging Face tensor: {extra[:5]} (an unsupported option?)")
+  check_checkpoint(checkpoint, config, sources)
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def build(path: str, leaf: Any) -> jax.Array:
+    shape = tuple(leaf.shape)
+    sharding = getattr(leaf, "sharding", None) or default
+    source = sources[path]
+
+    def shard(index):
+      index = index if index is not None else (slice(None),) * len(shape)
+      return source.read(checkpoint.read, shape, index).astype(np.float32, copy=False)
+
+    return jax.make_array_from_callback(shape, sharding, shard)
+
+  def walk(node, prefix_path):
+    if isinstance(node, Mapping):
+      return {k: walk(v, f"{prefix_path}/{k}" if prefix_path else str(k)) for k, v in node.items()}
+    return build(prefix_path, node)
+
+  return walk(abstract_params, "")
+
+
+def export_tensors(config: Any, params: PyTree, model_type: Optional[str] = None) -> dict[str, np.ndarray]:
+  """{Hugging Face tensor name: float32 numpy array} of t5lite parameters (a nested dict of arrays).
+
+  Raises configs.UnsupportedModelError for a config no Hugging Face family represents, ValueError when the
+  parameters do not match the config's tensor map.
+  """
+  del model_type  # T5 and mT5 share tensor names
+  sources = names.tensor_map(config)
+  flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in names.flat_paths(params).items()}
+  if set(flat) != set(sources):
+    missing, extra = sorted(set(sources) - set(flat)), sorted(set(flat) - set(sources))
+    raise ValueError(f"parameters do not match the model config: missing {missing[:5]}, unexpected {extra[:5]}")
+  out: dict[str, np.ndarray] = {}
+  for path, source in sources.items():
+    value = flat[path]
+    pairs = (
+      [(t, value[i]) for i, t in enumerate(source.layers)] if isinstance(source, names.Stacked) else [(source, value)]
+    )
+    for tensor, part in pairs:
+      block = tensor.to_checkpoint(part)
+      if tensor.columns is None:
+        out[tensor.name] = np.ascontiguousarray(block)
+      else:
+        full = out.setdefault(tensor.name, np.zeros(tensor.hf_shape, np.float32))
+        full[..., tensor.columns[0] : tensor.columns[1]] = block
+  return out
