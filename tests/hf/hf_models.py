@@ -21,7 +21,7 @@ def _perturb(model, seed):
   return model
 
 
-def t5_model(kind: str = "v1_1", seed: int = 0, vocab_size: int = VOCAB, decoder_layers: int = 3):
+def t5_model(kind: str = "v1_1", seed: int = 0, vocab_size: int = VOCAB, decoder_layers: int = 3, **overrides):
   """kind: 'v1_1' (gated-GELU, untied, as flan-T5), 'mt5' (the same, MT5ForConditionalGeneration) or
   'original' (ReLU, tied output scaled by d_model ** -0.5). (transformers' generate needs
   decoder_layers == 2, the encoder's depth: its cache is sized by num_layers.)"""
@@ -40,6 +40,7 @@ def t5_model(kind: str = "v1_1", seed: int = 0, vocab_size: int = VOCAB, decoder
     pad_token_id=0,
     eos_token_id=1,
   )
+  common.update(overrides)
   if kind == "original":
     model = transformers.T5ForConditionalGeneration(
       transformers.T5Config(feed_forward_proj="relu", tie_word_embeddings=True, **common)
@@ -52,7 +53,7 @@ def t5_model(kind: str = "v1_1", seed: int = 0, vocab_size: int = VOCAB, decoder
     )
     model = cls(cls_cfg(feed_forward_proj="gated-gelu", tie_word_embeddings=False, **common))
     gen = torch.Generator().manual_seed(seed + 100)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn((vocab_size, 32), generator=gen))
+    model.lm_head.weight = torch.nn.Parameter(torch.randn((vocab_size, common["d_model"]), generator=gen))
   return _perturb(model, seed).eval()
 
 
