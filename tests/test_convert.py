@@ -178,3 +178,99 @@ def test_export_refuses_a_model_without_a_hugging_face_family(tmp_path):
   cfg = decoder_only.decoder_only_config("tiny", num_layers=1, vocab_size=64)
   with pytest.raises(configs.UnsupportedModelError, match="position_embedding='relative' \\(needs 'absolute'\\)"):
     configs.from_t5lite(cfg)
+
+
+def _read_losses(model_dir):
+  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def test_fine_tune_from_an_imported_checkpoint_with_its_spiece_model(tmp_path):
+  """The walkthrough of docs/huggingface.md on a small scale: a T5 directory with its own spiece.model is
+  converted, fine-tuned on synthetic_reverse with VOCABULARY_MODEL set to that model (loss falls), and a
+  vocabulary of another size is refused before the first step, naming both sizes. The raw Hugging Face
+  directory works as INITIAL_CHECKPOINT_PATH too, with the same first-step loss."""
+  import t5lite_tasks  # noqa: F401  (registers synthetic_reverse)
+  from t5lite import train as train_lib
+  from t5lite.data import vocab as vocab_lib
+  from t5lite.optim import schedules
+  from tests.data.conftest import TOPIC_TEXTS
+
+  pieces = 300
+  hf_model = hf_models.t5_model("v1_1", seed=8, vocab_size=pieces + 100 + 12)  # padded past the 400 ids
+  hf_dir = hf_models.save(hf_model, tmp_path / "hf")
+  vocab_lib.train_sentencepiece(
+    TOPIC_TEXTS, os.path.join(hf_dir, "spiece.model"), vocab_size=pieces, byte_fallback=False
+  )
+  result = convert.from_hf(hf_dir, str(tmp_path / "converted"))
+  assert result["vocabulary_size"] == pieces + 100
+  converted = result["output"]
+  assert os.path.isfile(os.path.join(converted, "spiece.model"))
+  model = inference.read_run_config(converted)["model"]
+  common = dict(
+    model=model,
+    mixture_or_task_name="synthetic_reverse",
+    task_feature_lengths={"inputs": 32, "targets": 16},
+    batch_size=8,
+    summary_every=1,
+    checkpoint_every=100,
+    learning_rate=schedules.constant(0.003),
+    progress=False,
+  )
+  try:
+    other = vocab_lib.train_sentencepiece(
+      TOPIC_TEXTS, str(tmp_path / "other.model"), vocab_size=280, byte_fallback=False
+    )
+    with pytest.raises(ValueError, match=r"(?s)(400.*380|380.*400)"):
+      train_lib.train(
+        model_dir=str(tmp_path / "refused"),
+        train_steps=2,
+        initial_checkpoint_path=converted,
+        vocabulary_model=other,
+        **common,
+      )
+    train_lib.train(
+      model_dir=str(tmp_path / "ft"),
+      train_steps=12,
+      initial_checkpoint_path=converted,
+      vocabulary_model=os.path.join(converted, "spiece.model"),
+      **common,
+    )
+    losses = _read_losses(tmp_path / "ft")
+    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+    train_lib.train(
+      model_dir=str(tmp_path / "ft_raw"),
+      train_steps=1,
+      initial_checkpoint_path=hf_dir,
+      vocabulary_model=os.path.join(converted, "spiece.model"),
+      **common,
+    )
+    assert _read_losses(tmp_path / "ft_raw")[0] == pytest.approx(losses[0], rel=1e-6)
+  finally:
+    vocab_lib.use_model_file(None)
+
+
+def test_gpt2_kv_cache_greedy_decoding_matches_transformers(tmp_path):
+  """An imported GPT-2 decodes from its KV cache (learned absolute positions) as transformers' generate does.
+  t5lite's decoder-only models start every sequence with id 0 (seqio's LM feature converter shifts right), so
+  transformers gets the prompt with a leading 0; a short prompt is padded on the right in t5lite's batch (the
+  prefill right-aligns it and gives its real tokens positions 0, 1, ...), and unpadded in transformers'."""
+  import torch
+
+  hf_model = hf_models.gpt2_model(seed=9)
+  model, params = _load(convert.from_hf(hf_models.save(hf_model, tmp_path / "hf"), str(tmp_path / "t"))["output"])
+  prompts = np.array([[5, 6, 7, 8, 9], [11, 12, 13, 0, 0]], np.int32)
+  options = model_lib.DecodeOptions(method="greedy", max_decode_len=8, eos_id=-1)
+  tokens, _, _ = jax.jit(model.predict_batch, static_argnums=2)(params, prompts, options)
+  for row, prompt in enumerate(prompts):
+    prompt = [0] + [int(t) for t in prompt if t]
+    with torch.no_grad():
+      ref = hf_model.generate(
+        input_ids=torch.tensor([prompt], dtype=torch.long),
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=hf_models.VOCAB - 1,
+      ).numpy()[0, len(prompt) :]
+    assert np.asarray(tokens)[row].tolist() == ref.tolist()
