@@ -38,6 +38,9 @@ FAMILIES = {
   "mt5": (lambda: hf_models.t5_model("mt5", seed=1), hf_models.t5_logits, hf_models.DECODER_REAL),
   "t5_original": (lambda: hf_models.t5_model("original", seed=2), hf_models.t5_logits, hf_models.DECODER_REAL),
   "gpt2": (lambda: hf_models.gpt2_model(seed=3), hf_models.gpt2_logits, hf_models.LM_REAL),
+  # Stored with scanned layer stacks (one array per parameter kind with a leading layer axis).
+  "gpt2_scanned": (lambda: hf_models.gpt2_model(seed=10), hf_models.gpt2_logits, hf_models.LM_REAL),
+  "t5_v1_1_scanned": (lambda: hf_models.t5_model("v1_1", seed=11), hf_models.t5_logits, hf_models.DECODER_REAL),
 }
 
 
@@ -46,8 +49,10 @@ def test_import_export_round_trip(tmp_path, family):
   build, hf_logits, real = FAMILIES[family]
   hf_model = build()
   hf_dir = hf_models.save(hf_model, tmp_path / "hf")
-  result = convert.from_hf(hf_dir, str(tmp_path / "t5lite"))
+  overrides = {"scan_layers": True} if family.endswith("_scanned") else None
+  result = convert.from_hf(hf_dir, str(tmp_path / "t5lite"), overrides=overrides)
   model, params = _load(result["output"])
+  assert model.config.scan_layers == bool(overrides)
   reference = hf_logits(hf_model)
   ours = _t5lite_logits(model, params)
   assert ours.shape == reference.shape
@@ -60,7 +65,7 @@ def test_import_export_round_trip(tmp_path, family):
     "mt5": dict(mlp_activations=("gelu", "linear"), logits_via_embedding=False),
     "t5_original": dict(mlp_activations=("relu",), logits_via_embedding=True, scale_tied_logits=True),
     "gpt2": dict(norm_type="layernorm", position_embedding="absolute", use_bias=True, max_position_embeddings=24),
-  }[family]
+  }[family.replace("_scanned", "")]
   assert {k: getattr(cfg, k) for k in expected} == expected
 
   out_dir = tmp_path / "back"
@@ -71,7 +76,7 @@ def test_import_export_round_trip(tmp_path, family):
   for name, value in original.items():
     assert exported[name].dtype == value.dtype and np.array_equal(exported[name], value), name
 
-  auto = transformers.AutoModelForCausalLM if family == "gpt2" else transformers.AutoModelForSeq2SeqLM
+  auto = transformers.AutoModelForCausalLM if family.startswith("gpt2") else transformers.AutoModelForSeq2SeqLM
   reloaded, info = auto.from_pretrained(str(out_dir), output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
   assert type(reloaded).__name__ == type(hf_model).__name__
