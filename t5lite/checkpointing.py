@@ -2,7 +2,8 @@
 
 A step directory holds three orbax items: `params`, `opt_state` (standard
 pytrees, restored onto whatever shardings the abstract target carries) and
-`meta` (JSON: step, data position, parameter shapes, model description). The
+`meta` (JSON: step, data position, parameter shapes, model description, the
+size of the task vocabulary; `read_checkpoint_meta` reads it). The
 meta item lets a run refuse, with a clear message, to resume from a
 checkpoint of another model shape instead of failing inside orbax or, worse,
 overwriting it. Orbax does the saving (asynchronously), the keep-last-K
@@ -352,12 +353,44 @@ def _resolve_params_dir(path: str, what: str = "INITIAL_CHECKPOINT_PATH") -> str
   return resolve_checkpoint(path, what=what)[1]
 
 
+def _read_step_meta(step_dir: str) -> Optional[dict]:
+  """The meta item of a step directory, or None when it has none (raises what orbax raises)."""
+  meta_path = os.path.join(step_dir, "meta")
+  if not (os.path.isdir(meta_path) or os.path.exists(meta_path)):
+    return None
+  return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_path)
+
+
+def read_checkpoint_meta(path: str, what: str = "INITIAL_CHECKPOINT_PATH", step: Optional[int] = None) -> dict:
+  """The meta (JSON: step, data position, param_shapes, vocabulary_size, ...) of the
+  latest (or `step`'s) checkpoint under `path`.
+
+  `path` is any path `load_params` takes: a run directory, its checkpoints/
+  directory, a step directory or its params/ directory. Returns {} when
+  `path` holds no t5lite checkpoint (a Hugging Face model directory, say, or
+  a path that does not exist: the loader says what is wrong with it) or the
+  checkpoint has no meta item.
+
+  Raises:
+    FileNotFoundError: `step` is given and `path` has checkpoints, but not that step.
+    DamagedCheckpointError: the meta item is there but cannot be read (names the step directory).
+  """
+  if not list_checkpoints(path):
+    return {}
+  _, params_dir = resolve_checkpoint(path, step, what)
+  step_dir = os.path.dirname(params_dir)
+  try:
+    meta = _read_step_meta(step_dir)
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds for a damaged file
+    raise DamagedCheckpointError(f"{what}: the meta of {step_dir} cannot be read ({_first_line(e)})") from e
+  return dict(meta or {})
+
+
 def load_params(path: str, abstract_params: PyTree, what: str = "INITIAL_CHECKPOINT_PATH") -> PyTree:
   """Parameters of another run's checkpoint (fine-tuning, inference), checked against this model."""
   params_dir = _resolve_params_dir(path, what)
-  meta_path = os.path.join(os.path.dirname(params_dir), "meta")
-  if os.path.isdir(meta_path) or os.path.exists(meta_path):
-    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_path)
+  meta = _read_step_meta(os.path.dirname(params_dir))
+  if meta is not None:
     wanted = param_shapes(abstract_params)
     if meta.get("param_shapes") != wanted:
       raise ValueError(

@@ -61,19 +61,26 @@ def evaluate(
   num_examples: Optional[int] = None,
   seed: int = 0,
   data_dir: Optional[str] = None,
+  vocabulary_model: Optional[str] = None,
   partitioner: Optional[partitioning.Partitioner] = None,
 ) -> dict[int, dict[str, dict[str, float]]]:
   """Evaluates the chosen checkpoints; returns {step: {task: {metric: value}}} for every step in results.json.
 
   Each step's entry also holds '_seconds', the time its evaluation took. The
   task or mixture must be registered (`import t5lite_tasks`, or the module
-  that registers it).
+  that registers it). `vocabulary_model` (macro VOCABULARY_MODEL, which a
+  run's config.gin carries): the SentencePiece model the default vocabulary
+  uses, as in `train.train` (see `vocab.use_model_file`); None: the default.
 
   Raises:
-    FileNotFoundError: no checkpoint under `checkpoint_path`.
+    FileNotFoundError: no checkpoint under `checkpoint_path`, no VOCABULARY_MODEL file.
     ValueError: a CHECKPOINT_STEPS step that is not there, a decoding setting
-      out of range (named by its gin macro), an unknown task or split.
+      out of range (named by its gin macro), an unknown task or split, a
+      VOCABULARY_MODEL that is not a T5 SentencePiece model.
   """
+  from t5lite.data import vocab  # pylint: disable=g-import-not-at-top
+
+  vocab.use_model_file(vocabulary_model)  # before any task vocabulary is used
   if data_dir:
     from t5lite.data import data_dirs  # pylint: disable=g-import-not-at-top
 

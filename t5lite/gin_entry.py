@@ -58,6 +58,11 @@ COMMANDS = {
 }
 # The package whose import registers the built-in seqio tasks and mixtures.
 TASK_PACKAGE = "t5lite_tasks"
+# Macros that runs/eval.gin and runs/infer.gin read from the file before them (a run's
+# config.gin), with the value they take when that file does not set them: a model file, or a
+# config.gin written before the macro existed. gin has no default for a macro that a later
+# file must not override, so configure_gin supplies these.
+OPTIONAL_MACROS = {"VOCABULARY_MODEL": None}
 
 
 def import_task_modules() -> None:
@@ -167,6 +172,7 @@ def configure_gin(
       _parse_one(gin.parse_config_file, path, path, gin_dirs)
     for binding in bindings:
       _parse_one(gin.parse_config, binding, f"the binding {binding!r}", gin_dirs)
+    _set_optional_macros()
     _check_macros(bindings, required, run_file)
     try:
       gin.finalize()
@@ -335,6 +341,14 @@ def _check_macros(bindings: Sequence[str], required: Sequence[str], run_file: st
       raise ValueError(
         f"no gin file uses the required macro {name}: include the run file (--gin_file={run_file}), after a model file"
       )
+
+
+def _set_optional_macros() -> None:
+  """Sets each OPTIONAL_MACROS macro that the parsed config reads but nothing sets to its default."""
+  defined, read = _macros()
+  for name, value in OPTIONAL_MACROS.items():
+    if name in read and name not in defined:
+      gin.parse_config(f"{name} = {value!r}")
 
 
 def _required_problem(message: str) -> Optional[str]:

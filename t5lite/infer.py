@@ -200,6 +200,7 @@ def infer(
   max_examples: Optional[int] = None,
   checkpoint_step: Optional[int] = None,
   data_dir: Optional[str] = None,
+  vocabulary_model: Optional[str] = None,
   partitioner: Optional[partitioning.Partitioner] = None,
 ) -> dict[str, Any]:
   """Writes this process's share of predictions/scores; returns a summary.
@@ -208,12 +209,16 @@ def infer(
   read and encoded whole before anything is decoded or written; errors name
   the gin setting (INFER_BATCH_SIZE, BEAM_SIZE, ...) or the file and line.
   The task or mixture must be registered (`import t5lite_tasks`, or the
-  module that registers it).
+  module that registers it). `vocabulary_model` (macro VOCABULARY_MODEL,
+  which a run's config.gin carries): the SentencePiece model the default
+  vocabulary uses, as in `train.train` (see `vocab.use_model_file`); None:
+  the default.
 
   Raises:
     ValueError: an unknown mode or method, a number of the wrong type or range
-      (a bool, NaN, infinity, BEAM_SIZE=0, TOP_P=2, ...), a bad input line.
-    FileNotFoundError: no input file, no checkpoint.
+      (a bool, NaN, infinity, BEAM_SIZE=0, TOP_P=2, ...), a bad input line,
+      a VOCABULARY_MODEL that is not a T5 SentencePiece model.
+    FileNotFoundError: no input file, no checkpoint, no VOCABULARY_MODEL file.
   """
   if mode not in MODES:
     raise ValueError(f"INFER_MODE={mode!r}; valid modes are {MODES}")
@@ -241,6 +246,9 @@ def infer(
     examples = read_input_file(input_file, mode)
     if max_examples is not None:
       examples = examples[:max_examples]
+  from t5lite.data import vocab  # pylint: disable=g-import-not-at-top
+
+  vocab.use_model_file(vocabulary_model)  # before any task vocabulary is used
   if data_dir:
     from t5lite.data import data_dirs  # pylint: disable=g-import-not-at-top
 

@@ -470,18 +470,23 @@ class Predictor:
 # A run directory -> Predictor (gin at the edge).
 # ----------------------------------------------------------------------------
 def run_config(
-  model: BaseModel, mixture_or_task_name: Optional[str] = None, task_feature_lengths: Optional[Mapping[str, int]] = None
+  model: BaseModel,
+  mixture_or_task_name: Optional[str] = None,
+  task_feature_lengths: Optional[Mapping[str, int]] = None,
+  vocabulary_model: Optional[str] = None,
 ) -> dict:
   """What `load` reads from a run's config.gin (bound to %MODEL etc. there)."""
   return {
     "model": model,
     "mixture_or_task_name": mixture_or_task_name,
     "task_feature_lengths": dict(task_feature_lengths or {}),
+    "vocabulary_model": vocabulary_model,
   }
 
 
 def read_run_config(run_dir: str) -> dict:
-  """Model, task and lengths of a run, from RUN_DIR/config.gin (clears gin's config)."""
+  """Model, task, lengths and VOCABULARY_MODEL (None where config.gin has none) of a run,
+  from RUN_DIR/config.gin (clears gin's config)."""
   import gin  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(run_dir, "config.gin")
@@ -496,6 +501,12 @@ def read_run_config(run_dir: str) -> dict:
     "inference.run_config.mixture_or_task_name = %MIXTURE_OR_TASK_NAME\n"
     "inference.run_config.task_feature_lengths = %TASK_FEATURE_LENGTHS\n"
   )
+  try:
+    gin.query_parameter("%VOCABULARY_MODEL")
+  except ValueError:  # a config.gin written before VOCABULARY_MODEL existed
+    pass
+  else:
+    gin.parse_config("inference.run_config.vocabulary_model = %VOCABULARY_MODEL")
   return gin.get_configurable(run_config)()
 
 
@@ -528,12 +539,28 @@ def load(
   **kwargs,
 ) -> Predictor:
   """A Predictor for a training run directory: its model (config.gin), its
-  latest (or `step`'s) checkpoint and its task's vocabulary and lengths."""
+  latest (or `step`'s) checkpoint and its task's vocabulary and lengths.
+
+  A run trained with VOCABULARY_MODEL (in its config.gin) whose task uses
+  the default vocabulary gets a vocabulary of that SentencePiece file, fixed
+  to it (the process-wide `vocab.use_model_file` setting is left as it is).
+
+  Raises:
+    FileNotFoundError: no config.gin or checkpoint in `run_dir`, the run's
+      VOCABULARY_MODEL file is gone.
+    ValueError: a bad `batch_size` or `step`, a checkpoint of another model
+      shape, a VOCABULARY_MODEL that is not a T5 SentencePiece model."""
   batch_size = checks.check_int("batch_size", batch_size, minimum=1)
   step = checks.check_int("step", step, minimum=0, allow_none=True, hint=" (None: the latest checkpoint)")
   cfg = read_run_config(run_dir)
   if vocabulary is None and cfg["mixture_or_task_name"]:
     vocabulary = task_vocabulary(cfg["mixture_or_task_name"])
+    from t5lite.data import vocab  # pylint: disable=g-import-not-at-top
+
+    if cfg["vocabulary_model"] is not None and vocab.is_default_vocabulary(vocabulary):
+      model_file = os.path.abspath(os.path.expanduser(str(cfg["vocabulary_model"])))
+      vocab.check_model_file(model_file, what="VOCABULARY_MODEL")
+      vocabulary = vocab.sentencepiece_vocabulary(model_file, extra_ids=vocabulary.extra_ids)
   lengths = cfg["task_feature_lengths"]
   kwargs.setdefault("options", DecodeOptions(max_decode_len=lengths.get("targets", 64)))
   if cfg["mixture_or_task_name"] and "add_eos_to_inputs" not in kwargs:

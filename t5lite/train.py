@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import jax
 import optax
 
-from t5lite import evaluation, partitioning, runtime, train_state
+from t5lite import checkpointing, evaluation, partitioning, runtime, train_state
 from t5lite import trainer as trainer_lib
 from t5lite.models.model import BaseModel
 from t5lite.optim import adafactor, schedules
@@ -28,7 +28,7 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
 
   Both read one stream for all processes and keep this process's rows of each
   global batch (`pipeline.host_batches`), so the batches do not depend on the
-  number of processes."""
+  number of processes. Also returns the targets vocabularies of its tasks."""
   from t5lite.data import data_dirs, pipeline, registration  # pylint: disable=g-import-not-at-top
 
   if data_dir:
@@ -62,8 +62,62 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
 
     return eval_batches
 
-  vocab_size = max(t.output_features["targets"].vocabulary.vocab_size for t in getattr(task, "tasks", [task]))
-  return train_batches, eval_batches_factory, vocab_size
+  vocabularies = [t.output_features["targets"].vocabulary for t in getattr(task, "tasks", [task])]
+  return train_batches, eval_batches_factory, vocabularies
+
+
+def check_vocabulary_size(
+  vocab_size: int,
+  vocab_source: str,
+  mixture_or_task_name: str,
+  model_dir: str,
+  initial_checkpoint_path: Optional[str] = None,
+) -> None:
+  """Refuses a checkpoint this run would start from whose task vocabulary had another number of ids.
+
+  The checkpoint is MODEL_DIR's newest one with a readable meta when there is
+  one (a resume), else INITIAL_CHECKPOINT_PATH's. Its meta's
+  `vocabulary_size` (written by the trainer, and by the Hugging Face
+  converter: 32,100 for T5's spiece.model) must equal `vocab_size`, the
+  number of ids of this run's task vocabulary (`vocab_source` says where it
+  comes from). A checkpoint without the key (older runs, a Hugging Face
+  directory) is not checked: its embedding rows are all the check has, and
+  `train` compares those with the task already.
+
+  Raises:
+    ValueError: the sizes differ; the message gives both, where each comes
+      from, and how to choose (VOCABULARY_MODEL, or another task).
+  """
+  ckpt_dir = os.path.join(model_dir, "checkpoints")
+  found = None
+  for step, _ in reversed(checkpointing.list_checkpoints(ckpt_dir)):
+    try:
+      found = ("MODEL_DIR", ckpt_dir, checkpointing.read_checkpoint_meta(ckpt_dir, "MODEL_DIR", step=step))
+      break
+    except checkpointing.DamagedCheckpointError:
+      continue  # the trainer reports a damaged step and falls back to an older one
+  if found is None and initial_checkpoint_path:
+    meta = checkpointing.read_checkpoint_meta(initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
+    found = ("INITIAL_CHECKPOINT_PATH", initial_checkpoint_path, meta)
+  if found is None or found[2].get("vocabulary_size") is None:
+    return
+  setting, path, meta = found
+  saved = int(meta["vocabulary_size"])
+  if saved == vocab_size:
+    return
+  ours = f"this run's task {mixture_or_task_name!r} has a vocabulary of {vocab_size} ids ({vocab_source})"
+  theirs = f"{setting}={path!r} (step {meta.get('step', '?')}) was trained with a vocabulary of {saved} ids"
+  if setting == "MODEL_DIR":
+    fix = (
+      "Nothing was overwritten; resume with the vocabulary the run was started with (its VOCABULARY_MODEL is "
+      "in MODEL_DIR/config.gin), or use a new MODEL_DIR."
+    )
+  else:
+    fix = (
+      "Set VOCABULARY_MODEL to the SentencePiece model the checkpoint was trained with (for a converted Hugging "
+      f"Face checkpoint, the spiece.model of its directory), or choose a task whose vocabulary has {saved} ids."
+    )
+  raise ValueError(f"{theirs} (vocabulary_size in its checkpoint meta), but {ours}. {fix}")
 
 
 def data_spec(
@@ -118,6 +172,7 @@ def train(
   infer_eval_every: int = 0,
   infer_eval_examples: Optional[int] = None,
   compilation_cache_dir: Optional[str] = None,
+  vocabulary_model: Optional[str] = None,
   on_start: Optional[Callable[[str, int], Any]] = None,
 ) -> dict[str, float]:
   """Trains `model` on a seqio task or mixture; returns the last train metrics.
@@ -135,6 +190,14 @@ def train(
   summaries ('infer_eval') and MODEL_DIR/infer_eval, and are returned among
   the metrics as 'infer_eval/{task}/{metric}'.
 
+  `vocabulary_model` (macro VOCABULARY_MODEL): a SentencePiece model file
+  that the tasks built on the default vocabulary (the built-in ones) use for
+  this run, e.g. the spiece.model of a Hugging Face T5 checkpoint (see
+  `vocab.use_model_file`); None: the default vocabulary. The number of ids of
+  the task's vocabulary goes into each checkpoint's meta, and a run that
+  starts from (INITIAL_CHECKPOINT_PATH) or resumes a checkpoint whose meta
+  gives another number is refused before any step (`check_vocabulary_size`).
+
   `on_start(model_dir, start_step)` runs once the run has restored (or
   created) its state and checked it, before the first step; `t5lite train`
   passes `gin_entry.write_config`, which records the run's gin config there,
@@ -146,10 +209,14 @@ def train(
   Raises:
     ValueError: a setting out of range or of the wrong type (named by its gin
       macro), an unknown task, a model vocabulary smaller than the task's, a
-      checkpoint in MODEL_DIR that does not fit this run.
+      checkpoint in MODEL_DIR that does not fit this run, a VOCABULARY_MODEL
+      that is not a T5 SentencePiece model, a checkpoint trained with another
+      vocabulary size.
+    FileNotFoundError: VOCABULARY_MODEL names no file.
     FloatingPointError: the loss became NaN (the last good checkpoint is kept).
   """
   from t5lite import checks  # pylint: disable=g-import-not-at-top
+  from t5lite.data import vocab  # pylint: disable=g-import-not-at-top
 
   # Settings nothing below checks before work starts (TrainerConfig, the partitioner and the model check theirs).
   if not isinstance(model_dir, (str, os.PathLike)) or not str(model_dir).strip():
@@ -161,6 +228,7 @@ def train(
   checks.check_int("INFER_EVAL_EXAMPLES", infer_eval_examples, minimum=1, allow_none=True, hint=" (None: all)")
   train_state.make_optimizer(optimizer, learning_rate or 1.0, None)  # its hyper-parameters, before any data
   learning_rate = learning_rate or schedules.rsqrt(1.0, 10000)
+  vocab.use_model_file(vocabulary_model)  # before any task vocabulary is used
   runtime.setup_compilation_cache(compilation_cache_dir)
   config = trainer_lib.TrainerConfig(
     train_steps=train_steps,
@@ -176,7 +244,7 @@ def train(
     async_checkpointing=async_checkpointing,
     progress=progress,
   )
-  train_batches, eval_factory, vocab_size = _data(
+  train_batches, eval_factory, vocabularies = _data(
     mixture_or_task_name,
     task_feature_lengths,
     batch_size,
@@ -186,11 +254,20 @@ def train(
     data_dir,
     shuffle,
   )
+  largest = max(vocabularies, key=lambda v: v.vocab_size)
+  vocab_size, vocab_source = largest.vocab_size, vocab.describe_vocabulary(largest)
+  if vocabulary_model is not None and not any(vocab.is_default_vocabulary(v) for v in vocabularies):
+    print(
+      f"warning: VOCABULARY_MODEL={vocabulary_model!r} does not apply to {mixture_or_task_name!r}: its tasks "
+      "have vocabularies of their own (only tasks built on the default vocabulary follow it).",
+      file=sys.stderr,
+    )
   if model.config.vocab_size < vocab_size:
     raise ValueError(
       f"The model's vocab_size={model.config.vocab_size} is smaller than the vocabulary of "
       f"{mixture_or_task_name!r} ({vocab_size} ids); set the model's vocab_size >= {vocab_size}."
     )
+  check_vocabulary_size(vocab_size, vocab_source, mixture_or_task_name, model_dir, initial_checkpoint_path)
   trainer = trainer_lib.Trainer(
     model,
     optimizer,
@@ -200,6 +277,7 @@ def train(
     initial_checkpoint_path=initial_checkpoint_path,
     partitioner=partitioner,
     data_spec=data_spec(mixture_or_task_name, task_feature_lengths, model.feature_converter_cls, pack, shuffle, seed),
+    vocabulary_size=vocab_size,
   )
   try:
     eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None

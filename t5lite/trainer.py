@@ -145,9 +145,12 @@ class Trainer:
 
   `state_init` (a train_state.TrainStateInitializer) holds the state's layout
   and makes the state; `abstract_params` / `abstract_opt_state` are its
-  sharded ShapeDtypeStructs. Raises ValueError at construction for a batch
-  size the mesh does not divide, or a MODEL_DIR holding a checkpoint of
-  another model or data stream (nothing is written then)."""
+  sharded ShapeDtypeStructs. `vocabulary_size` (the number of ids of the
+  task's vocabulary, as `train.train` computes it) goes into every
+  checkpoint's meta, where `checkpointing.read_checkpoint_meta` finds it for
+  the next run that starts from or resumes the checkpoint. Raises ValueError
+  at construction for a batch size the mesh does not divide, or a MODEL_DIR
+  holding a checkpoint of another model or data stream (nothing is written then)."""
 
   def __init__(
     self,
@@ -159,8 +162,10 @@ class Trainer:
     initial_checkpoint_path: Optional[str] = None,
     partitioner: Optional[partitioning.Partitioner] = None,
     data_spec: Optional[Mapping[str, Any]] = None,
+    vocabulary_size: Optional[int] = None,
   ):
     self.model = model
+    self.vocabulary_size = vocabulary_size
     self.config = config
     self.model_dir = os.path.abspath(model_dir)
     self.learning_rate = learning_rate
@@ -273,6 +278,8 @@ class Trainer:
   def save(self, state: TrainState, rows_consumed: int) -> None:
     """Saves the state and the data position (rows of the stream consumed)."""
     meta = dict(self.data.position_meta(rows_consumed), model=type(self.model).__name__)
+    if self.vocabulary_size is not None:
+      meta["vocabulary_size"] = int(self.vocabulary_size)
     self.checkpointer.save(int(state.step), state.params, state.opt_state, meta)
 
   # ---- loop ----------------------------------------------------------------

@@ -6,6 +6,11 @@ down from the end of the vocabulary). What is ours: the T5 id layout enforced at
 training time (pad=0, eos=1, unk=2, no bos), the UL2 mode tokens as user-defined
 pieces, early validation with clear errors, and the default `pydocs` vocabulary
 that is trained once, on first use, from the embedded corpus and then reused.
+
+The default vocabulary (the one the built-in tasks use) reads its model file
+from, in order: the process-wide setting `use_model_file(path)` (the gin macro
+VOCABULARY_MODEL, e.g. the `spiece.model` of a Hugging Face T5 directory),
+`$T5LITE_SPM_MODEL`, or the pydocs model in the data directory.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ DEFAULT_VOCAB_REVISION = 2
 # Environment variable naming a SentencePiece model to use instead of the
 # default pydocs one (for example T5's public cc_all.32000 model copied locally).
 VOCAB_ENV = "T5LITE_SPM_MODEL"
+# The gin macro that sets use_model_file in train / eval / infer.
+MODEL_FILE_SETTING = "VOCABULARY_MODEL"
+# use_model_file's path (absolute), or None: process-wide, read at each use of the default vocabulary.
+_model_file: Optional[str] = None
 
 
 def _sentences(texts: Iterable[str], max_chars: int = 4000) -> Iterator[str]:
@@ -168,25 +177,82 @@ def texts_from_source(source, split: str = "train", text_key: str = "text") -> I
     yield ex[text_key].decode("utf-8")
 
 
-def check_model_file(path: str) -> None:
-  """Raises a clear error when a SentencePiece model is missing or not T5-shaped."""
+def check_model_file(path: str, what: Optional[str] = None) -> None:
+  """Raises a clear error when a SentencePiece model is missing or not T5-shaped.
+
+  T5 models need pad=0, eos=1, unk=2 (what `train_sentencepiece` and T5's own
+  `spiece.model` give). `what` names the setting the path came from (e.g.
+  'VOCABULARY_MODEL'); the messages then start with it and say how to fix it.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    ValueError: not a SentencePiece model, or other pad/eos/unk ids than T5's.
+  """
+  where = f"{what}={path!r}: " if what else ""
   if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"SentencePiece model {path!r} does not exist. Train one with "
-      "`t5lite vocab train --files 'corpus/*.txt' --output PATH`, or leave "
+    fix = (
+      f"set {what} to a SentencePiece .model file (e.g. the spiece.model of a Hugging Face T5 directory), "
+      "or to None for the default vocabulary."
+      if what
+      else f"Train one with `t5lite vocab train --files 'corpus/*.txt' --output PATH`, or leave "
       f"{VOCAB_ENV} unset to use the default pydocs vocabulary."
     )
+    raise FileNotFoundError(f"{where}SentencePiece model {path!r} does not exist. {fix}")
   proc = spm.SentencePieceProcessor()
   try:
     proc.Load(path)
   except (OSError, RuntimeError) as e:
-    raise ValueError(f"{path!r} is not a SentencePiece model: {e}") from e
+    raise ValueError(f"{where}{path!r} is not a SentencePiece model: {e}") from e
   ids = (proc.pad_id(), proc.eos_id(), proc.unk_id())
   if ids != (PAD_ID, EOS_ID, UNK_ID):
     raise ValueError(
-      f"SentencePiece model {path!r} has pad/eos/unk ids {ids}; T5 models need "
+      f"{where}SentencePiece model {path!r} has pad/eos/unk ids {ids}; T5 models need "
       f"{(PAD_ID, EOS_ID, UNK_ID)}. Retrain it with `t5lite vocab train`."
     )
+
+
+def use_model_file(path: Optional[str], what: str = MODEL_FILE_SETTING) -> Optional[str]:
+  """Makes `path` the SentencePiece model of the default vocabulary in this process.
+
+  Every task built on `default_vocabulary()` (the built-in ones) then encodes
+  with it, from its next use on, ahead of `$T5LITE_SPM_MODEL` and the pydocs
+  model; tasks with another vocabulary are unaffected. The vocabulary gets
+  seqio's 100 extra ids on top of the model's pieces, so T5's `spiece.model`
+  (32,000 pieces) gives 32,100 ids with `<extra_id_0>` = 32099, as the
+  published T5 checkpoints expect. None goes back to the default.
+  `train.train`, `eval.evaluate` and `infer.infer` call it with their
+  `vocabulary_model` (the gin macro VOCABULARY_MODEL).
+
+  Args:
+    path: a SentencePiece `.model` file with T5's pad/eos/unk ids 0/1/2, or None.
+    what: the setting `path` came from, for error messages.
+
+  Returns:
+    The setting before this call (an absolute path, or None).
+
+  Raises:
+    FileNotFoundError: no file at `path` (nothing is changed).
+    ValueError: `path` is not a string, not a SentencePiece model, or has
+      other special ids (nothing is changed).
+  """
+  global _model_file
+  previous = _model_file
+  if path is None:
+    _model_file = None
+    return previous
+  if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+    raise ValueError(
+      f"{what}={path!r} is not valid: give the path of a SentencePiece .model file, or None for the default vocabulary."
+    )
+  full = os.path.abspath(os.path.expanduser(str(path)))
+  check_model_file(full, what)
+  _model_file = full
+  return previous
+
+
+def model_file_setting() -> Optional[str]:
+  """The path `use_model_file` set in this process (absolute), or None."""
+  return _model_file
 
 
 def _seqio():
@@ -211,7 +277,9 @@ def byte_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS):
 
 
 def default_vocab_path(data_dir: Optional[str] = None) -> str:
-  """Where the default pydocs vocabulary lives (or `$T5LITE_SPM_MODEL`)."""
+  """The default vocabulary's model file: `use_model_file`'s, `$T5LITE_SPM_MODEL`, or the pydocs one."""
+  if _model_file:
+    return _model_file
   if os.environ.get(VOCAB_ENV):
     return os.environ[VOCAB_ENV]
   from t5lite.data import data_dirs, pydocs  # pylint: disable=g-import-not-at-top
@@ -224,7 +292,7 @@ def default_vocab_path(data_dir: Optional[str] = None) -> str:
 def ensure_default_vocab(data_dir: Optional[str] = None) -> str:
   """Trains the default vocabulary on the pydocs train split once; returns its path."""
   path = default_vocab_path(data_dir)
-  if os.path.exists(path) or os.environ.get(VOCAB_ENV):
+  if _model_file or os.environ.get(VOCAB_ENV) or os.path.exists(path):
     return path
   from t5lite.data import locking, sources  # pylint: disable=g-import-not-at-top
 
@@ -282,6 +350,26 @@ def default_vocabulary(extra_ids: int = DEFAULT_EXTRA_IDS):
   if _LAZY_CLASS is None:
     _LAZY_CLASS = _make_lazy_class()
   return _LAZY_CLASS(extra_ids=extra_ids)
+
+
+def is_default_vocabulary(vocabulary) -> bool:
+  """Whether `vocabulary` is a `default_vocabulary()` (one that follows `use_model_file`)."""
+  return _LAZY_CLASS is not None and isinstance(vocabulary, _LAZY_CLASS)
+
+
+def describe_vocabulary(vocabulary) -> str:
+  """Where a task's vocabulary comes from, for messages: the setting and file of a
+  default vocabulary, the model file of another SentencePiece one, else its class."""
+  if is_default_vocabulary(vocabulary):
+    if _model_file:
+      return f"{MODEL_FILE_SETTING}={_model_file!r}"
+    if os.environ.get(VOCAB_ENV):
+      return f"${VOCAB_ENV}={os.environ[VOCAB_ENV]!r} ({MODEL_FILE_SETTING} is None)"
+    return f"the default pydocs vocabulary {default_vocab_path()!r} ({MODEL_FILE_SETTING} is None)"
+  model_file = getattr(vocabulary, "sentencepiece_model_file", None)
+  if model_file:
+    return f"the task's own SentencePiece model {model_file!r} ({MODEL_FILE_SETTING} does not apply to it)"
+  return f"the task's own {type(vocabulary).__name__} ({MODEL_FILE_SETTING} does not apply to it)"
 
 
 def mode_token_id(vocabulary, token: str) -> int:
