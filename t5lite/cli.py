@@ -90,7 +90,9 @@ def _data_preview(args) -> int:
     from t5lite.data import data_dirs  # pylint: disable=g-import-not-at-top
 
     data_dirs.set_data_dir(args.data_dir)
-  from t5lite.data import preview, registration  # pylint: disable=g-import-not-at-top
+  from t5lite.data import preview, registration, vocab  # pylint: disable=g-import-not-at-top
+
+  vocab.use_model_file(args.vocabulary_model, what="--vocabulary_model")
 
   gin_entry.import_task_modules()
   wanted = dict(PREVIEW_TASKS)
@@ -187,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
   prev.add_argument("--examples", type=int, default=2)
   prev.add_argument("--split", default="validation")
   prev.add_argument("--data_dir", default=None)
+  prev.add_argument(
+    "--vocabulary_model",
+    default=None,
+    help="a SentencePiece .model file (pad/eos/unk 0/1/2) used by the tasks built on the default "
+    "vocabulary, e.g. a Hugging Face T5 directory's spiece.model (what VOCABULARY_MODEL does in training)",
+  )
   prev.set_defaults(fn=_data_preview)
 
   conv_p = sub.add_parser("convert", help="Hugging Face checkpoints in and out").add_subparsers(

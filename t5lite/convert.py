@@ -52,7 +52,6 @@ _ARCH_FIELDS = (
   "logits_via_embedding",
   "scale_tied_logits",
 )
-SENTINELS = 100  # seqio's extra_ids, as T5's tokenizer adds them
 
 
 def check_output_dir(output: str, what: str = "--output") -> str:
@@ -115,15 +114,6 @@ def model_gin(config: Any, source: str = "") -> str:
   return "\n".join(lines) + "\n"
 
 
-def vocabulary_size(spiece_path: str) -> int:
-  """Ids of the seqio vocabulary of a SentencePiece model: its pieces plus T5's 100 sentinels."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-
-  proc = spm.SentencePieceProcessor()
-  proc.Load(spiece_path)
-  return proc.GetPieceSize() + SENTINELS
-
-
 def _save_checkpoint(run_dir: str, params: Any, meta: Mapping[str, Any]) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
@@ -166,7 +156,7 @@ def from_hf(
     params = weights.import_params(checkpoint, config, abstract_params(model))
     bytes_read = checkpoint.bytes_read
   spiece = os.path.join(hf_dir, files.SPIECE)
-  vocab_size = vocabulary_size(spiece) if os.path.isfile(spiece) else None
+  vocab_size = files.spiece_vocabulary_size(hf_dir)
   if isinstance(config, t5.T5Config):
     lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 128})
   else:

@@ -19,6 +19,7 @@ import optax
 
 from t5lite import checkpointing, evaluation, partitioning, runtime, train_state
 from t5lite import trainer as trainer_lib
+from t5lite.hf import files as hf_files
 from t5lite.models.model import BaseModel
 from t5lite.optim import adafactor, schedules
 
@@ -80,8 +81,9 @@ def check_vocabulary_size(
   `vocabulary_size` (written by the trainer, and by the Hugging Face
   converter: 32,100 for T5's spiece.model) must equal `vocab_size`, the
   number of ids of this run's task vocabulary (`vocab_source` says where it
-  comes from). A checkpoint without the key (older runs, a Hugging Face
-  directory) is not checked: its embedding rows are all the check has, and
+  comes from); a Hugging Face directory's is that of its spiece.model. A
+  checkpoint without the key (older runs, a Hugging Face directory without
+  spiece.model) is not checked: its embedding rows are all the check has, and
   `train` compares those with the task already.
 
   Raises:
@@ -98,6 +100,8 @@ def check_vocabulary_size(
       continue  # the trainer reports a damaged step and falls back to an older one
   if found is None and initial_checkpoint_path:
     meta = checkpointing.read_checkpoint_meta(initial_checkpoint_path, "INITIAL_CHECKPOINT_PATH")
+    if not meta and hf_files.is_hf_dir(initial_checkpoint_path):  # its spiece.model, when it ships one
+      meta = {"step": 0, "vocabulary_size": hf_files.spiece_vocabulary_size(initial_checkpoint_path)}
     found = ("INITIAL_CHECKPOINT_PATH", initial_checkpoint_path, meta)
   if found is None or found[2].get("vocabulary_size") is None:
     return

@@ -56,3 +56,42 @@ def test_argparse_errors_keep_its_exit_code(capsys):
     cli.main(["vocab", "train", "--output", "x.model", "--vocab_size", "many"])
   assert e.value.code == 2
   assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_data_preview_vocabulary_model(tmp_path, capsys):
+  from t5lite.data import vocab
+  from tests.data.conftest import TOPIC_TEXTS
+
+  path = vocab.train_sentencepiece(TOPIC_TEXTS, str(tmp_path / "s.model"), vocab_size=300, byte_fallback=False)
+  try:
+    argv = ["data", "preview", "--tasks", "synthetic_reverse", "--examples", "1", "--vocabulary_model", path]
+    assert cli.main(argv) == 0
+    assert vocab.model_file_setting() == path
+    assert "<extra_id_" not in capsys.readouterr().out  # the text round-trips through the given model
+    missing = str(tmp_path / "nope.model")
+    assert cli.main(["data", "preview", "--tasks", "synthetic_reverse", "--vocabulary_model", missing]) == 2
+    assert f"--vocabulary_model={missing!r}" in capsys.readouterr().err
+  finally:
+    vocab.use_model_file(None)
+
+
+def test_convert_from_hf_then_to_hf(tmp_path, capsys):
+  """`t5lite convert` both ways on the command line; the exported tensors are the imported ones."""
+  import numpy as np
+  from safetensors.numpy import load_file
+
+  from tests.hf import hf_models
+
+  hf_dir = hf_models.save(hf_models.t5_model("original", seed=12), tmp_path / "hf")
+  out = str(tmp_path / "converted")
+  assert cli.main(["convert", "from-hf", "--hf_dir", hf_dir, "--output", out, "--dtype", "bfloat16"]) == 0
+  printed = capsys.readouterr().out
+  assert f"wrote {out} (t5" in printed and "model.gin" in printed
+  assert "dtype = 'bfloat16'" in open(f"{out}/model.gin").read()
+  back = str(tmp_path / "back")
+  assert cli.main(["convert", "to-hf", "--checkpoint", f"{out}/checkpoints/0", "--output", back]) == 0
+  original, exported = load_file(f"{hf_dir}/model.safetensors"), load_file(f"{back}/model.safetensors")
+  assert sorted(original) == sorted(exported)
+  assert all(np.array_equal(original[k], exported[k]) for k in original)
+  assert cli.main(["convert", "to-hf", "--checkpoint", out, "--output", back]) == 2
+  assert "exists and is not empty" in capsys.readouterr().err

@@ -56,6 +56,22 @@ def read_config(hf_dir: str) -> dict[str, Any]:
   return config
 
 
+SENTINELS = 100  # seqio's extra_ids, which T5's tokenizer adds to spiece.model's pieces
+
+
+def spiece_vocabulary_size(hf_dir: str) -> Optional[int]:
+  """Ids of the seqio vocabulary of the directory's spiece.model (its pieces plus T5's 100 sentinels: 32,100
+  for T5's 32,000 pieces), or None when there is none."""
+  path = os.path.join(str(hf_dir), SPIECE)
+  if not os.path.isfile(path):
+    return None
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
+  proc = spm.SentencePieceProcessor()
+  proc.Load(path)
+  return proc.GetPieceSize() + SENTINELS
+
+
 class Checkpoint:
   """The safetensors weights of a Hugging Face directory: names, shapes, and slices of tensors.
 
@@ -152,7 +168,7 @@ def write(
   cast = {None: np.float32, "float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
   if dtype not in cast:
     raise ValueError(f"dtype={dtype!r}; valid: None, 'float32', 'bfloat16', 'float16'")
-  arrays = {k: np.ascontiguousarray(np.asarray(v).astype(cast[dtype])) for k, v in tensors.items()}
+  arrays = {k: np.ascontiguousarray(np.asarray(v).astype(cast[dtype], copy=False)) for k, v in tensors.items()}
   save_file(arrays, os.path.join(out_dir, WEIGHTS), metadata={"format": "pt"})
   config = dict(config, dtype=dtype or "float32")
   with open(os.path.join(out_dir, CONFIG), "w", encoding="utf-8") as f:
