@@ -130,6 +130,13 @@ def _convert_from_hf(args) -> int:
     lengths = {k: v for k, v in (("inputs", args.inputs_length), ("targets", args.targets_length)) if v}
     checks.check_lengths("--inputs_length/--targets_length", lengths)
   result = convert.from_hf(args.hf_dir, args.output, overrides=_overrides(args), task_feature_lengths=lengths)
+  for warning in result["warnings"]:
+    print(f"t5lite convert from-hf: warning: {warning}", file=sys.stderr)
+  if result["family"] == "t5" and args.dtype == "float16":
+    print(
+      "t5lite convert from-hf: warning: T5 activations overflow float16 (flan-T5 especially); bfloat16 is safe",
+      file=sys.stderr,
+    )
   vocab = result["vocabulary_size"]
   print(f"wrote {result['output']} ({result['family']}, {result['seconds']:.1f} s)")
   print(f"  fine-tune: include {result['output']}/model.gin and set INITIAL_CHECKPOINT_PATH = '{result['output']}'")
@@ -205,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
   from_hf.add_argument("--output", required=True, help="new directory to write (refused if it exists and is not empty)")
   from_hf.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="activation dtype")
   from_hf.add_argument("--scan_layers", action="store_true", help="store the layer stacks scanned (nn.scan)")
-  from_hf.add_argument("--remat_policy", default=None)
-  from_hf.add_argument("--attention", default=None)
+  from_hf.add_argument("--remat_policy", default=None, help="none, full, dots_saveable or minimal (model.gin)")
+  from_hf.add_argument("--attention", default=None, help="attention implementation for model.gin (default 'auto')")
   from_hf.add_argument("--dropout_rate", type=float, default=None, help="default: the checkpoint's config.json")
   from_hf.add_argument("--inputs_length", type=int, default=None, help="TASK_FEATURE_LENGTHS for config.gin")
   from_hf.add_argument("--targets_length", type=int, default=None)
@@ -215,7 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
   to_hf.add_argument("--checkpoint", required=True, help="a run directory, its checkpoints/ or a step directory")
   to_hf.add_argument("--output", required=True, help="new directory to write (refused if it exists and is not empty)")
   to_hf.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
-  to_hf.add_argument("--model_type", default=None, choices=["t5", "mt5", "gpt2"])
+  to_hf.add_argument(
+    "--model_type",
+    default=None,
+    choices=["t5", "mt5", "gpt2"],
+    help="T5 models: t5 or mt5 (default: what a from-hf directory came from, else t5); decoder-only: gpt2",
+  )
   to_hf.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="tensor dtype")
   to_hf.set_defaults(fn=_convert_to_hf)
   return parser

@@ -56,7 +56,7 @@ _ARCH_FIELDS = (
 
 def check_output_dir(output: str, what: str = "--output") -> str:
   """The absolute output path; raises FileExistsError when it exists and is not an empty directory."""
-  output = os.path.abspath(os.fspath(output))
+  output = os.path.abspath(os.path.expanduser(os.fspath(output)))
   if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
     raise FileExistsError(f"{what} {output!r} exists and is not empty; choose a new directory (nothing is overwritten)")
   return output
@@ -135,7 +135,8 @@ def from_hf(
 
   overrides: t5lite config fields on top of the converted ones (dtype, scan_layers, dropout_rate, ...).
   task_feature_lengths: written into config.gin (default inputs 512 / targets 128 for T5, targets 512 else).
-  Returns {'output', 'family', 'config', 'vocabulary_size', 'seconds', 'bytes_read'}.
+  Returns {'output', 'family', 'config', 'vocabulary_size', 'seconds', 'bytes_read', 'warnings'} (warnings: a
+  spiece.model with more ids than the model has rows).
 
   Raises:
     FileNotFoundError: no config.json, no safetensors weights (a pytorch_model.bin is named with how to
@@ -147,6 +148,7 @@ def from_hf(
   """
   start = time.perf_counter()
   output = check_output_dir(output)
+  hf_dir = os.path.abspath(os.path.expanduser(os.fspath(hf_dir)))
   hf_config = files.read_config(hf_dir)
   family = configs.family(hf_config, where=os.path.join(hf_dir, files.CONFIG))
   with files.Checkpoint(hf_dir) as checkpoint:
@@ -157,6 +159,13 @@ def from_hf(
     bytes_read = checkpoint.bytes_read
   spiece = os.path.join(hf_dir, files.SPIECE)
   vocab_size = files.spiece_vocabulary_size(hf_dir)
+  warnings = []
+  if vocab_size is not None and vocab_size > config.vocab_size:
+    warnings.append(
+      f"{files.SPIECE} gives {vocab_size} ids (its pieces + {files.SENTINELS} sentinels) but the model has only "
+      f"{config.vocab_size} embedding rows: the vocabulary does not fit this checkpoint, and training with it "
+      "will be refused"
+    )
   if isinstance(config, t5.T5Config):
     lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 128})
   else:
@@ -175,7 +184,12 @@ def from_hf(
     gin_text = model_gin(config, f"Converted from {os.path.abspath(hf_dir)} by `t5lite convert from-hf`.")
     with open(os.path.join(staging, "model.gin"), "w", encoding="utf-8") as f:
       f.write(gin_text)
-    run_lines = [gin_text, "MIXTURE_OR_TASK_NAME = None", f"TASK_FEATURE_LENGTHS = {lengths!r}"]
+    run_lines = [
+      gin_text,
+      f"MODEL_DIR = {output!r}  # where `t5lite infer` / `eval` with this file find the checkpoint",
+      "MIXTURE_OR_TASK_NAME = None",
+      f"TASK_FEATURE_LENGTHS = {lengths!r}",
+    ]
     if vocab_size is not None:
       shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
       run_lines.append(f"VOCABULARY_MODEL = {os.path.join(output, files.SPIECE)!r}")
@@ -201,7 +215,38 @@ def from_hf(
     "vocabulary_size": vocab_size,
     "seconds": time.perf_counter() - start,
     "bytes_read": bytes_read,
+    "warnings": warnings,
   }
+
+
+# config.json keys a conversion carries back to Hugging Face: token ids and generation defaults, which t5lite's
+# config does not hold (the architecture comes from the t5lite config itself).
+_CARRIED = (
+  "bos_token_id",
+  "eos_token_id",
+  "pad_token_id",
+  "decoder_start_token_id",
+  "task_specific_params",
+  "n_ctx",
+)
+
+
+def _conversion_record(run_dir: str) -> dict[str, Any]:
+  """The source config.json of a `from-hf` directory (its conversion.json), or {}."""
+  path = os.path.join(run_dir, "conversion.json")
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return dict(json.load(f).get("hf_config") or {})
+
+
+def _carried_fields(source: Mapping[str, Any], family: str, config: Any) -> dict[str, Any]:
+  carried = {k: source[k] for k in _CARRIED if k in source}
+  if family == "gpt2":  # GPT-2's default token ids (50256) do not exist in a smaller vocabulary
+    for key in ("bos_token_id", "eos_token_id"):
+      if carried.get(key, 50256) is not None and carried.get(key, 50256) >= config.vocab_size:
+        carried[key] = None
+  return carried
 
 
 def _run_dir(checkpoint: str) -> str:
@@ -228,7 +273,10 @@ def to_hf(
   run's spiece.model when it has one).
 
   checkpoint: a run directory (or its checkpoints/ or a step directory); `step`: which (default the latest).
-  model_type: 't5' or 'mt5' for T5 models. dtype: None/'float32', 'bfloat16' or 'float16' for the file.
+  model_type: 't5' or 'mt5' for T5 models (default: the model_type a `from-hf` directory came from, else 't5').
+  dtype: None/'float32', 'bfloat16' or 'float16' for the file. Token ids and generation defaults of the
+  Hugging Face config a `from-hf` directory came from are carried back; the SentencePiece model goes along
+  (the run's spiece.model, else its VOCABULARY_MODEL).
   Returns {'output', 'family', 'step', 'seconds'}.
 
   Raises:
@@ -238,10 +286,15 @@ def to_hf(
   """
   start = time.perf_counter()
   output = check_output_dir(output)
+  checkpoint = os.path.expanduser(os.fspath(checkpoint))
   run_dir = _run_dir(checkpoint)
-  model = inference.read_run_config(run_dir)["model"]
+  run = inference.read_run_config(run_dir)
+  model = run["model"]
   family = configs.check_exportable(model.config)
-  hf_config = configs.from_t5lite(model.config, model_type)
+  source = _conversion_record(run_dir)
+  if model_type is None and source.get("model_type") in ("t5", "mt5"):
+    model_type = source["model_type"]
+  hf_config = {**_carried_fields(source, family, model.config), **configs.from_t5lite(model.config, model_type)}
   found_step, params_dir = checkpointing.resolve_checkpoint(checkpoint, step, what="--checkpoint")
   params = checkpointing.load_params(os.path.dirname(params_dir), abstract_params(model), what="--checkpoint")
   tensors = weights.export_tensors(model.config, jax.device_get(params))
@@ -249,6 +302,8 @@ def to_hf(
   try:
     files.write(staging, tensors, hf_config, dtype=dtype)
     spiece = os.path.join(run_dir, files.SPIECE)
+    if not os.path.isfile(spiece) and run.get("vocabulary_model"):
+      spiece = os.path.abspath(os.path.expanduser(str(run["vocabulary_model"])))
     if os.path.isfile(spiece):
       shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
     _publish(staging, output)

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import jax
 
 from t5lite import checks, evaluation, inference, partitioning
-from t5lite.models.model import BaseModel
+from t5lite.models.model import BaseModel, EncoderDecoderModel
 
 MODES = ("predict", "score")
 
@@ -209,7 +209,8 @@ def infer(
   read and encoded whole before anything is decoded or written; errors name
   the gin setting (INFER_BATCH_SIZE, BEAM_SIZE, ...) or the file and line.
   The task or mixture must be registered (`import t5lite_tasks`, or the
-  module that registers it). `vocabulary_model` (macro VOCABULARY_MODEL,
+  module that registers it); with no task (None: a converted checkpoint's
+  config.gin), an input file is decoded with VOCABULARY_MODEL's vocabulary. `vocabulary_model` (macro VOCABULARY_MODEL,
   which a run's config.gin carries): the SentencePiece model the default
   vocabulary uses, as in `train.train` (see `vocab.use_model_file`); None:
   the default.
@@ -217,7 +218,8 @@ def infer(
   Raises:
     ValueError: an unknown mode or method, a number of the wrong type or range
       (a bool, NaN, infinity, BEAM_SIZE=0, TOP_P=2, ...), a bad input line,
-      a VOCABULARY_MODEL that is not a T5 SentencePiece model.
+      a VOCABULARY_MODEL that is not a T5 SentencePiece model, no task
+      without both an input file and VOCABULARY_MODEL.
     FileNotFoundError: no input file, no checkpoint, no VOCABULARY_MODEL file.
   """
   if mode not in MODES:
@@ -253,7 +255,17 @@ def infer(
     from t5lite.data import data_dirs  # pylint: disable=g-import-not-at-top
 
     data_dirs.set_data_dir(data_dir)
-  vocabulary = inference.task_vocabulary(mixture_or_task_name)
+  if mixture_or_task_name:
+    vocabulary = inference.task_vocabulary(mixture_or_task_name)
+    add_eos = inference.task_adds_eos_to_inputs(mixture_or_task_name, model)
+  else:  # a converted checkpoint's config.gin: no task, the checkpoint's own SentencePiece model
+    if examples is None or vocabulary_model is None:
+      raise ValueError(
+        "MIXTURE_OR_TASK_NAME is None: give INFER_INPUT_FILE and VOCABULARY_MODEL (a `t5lite convert from-hf` "
+        "directory's config.gin sets VOCABULARY_MODEL when the checkpoint ships spiece.model), or a task."
+      )
+    vocabulary = vocab.sentencepiece_vocabulary(vocab.model_file_setting())
+    add_eos = isinstance(model, EncoderDecoderModel)
   predictor = inference.Predictor.restore(
     model,
     checkpoint_path,
@@ -265,7 +277,7 @@ def infer(
     options=options,
     on_long_input=on_long_input,
     seed=seed,
-    add_eos_to_inputs=inference.task_adds_eos_to_inputs(mixture_or_task_name, model),
+    add_eos_to_inputs=add_eos,
   )
   if examples is not None:
     name = os.path.splitext(os.path.basename(input_file))[0]

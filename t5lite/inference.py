@@ -543,7 +543,9 @@ def load(
 
   A run trained with VOCABULARY_MODEL (in its config.gin) whose task uses
   the default vocabulary gets a vocabulary of that SentencePiece file, fixed
-  to it (the process-wide `vocab.use_model_file` setting is left as it is).
+  to it (the process-wide `vocab.use_model_file` setting is left as it is);
+  so does a run without a task whose config.gin sets VOCABULARY_MODEL (a
+  `t5lite convert from-hf` directory with its spiece.model).
 
   Raises:
     FileNotFoundError: no config.gin or checkpoint in `run_dir`, the run's
@@ -553,6 +555,12 @@ def load(
   batch_size = checks.check_int("batch_size", batch_size, minimum=1)
   step = checks.check_int("step", step, minimum=0, allow_none=True, hint=" (None: the latest checkpoint)")
   cfg = read_run_config(run_dir)
+  if vocabulary is None and not cfg["mixture_or_task_name"] and cfg["vocabulary_model"] is not None:
+    from t5lite.data import vocab  # pylint: disable=g-import-not-at-top
+
+    model_file = os.path.abspath(os.path.expanduser(str(cfg["vocabulary_model"])))
+    vocab.check_model_file(model_file, what="VOCABULARY_MODEL")
+    vocabulary = vocab.sentencepiece_vocabulary(model_file)  # a converted checkpoint: its own spiece.model
   if vocabulary is None and cfg["mixture_or_task_name"]:
     vocabulary = task_vocabulary(cfg["mixture_or_task_name"])
     from t5lite.data import vocab  # pylint: disable=g-import-not-at-top

@@ -211,11 +211,12 @@ class TrainStateInitializer:
     directory (config.json + safetensors) as `initial_checkpoint_path` is read
     straight into the shardings, each device's shard from its slice of the
     file (t5lite.hf.weights.import_params), so a large model never sits whole
-    on one host; its tensors must fit this run's model config."""
+    on one host; its config.json must describe this run's model
+    (t5lite.hf.weights.import_directory names any field that differs)."""
     with self.partitioner.context():
-      if initial_checkpoint_path and hf_files.is_hf_dir(initial_checkpoint_path):
-        with hf_files.Checkpoint(str(initial_checkpoint_path)) as checkpoint:
-          params = hf_weights.import_params(checkpoint, self.model.config, self.params.abstract)
+      path = initial_checkpoint_path
+      if path and hf_files.has_config(path) and not checkpointing.list_checkpoints(path):
+        params = hf_weights.import_directory(str(path), self.model.config, self.params.abstract)
       elif initial_checkpoint_path:
         params = checkpointing.load_params(initial_checkpoint_path, self.params.abstract)
       else:

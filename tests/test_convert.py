@@ -69,7 +69,7 @@ def test_import_export_round_trip(tmp_path, family):
   assert {k: getattr(cfg, k) for k in expected} == expected
 
   out_dir = tmp_path / "back"
-  convert.to_hf(result["output"], str(out_dir), model_type="mt5" if family == "mt5" else None)
+  convert.to_hf(result["output"], str(out_dir))  # mT5 stays mT5: the model_type comes from conversion.json
   original = load_file(os.path.join(hf_dir, "model.safetensors"))
   exported = load_file(os.path.join(out_dir, "model.safetensors"))
   assert sorted(exported) == sorted(original)
@@ -77,6 +77,11 @@ def test_import_export_round_trip(tmp_path, family):
     assert exported[name].dtype == value.dtype and np.array_equal(exported[name], value), name
 
   auto = transformers.AutoModelForCausalLM if family.startswith("gpt2") else transformers.AutoModelForSeq2SeqLM
+  exported_config = json.load(open(os.path.join(out_dir, "config.json")))
+  if family.startswith("gpt2"):  # GPT-2's default token id 50256 does not exist in a 96-id vocabulary
+    assert exported_config["bos_token_id"] is None and exported_config["eos_token_id"] is None
+  else:
+    assert (exported_config["eos_token_id"], exported_config["decoder_start_token_id"]) == (1, 0)
   reloaded, info = auto.from_pretrained(str(out_dir), output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
   assert type(reloaded).__name__ == type(hf_model).__name__
@@ -144,7 +149,7 @@ def test_bad_input_is_refused_before_writing(tmp_path):
   # A pickle only.
   (empty / "config.json").write_text(open(os.path.join(hf_dir, "config.json")).read())
   (empty / "pytorch_model.bin").write_bytes(b"not read")
-  with pytest.raises(FileNotFoundError, match="pytorch_model.bin.*safe_serialization=True"):
+  with pytest.raises(FileNotFoundError, match=r"pytorch_model.bin.*save_pretrained\(DIR\)"):
     convert.from_hf(str(empty), str(tmp_path / "o2"))
   # Shapes that disagree with config.json: d_ff 48 -> 40 names a tensor and both shapes.
   cfg = json.load(open(os.path.join(hf_dir, "config.json")))
@@ -162,6 +167,13 @@ def test_bad_input_is_refused_before_writing(tmp_path):
   os.remove(os.path.join(sharded, shard))
   with pytest.raises(FileNotFoundError, match=f"shard.*{shard}.*missing"):
     convert.from_hf(sharded, str(tmp_path / "o5"))
+  # A truncated safetensors file.
+  truncated = tmp_path / "truncated"
+  truncated.mkdir()
+  (truncated / "config.json").write_text(json.dumps(cfg))
+  (truncated / "model.safetensors").write_bytes(open(os.path.join(hf_dir, "model.safetensors"), "rb").read()[:5])
+  with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+    convert.from_hf(str(truncated), str(tmp_path / "o6"))
   # An existing non-empty output is never overwritten; nothing half-written is left anywhere.
   taken = tmp_path / "taken"
   taken.mkdir()
@@ -169,7 +181,7 @@ def test_bad_input_is_refused_before_writing(tmp_path):
   with pytest.raises(FileExistsError, match="exists and is not empty"):
     convert.from_hf(hf_dir, str(taken))
   assert os.listdir(taken) == ["keep.txt"]
-  for n in range(1, 6):
+  for n in range(1, 7):
     assert not os.path.exists(tmp_path / f"o{n}")
   assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
   # The command line reports the error in one line with exit status 2.
@@ -235,13 +247,22 @@ def test_fine_tune_from_an_imported_checkpoint_with_its_spiece_model(tmp_path):
         vocabulary_model=other,
         **common,
       )
-    train_lib.train(
-      model_dir=str(tmp_path / "ft"),
-      train_steps=12,
-      initial_checkpoint_path=converted,
-      vocabulary_model=os.path.join(converted, "spiece.model"),
-      **common,
-    )
+    # The walkthrough's command line: the converted model.gin, runs/finetune.gin, its checkpoint and vocabulary.
+    argv = [
+      f"--gin_file={converted}/model.gin",
+      "--gin_file=runs/finetune.gin",
+      f"--gin.INITIAL_CHECKPOINT_PATH='{converted}'",
+      f"--gin.VOCABULARY_MODEL='{converted}/spiece.model'",
+      "--gin.MIXTURE_OR_TASK_NAME='synthetic_reverse'",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}",
+      "--gin.TRAIN_STEPS=12",
+      "--gin.BATCH_SIZE=8",
+      "--gin.LEARNING_RATE=0.003",
+      "--gin.SUMMARY_EVERY=1",
+      "--gin.COMPILATION_CACHE_DIR='none'",
+      f"--gin.MODEL_DIR='{tmp_path / 'ft'}'",
+    ]
+    assert train_lib.main(argv) == 0
     losses = _read_losses(tmp_path / "ft")
     assert len(losses) == 12 and np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
     train_lib.train(
@@ -252,6 +273,30 @@ def test_fine_tune_from_an_imported_checkpoint_with_its_spiece_model(tmp_path):
       **common,
     )
     assert _read_losses(tmp_path / "ft_raw")[0] == pytest.approx(losses[0], rel=1e-6)
+
+    # The converted directory decodes as it is: inference.load and `t5lite infer` on its config.gin, with no
+    # task, use its spiece.model.
+    predictor = inference.load(converted, batch_size=8)
+    assert predictor.vocabulary.vocab_size == pieces + 100
+    assert len(predictor.predict(["reverse: a b c"])) == 1
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"inputs": "reverse: x y"}) + "\n")
+    from t5lite import infer as infer_lib
+
+    argv = [
+      f"--gin_file={converted}/config.gin",
+      "--gin_file=runs/infer.gin",
+      f"--gin.INFER_INPUT_FILE='{inputs}'",
+      f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'",
+    ]
+    assert infer_lib.main(argv) == 0
+    rows = [json.loads(line) for f in sorted((tmp_path / "infer").glob("*.jsonl-*")) for line in open(f)]
+    assert rows[0]["inputs"] == "reverse: x y" and rows[0]["prediction"] and rows[-1]["checkpoint_step"] == 0
+
+    # The fine-tuned run exports with its vocabulary (its VOCABULARY_MODEL) next to the weights.
+    exported = tmp_path / "ft_hf"
+    convert.to_hf(str(tmp_path / "ft"), str(exported))
+    assert open(exported / "spiece.model", "rb").read() == open(os.path.join(hf_dir, "spiece.model"), "rb").read()
   finally:
     vocab_lib.use_model_file(None)
 

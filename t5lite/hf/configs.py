@@ -27,6 +27,7 @@ from t5lite.models import decoder_only, t5
 # Architecture name -> t5lite family. A config with none of these is refused.
 ARCHITECTURES = {
   "T5ForConditionalGeneration": "t5",
+  "T5WithLMHeadModel": "t5",  # the published original T5 configs' name for it
   "MT5ForConditionalGeneration": "t5",
   "GPT2LMHeadModel": "gpt2",
 }
@@ -185,16 +186,10 @@ def check_exportable(config: Any) -> str:
       raise UnsupportedModelError(f"this T5 model has no Hugging Face T5 equivalent: {'; '.join(wrong)}")
     return "t5"
   if isinstance(config, decoder_only.DecoderOnlyConfig):
-    wrong = _differences(
-      config,
-      dict(
-        norm_type="layernorm",
-        position_embedding="absolute",
-        use_bias=True,
-        logits_via_embedding=True,
-        scale_tied_logits=False,
-      ),
-    )
+    wanted = dict(norm_type="layernorm", position_embedding="absolute", use_bias=True, logits_via_embedding=True)
+    if config.logits_via_embedding:
+      wanted["scale_tied_logits"] = False
+    wrong = _differences(config, wanted)
     if config.d_kv * config.num_heads != config.d_model:
       wrong.append(f"d_kv * num_heads = {config.d_kv * config.num_heads} != d_model = {config.d_model}")
     acts = tuple(config.mlp_activations)
@@ -273,6 +268,57 @@ def from_t5lite(config: Any, model_type: Optional[str] = None) -> dict[str, Any]
     "tie_word_embeddings": True,
     "use_cache": True,
   }
+
+
+# Fields that decide what a checkpoint's numbers mean (not dropout, not how the model runs).
+ARCHITECTURE_FIELDS = (
+  "vocab_size",
+  "d_model",
+  "num_heads",
+  "d_kv",
+  "d_ff",
+  "num_encoder_layers",
+  "num_decoder_layers",
+  "num_layers",
+  "relative_attention_num_buckets",
+  "relative_attention_max_distance",
+  "layer_norm_epsilon",
+  "mlp_activations",
+  "use_bias",
+  "norm_type",
+  "position_embedding",
+  "max_position_embeddings",
+  "scale_attention_logits",
+  "logits_via_embedding",
+  "scale_tied_logits",
+)
+
+
+def check_same_architecture(checkpoint_config: Any, model_config: Any, where: str) -> None:
+  """Raises UnsupportedModelError naming every architecture field (ARCHITECTURE_FIELDS) in which the model a run
+  builds differs from the checkpoint's (from its config.json), so weights are never read into a model that
+  computes something else with them (a tied output where the checkpoint has its own lm_head, another
+  activation, another output scaling)."""
+  if type(checkpoint_config) is not type(model_config):
+    raise UnsupportedModelError(
+      f"{where} holds a {type(checkpoint_config).__name__} model; this run builds a {type(model_config).__name__}"
+    )
+  wrong = [
+    f"{f}: checkpoint {getattr(checkpoint_config, f)!r}, this run {getattr(model_config, f)!r}"
+    for f in ARCHITECTURE_FIELDS
+    if hasattr(model_config, f) and getattr(checkpoint_config, f) != getattr(model_config, f)
+  ]
+  if model_config.logits_via_embedding is False:
+    wrong = [w for w in wrong if not w.startswith("scale_tied_logits")]  # unused without tied logits
+  if model_config.position_embedding == "absolute":
+    wrong = [w for w in wrong if not w.startswith("relative_attention")]  # unused with absolute positions
+  else:
+    wrong = [w for w in wrong if not w.startswith("max_position_embeddings")]
+  if wrong:
+    raise UnsupportedModelError(
+      f"{where}: this run's model differs from the checkpoint's config.json in {'; '.join(wrong)}. Use the model "
+      "gin file `t5lite convert from-hf` writes (model.gin), or set these fields to the checkpoint's values."
+    )
 
 
 def describe(config: Any) -> dict[str, Any]:

@@ -31,6 +31,11 @@ def is_hf_dir(path: Any) -> bool:
   )
 
 
+def has_config(path: Any) -> bool:
+  """Whether `path` is a directory with a config.json (a Hugging Face model directory, readable or not)."""
+  return os.path.isfile(os.path.join(str(path), CONFIG))
+
+
 def read_config(hf_dir: str) -> dict[str, Any]:
   """The parsed config.json of `hf_dir`.
 
@@ -39,7 +44,7 @@ def read_config(hf_dir: str) -> dict[str, Any]:
     ValueError: config.json is not a JSON object.
   """
   if not os.path.isdir(hf_dir):
-    raise FileNotFoundError(f"--hf_dir {hf_dir!r} is not a directory")
+    raise FileNotFoundError(f"{hf_dir!r} is not a directory (a Hugging Face model directory was expected)")
   path = os.path.join(hf_dir, CONFIG)
   if not os.path.isfile(path):
     raise FileNotFoundError(
@@ -81,7 +86,7 @@ class Checkpoint:
   Raises (on construction):
     FileNotFoundError: no safetensors weights (with how to convert a pytorch_model.bin), or a shard named
       by the index that is missing.
-    ValueError: an index without a weight_map.
+    ValueError: an index without a weight_map, a damaged (truncated) safetensors file.
   """
 
   def __init__(self, hf_dir: str):
@@ -104,13 +109,18 @@ class Checkpoint:
       pickles = [p for p in _PICKLES if os.path.exists(os.path.join(hf_dir, p))]
       how = (
         f" It has {pickles}: t5lite reads no pickles. Convert once with transformers: "
-        f"`AutoModelForSeq2SeqLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)` "
+        f"`AutoModelForSeq2SeqLM.from_pretrained(DIR).save_pretrained(DIR)` (safetensors is its default) "
         f"(AutoModelForCausalLM for GPT-2)."
         if pickles
         else ""
       )
       raise FileNotFoundError(f"{hf_dir!r} has neither {WEIGHTS} nor {INDEX}.{how}")
-    self._files = {s: safe_open(os.path.join(hf_dir, s), framework="np") for s in shards}
+    self._files = {}
+    for shard in shards:
+      try:
+        self._files[shard] = safe_open(os.path.join(hf_dir, shard), framework="np")
+      except Exception as e:  # pylint: disable=broad-except  # SafetensorError, OSError: a damaged file
+        raise ValueError(f"{os.path.join(hf_dir, shard)} is not a readable safetensors file ({e})") from None
     if weight_map is None:
       weight_map = {name: WEIGHTS for name in self._files[WEIGHTS].keys()}
     self._where = dict(weight_map)

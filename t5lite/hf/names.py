@@ -150,6 +150,7 @@ def _t5_map(cfg: Any) -> dict[str, Tensor]:
         out[f"{mine}/mlp/{wi}"] = _linear(f"{hf}.{mlp}.DenseReluDense.{wi}.weight", ff, d)
       out[f"{mine}/mlp/wo"] = _linear(f"{hf}.{mlp}.DenseReluDense.wo.weight", d, ff)
       out[f"{mine}/pre_mlp_layer_norm/scale"] = Tensor(f"{hf}.{mlp}.layer_norm.weight", (d,))
+    # An nn.Embedding [buckets, heads] in transformers (kept by the first block); t5lite's table is [heads, buckets].
     bias = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
     out[f"{stack}/relpos_bias/rel_embedding"] = _linear(bias, cfg.relative_attention_num_buckets, cfg.num_heads)
     out[f"{stack}/{stack}_norm/scale"] = Tensor(f"{stack}.final_layer_norm.weight", (d,))
@@ -184,7 +185,7 @@ def _gpt2_map(cfg: Any, prefix: str) -> dict[str, Tensor]:
   return out
 
 
-def _stack_scanned(flat: dict[str, Tensor], cfg: Any) -> dict[str, Source]:
+def _stack_scanned(flat: dict[str, Tensor]) -> dict[str, Source]:
   """Groups 'stack/layers_i/...' entries into 'stack/layers/...' Stacked sources (scan_layers)."""
   out: dict[str, Source] = {}
   stacked: dict[str, list[tuple[int, Tensor]]] = {}
@@ -208,7 +209,7 @@ def tensor_map(config: Any, gpt2_prefix: str = "transformer.") -> dict[str, Sour
   """
   kind = configs.check_exportable(config)
   flat = _t5_map(config) if kind == "t5" else _gpt2_map(config, gpt2_prefix)
-  return _stack_scanned(flat, config) if config.scan_layers else dict(flat)
+  return _stack_scanned(flat) if config.scan_layers else dict(flat)
 
 
 def ignored_tensors(config: Any, gpt2_prefix: str = "transformer.") -> tuple[str, ...]:

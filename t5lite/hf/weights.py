@@ -10,7 +10,7 @@ host numpy arrays. Written by hand: neither flax nor transformers converts betwe
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -25,9 +25,14 @@ def gpt2_prefix(checkpoint: files.Checkpoint) -> str:
   return "" if "wte.weight" in checkpoint and "transformer.wte.weight" not in checkpoint else "transformer."
 
 
+def _prefix(checkpoint: files.Checkpoint, config: Any) -> str:
+  return gpt2_prefix(checkpoint) if configs.check_exportable(config) == "gpt2" else "transformer."
+
+
 def output_is_tied(checkpoint: files.Checkpoint, family: str) -> bool:
   """Whether the checkpoint's output projection is its token embedding: no `lm_head.weight`, or one equal
-  to the embedding (older files store the tied copy)."""
+  to the embedding (older files store the tied copy). Reads 8 rows of each first; only when those agree
+  are the two tables compared whole (on the host: vocab x d_model float32 each)."""
   if "lm_head.weight" not in checkpoint:
     return True
   embedding = "shared.weight" if family == "t5" else f"{gpt2_prefix(checkpoint)}wte.weight"
@@ -42,7 +47,7 @@ def output_is_tied(checkpoint: files.Checkpoint, family: str) -> bool:
 def check_checkpoint(checkpoint: files.Checkpoint, config: Any, sources: Mapping[str, names.Source]) -> None:
   """Raises ValueError when the checkpoint lacks a tensor the model needs, holds one of another shape (naming
   the tensor and both shapes), or holds tensors the model would leave unused."""
-  prefix = gpt2_prefix(checkpoint) if configs.check_exportable(config) == "gpt2" else "transformer."
+  prefix = _prefix(checkpoint, config)
   needed: dict[str, tuple[int, ...]] = {}
   for source in sources.values():
     for tensor in source.layers if isinstance(source, names.Stacked) else (source,):
@@ -50,21 +55,21 @@ def check_checkpoint(checkpoint: files.Checkpoint, config: Any, sources: Mapping
   missing = sorted(n for n in needed if n not in checkpoint)
   if missing:
     raise ValueError(
-      f"{checkpoint.directory!r}: {len(missing)} tensor(s) the config implies are not in the checkpoint, "
-      f"e.g. {missing[:5]}; config.json and the weights disagree"
+      f"{checkpoint.directory!r}: {len(missing)} tensor(s) the model config implies are not in the checkpoint, "
+      f"e.g. {missing[:5]}"
     )
   for name, shape in sorted(needed.items()):
     found = checkpoint.shape(name)
     if found != tuple(shape):
       raise ValueError(
-        f"{checkpoint.directory!r}: tensor {name!r} has shape {list(found)} in the checkpoint, but config.json "
-        f"implies {list(shape)}"
+        f"{checkpoint.directory!r}: tensor {name!r} has shape {list(found)} in the checkpoint, but the model "
+        f"config implies {list(shape)}"
       )
   unused = sorted(set(checkpoint.names()) - set(needed) - set(names.ignored_tensors(config, prefix)))
   if unused:
     raise ValueError(
       f"{checkpoint.directory!r}: {len(unused)} tensor(s) this model has no place for, e.g. {unused[:5]}; "
-      "the checkpoint is of another architecture than its config.json describes"
+      "the checkpoint is of another architecture than the model config describes"
     )
 
 
@@ -76,8 +81,7 @@ def import_params(checkpoint: files.Checkpoint, config: Any, abstract_params: Py
   Raises ValueError (see `check_checkpoint`) before any parameter is created, and for a model parameter
   with no checkpoint source.
   """
-  prefix = gpt2_prefix(checkpoint) if configs.check_exportable(config) == "gpt2" else "transformer."
-  sources = names.tensor_map(config, prefix)
+  sources = names.tensor_map(config, _prefix(checkpoint, config))
   flat = names.flat_paths(abstract_params)
   extra = sorted(set(flat) - set(sources))
   if extra:
@@ -104,13 +108,12 @@ def import_params(checkpoint: files.Checkpoint, config: Any, abstract_params: Py
   return walk(abstract_params, "")
 
 
-def export_tensors(config: Any, params: PyTree, model_type: Optional[str] = None) -> dict[str, np.ndarray]:
+def export_tensors(config: Any, params: PyTree) -> dict[str, np.ndarray]:
   """{Hugging Face tensor name: float32 numpy array} of t5lite parameters (a nested dict of arrays).
 
   Raises configs.UnsupportedModelError for a config no Hugging Face family represents, ValueError when the
   parameters do not match the config's tensor map.
   """
-  del model_type  # T5 and mT5 share tensor names
   sources = names.tensor_map(config)
   flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in names.flat_paths(params).items()}
   if set(flat) != set(sources):
@@ -130,3 +133,20 @@ def export_tensors(config: Any, params: PyTree, model_type: Optional[str] = None
         full = out.setdefault(tensor.name, np.zeros(tensor.hf_shape, np.float32))
         full[..., tensor.columns[0] : tensor.columns[1]] = block
   return out
+
+
+def import_directory(
+  hf_dir: str, config: Any, abstract_params: PyTree, where: str = "INITIAL_CHECKPOINT_PATH"
+) -> PyTree:
+  """`import_params` of a Hugging Face directory into a run's model, after checking that the run's model
+  config has the architecture of the directory's config.json (`configs.check_same_architecture`).
+
+  Raises what files.Checkpoint, configs.to_t5lite, check_same_architecture and import_params raise, all
+  before any parameter is created.
+  """
+  hf_config = files.read_config(hf_dir)
+  family = configs.family(hf_config, where=f"{where}={hf_dir!r}")
+  with files.Checkpoint(hf_dir) as checkpoint:
+    expected = configs.to_t5lite(hf_config, tied_output=output_is_tied(checkpoint, family))
+    configs.check_same_architecture(expected, config, f"{where}={hf_dir!r}")
+    return import_params(checkpoint, config, abstract_params)

@@ -98,6 +98,8 @@ def test_unknown_architecture_names_what_is_supported():
   ):
     configs.family({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})
   assert configs.family({"model_type": "mt5"}) == "t5"  # no architectures: the model_type decides
+  # The published original T5 configs (t5-small ... t5-11b) still name the class T5WithLMHeadModel.
+  assert configs.family({"architectures": ["T5WithLMHeadModel"], "model_type": "t5"}) == "t5"
 
 
 def test_exact_gated_gelu_is_not_exported_as_the_tanh_one():

@@ -43,3 +43,25 @@ def test_sharded_import_reads_each_shard_from_its_slice(tmp_path):
   spec = flat_shardings["encoder/layers/mlp/wi_0"].spec
   assert any(axis is not None for axis in spec)
   assert max(size / full for name, size, full in reads if "DenseReluDense.wi_0" in name) <= 0.25
+
+
+def test_a_run_model_of_another_architecture_is_refused(tmp_path):
+  """A Hugging Face directory read straight into a run checks the run's model against its config.json: a tied
+  output (which would leave the checkpoint's own lm_head unread) or another activation is named, not run."""
+  import dataclasses
+
+  import pytest
+
+  hf_dir = hf_models.save(hf_models.t5_model("v1_1", seed=13), tmp_path / "hf")
+  with files.Checkpoint(hf_dir) as checkpoint:
+    right = configs.to_t5lite(files.read_config(hf_dir), tied_output=weights.output_is_tied(checkpoint, "t5"))
+  abstract = convert.abstract_params(convert.model_for(right))
+  params = weights.import_directory(hf_dir, dataclasses.replace(right, dtype="bfloat16"), abstract)  # runtime field
+  assert set(names.flat_paths(params)) == set(names.flat_paths(abstract))
+  for change, message in (
+    (dict(logits_via_embedding=True), "logits_via_embedding: checkpoint False, this run True"),
+    (dict(mlp_activations=("silu", "linear")), r"mlp_activations: checkpoint \('gelu', 'linear'\), this run"),
+  ):
+    wrong = dataclasses.replace(right, **change)
+    with pytest.raises(configs.UnsupportedModelError, match=message):
+      weights.import_directory(hf_dir, wrong, convert.abstract_params(convert.model_for(wrong)))
