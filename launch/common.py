@@ -13,12 +13,18 @@ from typing import Callable, Mapping, Optional, Sequence
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, model_dir_help: str) -> None:
-  """--gin_file, --model_dir, --data/--fsdp/--model (the mesh) and --gin NAME=VALUE."""
+  """--gin_file, --model_dir, --data/--fsdp/--model/--expert (the mesh) and --gin NAME=VALUE."""
   parser.add_argument("--gin_file", action="append", required=True, help="Gin file (repeatable).")
   parser.add_argument("--model_dir", required=True, help=model_dir_help)
   parser.add_argument("--data", type=int, default=-1, help="DATA_PARALLELISM (-1: the devices left).")
   parser.add_argument("--fsdp", type=int, default=1, help="FSDP_PARALLELISM.")
   parser.add_argument("--model", type=int, default=1, help="MODEL_PARALLELISM (tensor parallelism).")
+  parser.add_argument(
+    "--expert",
+    type=int,
+    default=1,
+    help="EXPERT_PARALLELISM (mixture-of-experts models; the batch splits over it too).",
+  )
   parser.add_argument(
     "--gin",
     action="append",
@@ -39,6 +45,8 @@ def train_args(args: argparse.Namespace, sizes: Mapping[str, int]) -> list[str]:
     f"--gin.FSDP_PARALLELISM={sizes['fsdp']}",
     f"--gin.MODEL_PARALLELISM={sizes['model']}",
   ]
+  if sizes.get("expert", 1) != 1:
+    argv.append(f"--gin.EXPERT_PARALLELISM={sizes['expert']}")
   argv += [f"--gin.{b}" for b in args.gin]
   return argv + list(args.extra)
 

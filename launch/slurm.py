@@ -36,12 +36,12 @@ from launch import common  # pylint: disable=g-import-not-at-top,wrong-import-po
 from t5lite import distributed, mesh_shape  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def check_mesh(nodes: int, gpus_per_node: int, data: int, fsdp: int, model: int) -> dict[str, int]:
+def check_mesh(nodes: int, gpus_per_node: int, data: int, fsdp: int, model: int, expert: int = 1) -> dict[str, int]:
   if nodes < 1 or gpus_per_node < 1:
     raise ValueError(f"--nodes={nodes} and --gpus_per_node={gpus_per_node} must be >= 1.")
   total = nodes * gpus_per_node
   where = f"{nodes} node{'s' if nodes > 1 else ''} x {gpus_per_node} GPUs"
-  sizes = mesh_shape.plan_mesh(total, data, fsdp, model, where=where)
+  sizes = mesh_shape.plan_mesh(total, data, fsdp, model, expert, where=where)
   if sizes["model"] > gpus_per_node or gpus_per_node % sizes["model"]:
     print(
       f"launch/slurm.py: warning: MODEL_PARALLELISM={sizes['model']} does not fit inside one node of "
@@ -155,7 +155,7 @@ def run(args) -> int:
   """Prints the per-node commands (--plain), or writes the sbatch script and submits it."""
   if not re.fullmatch(r"[\w.-]+", args.job_name):
     raise ValueError(f"--job_name={args.job_name!r}: use letters, digits, '.', '_' and '-'.")
-  sizes = check_mesh(args.nodes, args.gpus_per_node, args.data, args.fsdp, args.model)
+  sizes = check_mesh(args.nodes, args.gpus_per_node, args.data, args.fsdp, args.model, args.expert)
   if args.plain:
     for line in plain_commands(args, sizes):
       print(line)

@@ -111,16 +111,17 @@ def _ranges(sizes) -> str:
   return ", ".join(str(s) for s in sizes)
 
 
-def check_mesh(tpu: Slice, data: int, fsdp: int, model: int, num_slices: int = 1) -> dict[str, int]:
+def check_mesh(tpu: Slice, data: int, fsdp: int, model: int, num_slices: int = 1, expert: int = 1) -> dict[str, int]:
   """Resolved mesh sizes for `num_slices` slices of `tpu`, or ValueError naming the valid choices."""
   total = tpu.devices * num_slices
   where = tpu.describe() if num_slices == 1 else f"{num_slices} slices of {tpu.describe()}"
-  sizes = mesh_shape.plan_mesh(total, data, fsdp, model, where=where)
-  if num_slices > 1 and tpu.devices % (sizes["fsdp"] * sizes["model"]):
+  sizes = mesh_shape.plan_mesh(total, data, fsdp, model, expert, where=where)
+  inner = sizes["fsdp"] * sizes["model"] * sizes["expert"]
+  if num_slices > 1 and tpu.devices % inner:
     raise ValueError(
-      f"Mesh {sizes} over {where}: fsdp x model = {sizes['fsdp'] * sizes['model']} must divide the "
+      f"Mesh {sizes} over {where}: fsdp x model x expert = {inner} must divide the "
       f"{tpu.devices} devices of one slice, so that only the data axis crosses slices (over the "
-      f"data-center network). Valid fsdp x model: {mesh_shape.divisors(tpu.devices)}."
+      f"data-center network). Valid fsdp x model x expert: {mesh_shape.divisors(tpu.devices)}."
     )
   return sizes
 
@@ -345,14 +346,14 @@ def run(args) -> int:
     return _execute([delete_command(args)], args.dry_run)
   if args.verb == "run":
     tpu = slice_info(args.accelerator_type)
-    sizes = check_mesh(tpu, args.data, args.fsdp, args.model)
+    sizes = check_mesh(tpu, args.data, args.fsdp, args.model, expert=args.expert)
     _warn_model_dir(args.model_dir, tpu.hosts > 1)
     return _execute([run_command(args, sizes)], args.dry_run)
   if args.verb == "xpk":
     if args.num_slices < 1:
       raise ValueError(f"--num_slices={args.num_slices} must be >= 1.")
     tpu = slice_info(args.tpu_type)
-    sizes = check_mesh(tpu, args.data, args.fsdp, args.model, args.num_slices)
+    sizes = check_mesh(tpu, args.data, args.fsdp, args.model, args.num_slices, args.expert)
     _warn_model_dir(args.model_dir, tpu.hosts * args.num_slices > 1)
     return _execute([xpk_command(args, sizes)], args.dry_run)
   return 2

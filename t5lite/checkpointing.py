@@ -47,9 +47,23 @@ def param_shapes(params: PyTree) -> dict[str, list[int]]:
   return out
 
 
+def _num_experts(shapes: Mapping[str, list[int]]) -> int:
+  """Experts per mixture-of-experts layer of a parameter-shape table (its routers' last dim), 0 for a dense model."""
+  routers = [shape for key, shape in shapes.items() if key.endswith("/mlp/router") and shape]
+  return int(routers[0][-1]) if routers else 0
+
+
 def describe_mismatch(saved: Mapping[str, list[int]], wanted: Mapping[str, list[int]], limit: int = 5) -> str:
-  """A short human description of how two parameter-shape tables differ."""
+  """A short human description of how two parameter-shape tables differ (leading with
+  the number of experts when a mixture-of-experts model meets a dense one or another size)."""
   lines = []
+  experts_saved, experts_wanted = _num_experts(saved), _num_experts(wanted)
+  if experts_saved != experts_wanted:
+    kind = lambda n: f"a mixture of experts with num_experts={n}" if n else "dense (num_experts=0)"  # noqa: E731
+    lines.append(
+      f"the checkpoint is {kind(experts_saved)} and this model is {kind(experts_wanted)}: "
+      f"set num_experts={experts_saved} (and its moe_layer_interval) to use it"
+    )
   for k in sorted(set(saved) | set(wanted)):
     a, b = saved.get(k), wanted.get(k)
     if a != b:

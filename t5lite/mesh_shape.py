@@ -1,4 +1,4 @@
-"""Mesh axis sizes from DATA/FSDP/MODEL_PARALLELISM and a device count.
+"""Mesh axis sizes from DATA/FSDP/MODEL/EXPERT_PARALLELISM and a device count.
 
 Fills in the one size that may be -1 ('all the devices left') or refuses the
 sizes with a message that names what would fit. Plain Python, no jax: the
@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 from t5lite import checks
 
-AXES = ("data", "fsdp", "model")
+AXES = ("data", "fsdp", "model", "expert")
 
 
 def divisors(n: int) -> list[int]:
@@ -22,19 +22,27 @@ def divisors(n: int) -> list[int]:
 
 
 def plan_mesh(
-  num_devices: int, data: int = -1, fsdp: int = 1, model: int = 1, *, where: Optional[str] = "the job"
+  num_devices: int,
+  data: int = -1,
+  fsdp: int = 1,
+  model: int = 1,
+  expert: int = 1,
+  *,
+  where: Optional[str] = "the job",
 ) -> dict[str, int]:
-  """Resolves the mesh sizes for `num_devices` devices: {'data': ..., 'fsdp': ..., 'model': ...}.
+  """Resolves the mesh sizes for `num_devices` devices: {'data': ..., 'fsdp': ..., 'model': ..., 'expert': ...}.
 
   Args:
     num_devices: how many devices the mesh spans (all processes together).
-    data, fsdp, model: DATA/FSDP/MODEL_PARALLELISM, each an integer in
-      [1, num_devices] or -1 (at most one): the devices the others leave.
+    data, fsdp, model, expert: DATA/FSDP/MODEL/EXPERT_PARALLELISM, each an
+      integer in [1, num_devices] or -1 (at most one): the devices the others
+      leave. The batch is split over data x fsdp x expert; a mixture of
+      experts' experts over expert.
     where: the hardware, as the messages name it ("TPU slice v4-32 (4 hosts
       x 4 chips)"); None names only the device count.
 
   Returns:
-    The three sizes, whose product is `num_devices`.
+    The four sizes, whose product is `num_devices`.
 
   Raises:
     SettingError / SettingTypeError (ValueErrors): a size that is not -1 or an
@@ -45,11 +53,11 @@ def plan_mesh(
   hint = f" (-1: all devices left; there are {num_devices} devices)"
   sizes = {
     axis: checks.check_int(f"{axis.upper()}_PARALLELISM", value, minimum=1, maximum=num_devices, also=(-1,), hint=hint)
-    for axis, value in zip(AXES, (data, fsdp, model))
+    for axis, value in zip(AXES, (data, fsdp, model, expert))
   }
   free = [axis for axis, value in sizes.items() if value == -1]
   if len(free) > 1:
-    raise ValueError(f"Only one of DATA/FSDP/MODEL_PARALLELISM may be -1; got {_mesh_str(sizes)}.")
+    raise ValueError(f"Only one of DATA/FSDP/MODEL/EXPERT_PARALLELISM may be -1; got {_mesh_str(sizes)}.")
   fixed = math.prod(v for v in sizes.values() if v != -1)
   valid = divisors(num_devices)
   if free:
@@ -72,7 +80,7 @@ def plan_mesh(
 
 
 def _mesh_str(sizes: Mapping[str, int]) -> str:
-  return " x ".join(f"{k}={v}" for k, v in sizes.items())
+  return " x ".join(f"{k}={v}" for k, v in sizes.items() if k != "expert" or v != 1)
 
 
 def _examples(n: int) -> str:

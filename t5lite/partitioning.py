@@ -32,7 +32,9 @@ from t5lite import checks, mesh_shape
 
 PyTree = Any
 MESH_AXES = ("data", "fsdp", "model", "expert")
-BATCH_MESH_AXES = ("data", "fsdp")
+# The batch is split over the expert axis too: outside the mixture-of-experts layers the expert
+# devices are data parallel (as in GShard, T5X and MaxText), inside them each holds its experts.
+BATCH_MESH_AXES = ("data", "fsdp", "expert")
 
 Rules = Sequence[tuple[str, Union[None, str, tuple[str, ...]]]]
 
@@ -44,6 +46,12 @@ _UNSHARDED = (
   ("relpos_buckets", None),
   ("abspos", None),
   ("joined_kv", None),
+  ("unmodeled", None),
+  # Mixture of experts: expert kernels [expert, ...] over the expert axis; the expert-major
+  # activations [expert, group, capacity, embed] keep their groups on the other batch axes,
+  # so that moving tokens between the two layouts is one all-to-all over the expert axis.
+  ("expert", "expert"),
+  ("expert_group", ("data", "fsdp")),
 )
 RULE_PRESETS: dict[str, Rules] = {
   "data_parallel": (
@@ -84,7 +92,7 @@ DEFAULT_RULES = "fsdp_tensor_parallel"
 
 
 def resolve_mesh_shape(
-  data: int = -1, fsdp: int = 1, model: int = 1, num_devices: Optional[int] = None
+  data: int = -1, fsdp: int = 1, model: int = 1, num_devices: Optional[int] = None, expert: int = 1
 ) -> dict[str, int]:
   """Mesh axis sizes with at most one -1 ('all the devices left') filled in (`mesh_shape.plan_mesh`).
 
@@ -94,14 +102,20 @@ def resolve_mesh_shape(
     ValueError: a size that is not -1 or an integer in [1, devices] (a bool,
       a float, 0, ...), two -1 sizes, or sizes that do not fit the devices.
   """
-  return mesh_shape.plan_mesh(num_devices or jax.device_count(), data, fsdp, model, where=None)
+  return mesh_shape.plan_mesh(num_devices or jax.device_count(), data, fsdp, model, expert, where=None)
 
 
-def create_mesh(data: int = -1, fsdp: int = 1, model: int = 1, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def create_mesh(
+  data: int = -1,
+  fsdp: int = 1,
+  model: int = 1,
+  devices: Optional[Sequence[jax.Device]] = None,
+  expert: int = 1,
+) -> Mesh:
   """A mesh over all processes' devices, ordered for the hardware by jax.make_mesh."""
   devices = list(devices) if devices is not None else jax.devices()
-  sizes = resolve_mesh_shape(data, fsdp, model, len(devices))
-  shape = (sizes["data"], sizes["fsdp"], sizes["model"], 1)
+  sizes = resolve_mesh_shape(data, fsdp, model, len(devices), expert)
+  shape = (sizes["data"], sizes["fsdp"], sizes["model"], sizes["expert"])
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   if devices == jax.devices():
     return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
@@ -194,13 +208,15 @@ class Partitioner:
 
   Raises ValueError on construction for NUM_DEVICES other than None or an
   integer in [1, jax.device_count()], and for mesh sizes or rules that
-  `resolve_mesh_shape` / `get_rules` refuse."""
+  `resolve_mesh_shape` / `get_rules` refuse; from `fit_to`, for a model whose
+  number of experts the expert axis does not divide."""
 
   data: int = -1
   fsdp: int = 1
   model: int = 1
   rules: Union[str, Rules, None] = None
   num_devices: Optional[int] = None  # the first N devices only (tests, benchmarks)
+  expert: int = 1  # EXPERT_PARALLELISM: devices the experts are split over (and the batch, like data)
 
   def __post_init__(self):
     count = jax.device_count()
@@ -213,18 +229,33 @@ class Partitioner:
       hint=f" (None: all {count} device{'s' if count != 1 else ''})",
     )
     devices = jax.devices()[: self.num_devices] if self.num_devices else None
-    self.mesh = create_mesh(self.data, self.fsdp, self.model, devices)
+    self.mesh = create_mesh(self.data, self.fsdp, self.model, devices, self.expert)
     self.base_rules = get_rules(self.rules)
     self.active_rules = self.base_rules
     self.notes: list[str] = []
 
   @property
   def batch_shards(self) -> int:
-    return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    return math.prod(self.mesh.shape[a] for a in BATCH_MESH_AXES)
 
   def fit_to(self, abstract_params: PyTree, logical_axes: PyTree) -> None:
-    """Adapts the rules to a model's sizes (see `fit_rules`)."""
-    self.active_rules, self.notes = fit_rules(self.base_rules, self.mesh, logical_sizes(abstract_params, logical_axes))
+    """Adapts the rules to a model's sizes (see `fit_rules`).
+
+    Raises:
+      ValueError: the experts of a mixture-of-experts model (its 'expert'
+        dims) that the rules put on mesh axes whose size does not divide them.
+    """
+    sizes = logical_sizes(abstract_params, logical_axes)
+    expert_axes = dict(self.base_rules).get("expert")
+    devices = _axes_size(self.mesh, expert_axes)
+    bad = sorted(s for s in sizes.get("expert", ()) if s % devices)
+    if bad:
+      raise ValueError(
+        f"num_experts={bad[0]} is not divisible by EXPERT_PARALLELISM={devices} (mesh {dict(self.mesh.shape)}): "
+        f"each expert device holds num_experts / EXPERT_PARALLELISM experts. Valid EXPERT_PARALLELISM: "
+        f"{[d for d in mesh_shape.divisors(bad[0]) if self.mesh.size % d == 0]}."
+      )
+    self.active_rules, self.notes = fit_rules(self.base_rules, self.mesh, sizes)
 
   def sharding(self, spec: P) -> NamedSharding:
     return NamedSharding(self.mesh, spec)
@@ -243,7 +274,7 @@ class Partitioner:
     if batch_size % self.batch_shards:
       raise ValueError(
         f"BATCH_SIZE={batch_size} is not divisible by the {self.batch_shards} data-parallel shards "
-        f"of mesh {dict(self.mesh.shape)} (data x fsdp); use a multiple of {self.batch_shards}."
+        f"of mesh {dict(self.mesh.shape)} (data x fsdp x expert); use a multiple of {self.batch_shards}."
       )
 
   def global_batch(self, local_batch: Mapping[str, np.ndarray], global_batch_size: int) -> dict[str, jax.Array]:

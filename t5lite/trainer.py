@@ -37,9 +37,20 @@ def _split_microbatches(batch: Batch, n: int) -> Batch:
 
 
 def compute_gradients(model: BaseModel, params: PyTree, batch: Batch, rng: jax.Array, num_microbatches: int):
-  """Summed gradients and metrics over the batch, accumulated microbatch by microbatch."""
+  """Summed gradients and metrics over the batch, accumulated microbatch by microbatch.
+
+  Auxiliary losses that are means over the batch rows (a mixture of experts'
+  load-balancing and router z-losses) get `aux_scale` = denominator / rows,
+  so that every microbatch adds its rows' share and the sum, divided by the
+  denominator, is their mean over the whole batch."""
   scale, denom = model.loss_scale(batch)
-  grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+  rows = batch["decoder_target_tokens"].shape[0]
+  aux_scale = denom / rows
+
+  def loss_fn(p, b, r, s):
+    return model.loss_fn(p, b, r, s, aux_scale=aux_scale)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if num_microbatches <= 1:
     (_, metrics), grads = grad_fn(params, batch, rng, scale)
   else:
@@ -87,6 +98,7 @@ def train_step(
     "grad_norm": optax.global_norm(grads),
     "param_norm": optax.global_norm(params),
     "learning_rate": learning_rate(state.step),
+    **model.train_metrics(m),
   }
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

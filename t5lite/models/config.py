@@ -113,6 +113,69 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
   epsilon = checks.check_float(f"{cls}.layer_norm_epsilon", cfg.layer_norm_epsilon, minimum=0.0, min_open=True)
   object.__setattr__(cfg, "layer_norm_epsilon", epsilon)
   _validate_architecture(cfg, cls)
+  _validate_moe(cfg, cls, layer_fields)
+
+
+def _validate_moe(cfg: Any, cls: str, layer_fields: Sequence[str]) -> None:
+  """Checks (and normalises) the mixture-of-experts fields; all are ignored when num_experts is 0."""
+  n = checks.check_int(f"{cls}.num_experts", cfg.num_experts, minimum=0, hint=" (0: a dense model)")
+  object.__setattr__(cfg, "num_experts", n)
+  k = checks.check_int(f"{cls}.num_selected_experts", cfg.num_selected_experts, minimum=1)
+  if n and k > n:
+    raise checks.SettingError(
+      f"{cls}.num_selected_experts={k} (top-k routing) is larger than num_experts={n}; valid: 1..{n} "
+      "(1: Switch, 2: GShard / ST-MoE top-2)"
+    )
+  object.__setattr__(cfg, "num_selected_experts", k)
+  interval = checks.check_int(
+    f"{cls}.moe_layer_interval", cfg.moe_layer_interval, minimum=1, hint=" (1: every layer, 2: every other, ...)"
+  )
+  object.__setattr__(cfg, "moe_layer_interval", interval)
+  for field in ("train_capacity_factor", "eval_capacity_factor"):
+    value = checks.check_float(
+      f"{cls}.{field}", getattr(cfg, field), minimum=0.0, min_open=True, hint=" (the Switch Transformer: 1.25 / 2.0)"
+    )
+    object.__setattr__(cfg, field, value)
+  cap = checks.check_int(f"{cls}.min_expert_capacity", cfg.min_expert_capacity, minimum=1)
+  object.__setattr__(cfg, "min_expert_capacity", cap)
+  for field in ("aux_loss_factor", "router_z_loss_factor"):
+    object.__setattr__(cfg, field, checks.check_float(f"{cls}.{field}", getattr(cfg, field), minimum=0.0))
+  jitter = checks.check_float(
+    f"{cls}.router_jitter_noise", cfg.router_jitter_noise, minimum=0.0, maximum=1.0, max_open=True
+  )
+  object.__setattr__(cfg, "router_jitter_noise", jitter)
+  rate = checks.check_float(
+    f"{cls}.expert_dropout_rate",
+    cfg.expert_dropout_rate,
+    minimum=0.0,
+    maximum=1.0,
+    max_open=True,
+    allow_none=True,
+    hint=" (None: dropout_rate)",
+  )
+  object.__setattr__(cfg, "expert_dropout_rate", rate)
+  if n and cfg.scan_layers and interval > 1:
+    for field in layer_fields:
+      depth = getattr(cfg, field)
+      if depth % interval:
+        raise checks.SettingError(
+          f"{cls}.{field}={depth} is not a multiple of moe_layer_interval={interval}: a scanned stack "
+          f"(scan_layers=True) repeats blocks of {interval} layers; use a depth divisible by {interval} or "
+          "scan_layers=False"
+        )
+
+
+def is_moe_layer(config: Any, index: int) -> bool:
+  """Whether layer `index` (0-based) of a stack has a mixture-of-experts MLP.
+
+  Layers 1, 1 + interval, 1 + 2 * interval, ... (every layer with interval 1):
+  with moe_layer_interval=2 the odd layers, as the Switch Transformer's
+  Hugging Face layout (`sparse_step`) places them.
+  """
+  if not config.num_experts:
+    return False
+  interval = config.moe_layer_interval
+  return interval == 1 or index % interval == 1
 
 
 def _check_choice(where: str, value: Any, choices: Sequence[str]) -> str:
@@ -207,6 +270,24 @@ class TransformerConfig:
     is not pre-scaled.
   scale_tied_logits: with logits_via_embedding, multiply the last hidden
     state by d_model**-0.5 before the tied projection (T5; GPT-2 does not).
+
+  Mixture of experts (Switch Transformer, Fedus et al. 2021; ST-MoE, Zoph et
+  al. 2022; t5lite.models.moe). All ignored while num_experts is 0 (dense).
+  num_experts: experts per MoE layer (0: dense model).
+  num_selected_experts: top-k routing; 1 is Switch routing, 2 top-2.
+  moe_layer_interval: which layers are sparse (`is_moe_layer`): 1 every
+    layer, 2 every other layer (Switch), ...
+  train_capacity_factor, eval_capacity_factor: expert capacity is
+    ceil(factor * k * tokens_per_group / num_experts) tokens (at least
+    min_expert_capacity, at most the group's tokens); training uses the first,
+    evaluation, scoring and decoding the second. > 0.
+  min_expert_capacity: the smallest capacity, >= 1.
+  aux_loss_factor: weight of the load-balancing loss (Switch eq. 4), >= 0.
+  router_z_loss_factor: weight of the router z-loss (ST-MoE eq. 5), >= 0.
+  router_jitter_noise: training only: the router input is multiplied by
+    uniform noise in [1 - eps, 1 + eps], eps in [0, 1).
+  expert_dropout_rate: dropout inside the experts (Switch fine-tunes with
+    0.4), None: dropout_rate.
   """
 
   vocab_size: int = 32128
@@ -232,6 +313,16 @@ class TransformerConfig:
   max_position_embeddings: int = 0
   scale_attention_logits: bool = False
   scale_tied_logits: bool = True
+  num_experts: int = 0
+  num_selected_experts: int = 1
+  moe_layer_interval: int = 2
+  train_capacity_factor: float = 1.25
+  eval_capacity_factor: float = 2.0
+  min_expert_capacity: int = 4
+  aux_loss_factor: float = 0.01
+  router_z_loss_factor: float = 0.001
+  router_jitter_noise: float = 0.0
+  expert_dropout_rate: Optional[float] = None
 
   LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
   PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}

@@ -33,6 +33,10 @@ DECODER_ONLY_PRESETS: dict[str, dict[str, Any]] = {
   "small": dict(vocab_size=32128, d_model=768, num_heads=12, d_kv=64, d_ff=2048, num_layers=12, dropout_rate=0.0),
   "base": dict(vocab_size=32128, d_model=1024, num_heads=16, d_kv=64, d_ff=2816, num_layers=24, dropout_rate=0.0),
   "1b": dict(vocab_size=32128, d_model=2048, num_heads=32, d_kv=64, d_ff=5120, num_layers=18, dropout_rate=0.0),
+  # 'tiny' with 8 experts in every other layer (Switch routing): the decoder-only mixture of experts.
+  "moe_tiny": dict(
+    vocab_size=32128, d_model=128, num_heads=4, d_kv=32, d_ff=512, num_layers=4, dropout_rate=0.0, num_experts=8
+  ),
 }
 
 

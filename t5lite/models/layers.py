@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from t5lite.kernels import backend, xla_cpu
 from t5lite.models import attention as attention_lib
 from t5lite.models import config as config_lib
-from t5lite.models import params
+from t5lite.models import moe, params
 
 Array = jax.Array
 DType = Any
@@ -72,7 +72,7 @@ def norm(config: Any, name: str) -> nn.Module:
   return cls(config.layer_norm_epsilon, jnp.dtype(config.dtype), name=name)
 
 
-def _activation(name: str, x: Array) -> Array:
+def activation(name: str, x: Array) -> Array:
   """One of t5lite.models.config.MLP_ACTIVATIONS applied to x."""
   if name == "gelu":
     return nn.gelu(x, approximate=True)
@@ -118,7 +118,7 @@ class MlpBlock(nn.Module):
       y = params.dense(x, wi.astype(dt))
       if self.use_bias:
         y = y + params.param(self, f"{name}_bias", params.zeros_init, (self.d_ff,), ("mlp",)).astype(dt)
-      y = _activation(act, y)
+      y = activation(act, y)
       h = y if h is None else h * y
     wo = params.param(self, "wo", params.kernel_init(), (self.d_ff, d_model), ("mlp", "embed"))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
@@ -146,7 +146,9 @@ class TransformerLayer(nn.Module):
   layer_norm_epsilon, norm_type, mlp_activations, use_bias,
   scale_attention_logits). Static choices (causality, dropout on/off) are
   attributes so the layer can be scanned and rematerialised without static
-  call arguments. Returns (x, None) so it can be the body of nn.scan.
+  call arguments. With `moe` the MLP is a mixture of experts
+  (t5lite.models.moe.MoeBlock; `token_valid` bool [batch, length] marks the
+  tokens it routes). Returns (x, None) so it can be the body of nn.scan.
   """
 
   config: Any
@@ -154,6 +156,7 @@ class TransformerLayer(nn.Module):
   causal: bool = False
   deterministic: bool = True
   decode: bool = False  # KV-cache decoding (see MultiHeadAttention)
+  moe: bool = False
 
   @nn.compact
   def __call__(
@@ -164,6 +167,7 @@ class TransformerLayer(nn.Module):
     encoded: Optional[Array] = None,
     cross_mask: Optional[Array] = None,
     decode_index: Optional[Array] = None,
+    token_valid: Optional[Array] = None,
   ) -> tuple[Array, None]:
     cfg = self.config
     dt = jnp.dtype(cfg.dtype)
@@ -203,9 +207,47 @@ class TransformerLayer(nn.Module):
       x = x + residual_dropout(h)
 
     h = norm(cfg, "pre_mlp_layer_norm")(x)
-    h = MlpBlock(cfg.d_ff, cfg.dropout_rate, dt, cfg.mlp_activations, cfg.use_bias, name="mlp")(h, deterministic=det)
+    if self.moe:
+      h = moe.MoeBlock(cfg, name="mlp")(h, token_valid, deterministic=det)
+    else:
+      h = MlpBlock(cfg.d_ff, cfg.dropout_rate, dt, cfg.mlp_activations, cfg.use_bias, name="mlp")(h, deterministic=det)
     x = x + residual_dropout(h)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+
+
+def _layer_class(config: Any) -> Any:
+  """TransformerLayer, wrapped in nn.remat when `config.remat_policy` is not 'none'."""
+  if config.remat_policy == "none":
+    return TransformerLayer
+  return nn.remat(
+    TransformerLayer, policy=config_lib.remat_policy(config.remat_policy), prevent_cse=not config.scan_layers
+  )
+
+
+class LayerBlock(nn.Module):
+  """`moe_layer_interval` consecutive TransformerLayers 'sublayer_0', 'sublayer_1', ... (sublayer j
+  sparse as layer j of the stack is, `config_lib.is_moe_layer`): the unit a scanned stack with a mixture
+  of experts every `moe_layer_interval` layers repeats. Same call and return as TransformerLayer."""
+
+  config: Any
+  cross_attention: bool = False
+  causal: bool = False
+  deterministic: bool = True
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, *args: Any) -> tuple[Array, None]:
+    for j in range(self.config.moe_layer_interval):
+      x, _ = _layer_class(self.config)(
+        config=self.config,
+        cross_attention=self.cross_attention,
+        causal=self.causal,
+        deterministic=self.deterministic,
+        decode=self.decode,
+        moe=config_lib.is_moe_layer(self.config, j),
+        name=f"sublayer_{j}",
+      )(x, *args)
+    return x, None
 
 
 def apply_layer_stack(
@@ -222,6 +264,7 @@ def apply_layer_stack(
   deterministic: bool = True,
   decode: bool = False,
   decode_index: Optional[Array] = None,
+  token_valid: Optional[Array] = None,
 ) -> Array:
   """Runs `num_layers` TransformerLayers inside the calling compact module.
 
@@ -233,31 +276,41 @@ def apply_layer_stack(
   layer keeps its KV cache in the 'cache' collection (scanned: one stacked
   entry per name with the layer axis second, [batch, layers, ...], so that
   every cache leaf has the batch first as t5lite.decoding expects).
+
+  With `config.num_experts`, layer i has a mixture-of-experts MLP when
+  `config_lib.is_moe_layer(config, i)`, routing the tokens `token_valid`
+  (bool [batch, length]; None: all) marks; a scanned stack then scans
+  `LayerBlock`s of `moe_layer_interval` layers ('layers/sublayer_j/...',
+  num_layers / interval of them) unless every layer is sparse. Each MoE layer
+  sows its statistics (t5lite.models.moe), stacked along the scan axis.
   """
   implementation = backend.resolve_attention(config.attention, config.dtype, where=f"{type(config).__name__}.attention")
   if implementation == "cpu_dot_product" and (self_bias is not None or self_mask is not None):
     self_bias, self_mask = xla_cpu.fold_mask_into_bias(self_bias, self_mask, causal)
     causal = False
-  layer_cls = TransformerLayer
-  if config.remat_policy != "none":
-    layer_cls = nn.remat(
-      layer_cls, policy=config_lib.remat_policy(config.remat_policy), prevent_cse=not config.scan_layers
-    )
+  layer_cls = _layer_class(config)
   kwargs = dict(
     config=config, cross_attention=cross_attention, causal=causal, deterministic=deterministic, decode=decode
   )
-  args = (self_bias, self_mask, encoded, cross_mask, decode_index)
+  args = (self_bias, self_mask, encoded, cross_mask, decode_index, token_valid)
   if config.scan_layers:
+    length = num_layers
+    scan_cls = layer_cls
+    if config.num_experts and config.moe_layer_interval > 1:
+      scan_cls = LayerBlock
+      length = num_layers // config.moe_layer_interval
+    elif config.num_experts:
+      kwargs["moe"] = True
     scanned = nn.scan(
-      layer_cls,
-      variable_axes={"params": 0, "cache": 1},
+      scan_cls,
+      variable_axes={"params": 0, "cache": 1, "intermediates": 0},
       split_rngs={"params": True, "dropout": True},
       in_axes=(nn.broadcast,) * len(args),
-      length=num_layers,
+      length=length,
       metadata_params={nn.PARTITION_NAME: "layers"},
     )
     x, _ = scanned(**kwargs, name="layers")(x, *args)
     return x
   for i in range(num_layers):
-    x, _ = layer_cls(**kwargs, name=f"layers_{i}")(x, *args)
+    x, _ = layer_cls(**kwargs, moe=config_lib.is_moe_layer(config, i), name=f"layers_{i}")(x, *args)
   return x

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from t5lite import checks, decoding, features, losses
-from t5lite.models import decoder_only, t5
+from t5lite.models import decoder_only, moe, t5
 from t5lite.models import params as params_lib
 
 Array = jax.Array
@@ -139,11 +139,26 @@ class BaseModel:
   def _module_inputs(self, batch: Batch) -> dict[str, Array]:
     raise NotImplementedError  # defined by each subclass
 
+  @property
+  def is_moe(self) -> bool:
+    """Whether the model has mixture-of-experts layers (config.num_experts > 0)."""
+    return bool(getattr(self.config, "num_experts", 0))
+
   def logits(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None) -> Array:
+    return self.logits_and_moe_stats(params, batch, dropout_rng)[0]
+
+  def logits_and_moe_stats(
+    self, params: PyTree, batch: Batch, dropout_rng: Optional[Array] = None
+  ) -> tuple[Array, Optional[dict[str, Array]]]:
+    """(float32 logits, the mixture-of-experts statistics `moe.collect_stats` sums, or None for a dense model)."""
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply(
-      {"params": params}, **self._module_inputs(batch), enable_dropout=dropout_rng is not None, rngs=rngs
+    inputs = self._module_inputs(batch)
+    if not self.is_moe:
+      return self.module.apply({"params": params}, **inputs, enable_dropout=dropout_rng is not None, rngs=rngs), None
+    logits, state = self.module.apply(
+      {"params": params}, **inputs, enable_dropout=dropout_rng is not None, rngs=rngs, mutable=["intermediates"]
     )
+    return logits, moe.collect_stats(state.get("intermediates", {}))
 
   def loss_scale(self, batch: Batch) -> tuple[Array, Array]:
     """Per-token loss scale and normalizing denominator for a (whole) batch."""
@@ -151,9 +166,26 @@ class BaseModel:
       batch["decoder_loss_weights"], self.loss_normalizing_factor, batch.get("decoder_segment_ids")
     )
 
-  def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Optional[Array], scale: Array):
-    """Summed loss (with z-loss) weighted by `scale`, and summed metrics."""
-    logits = self.logits(params, batch, dropout_rng)
+  def loss_fn(
+    self,
+    params: PyTree,
+    batch: Batch,
+    dropout_rng: Optional[Array],
+    scale: Array,
+    aux_scale: Optional[Array] = None,
+  ):
+    """(summed loss weighted by `scale`, summed metrics).
+
+    The loss is the cross entropy with z-loss; for a mixture-of-experts model
+    with `aux_scale` given (the train step passes denominator / batch rows),
+    plus aux_scale * (aux_loss_factor * load-balancing loss + router_z_loss_factor
+    * router z-loss), each loss summed over the rows (routing groups) and
+    averaged over the MoE layers, so that after the train step's division by
+    the denominator they enter as their means over rows and layers (the
+    metric 'loss_sum' stays the cross entropy). MoE models add the sums of
+    `moe.collect_stats` as metrics 'moe_*' and the rows as 'moe_groups'.
+    """
+    logits, stats = self.logits_and_moe_stats(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
     loss, z_loss, _ = losses.compute_weighted_cross_entropy(
       logits,
@@ -171,7 +203,24 @@ class BaseModel:
       "correct": correct,
       "target_tokens": weight_sum,
     }
-    return loss, metrics
+    total = loss
+    if stats is not None:
+      metrics.update({f"moe_{k}": v for k, v in stats.items()})
+      metrics["moe_groups"] = jnp.float32(targets.shape[0])
+      if aux_scale is not None:
+        layers = jnp.maximum(stats["layers"], 1.0)
+        cfg = self.config
+        aux = cfg.aux_loss_factor * stats["aux_loss"] + cfg.router_z_loss_factor * stats["z_loss"]
+        total = loss + aux_scale * aux / layers
+    return total, metrics
+
+  def train_metrics(self, sums: Mapping[str, Array]) -> dict[str, Array]:
+    """Extra train metrics from `loss_fn`'s summed metrics: a mixture of experts'
+    (`moe.summarize`: aux loss, router z-loss, dropped fraction, expert load, router entropy); {} for a dense model."""
+    if "moe_layers" not in sums:
+      return {}
+    stats = {k[len("moe_") :]: v for k, v in sums.items() if k.startswith("moe_")}
+    return moe.summarize(stats, sums["moe_groups"])
 
   def score_batch(self, params: PyTree, batch: Batch) -> Array:
     """Log-likelihood of each example's targets: sum over target positions of
@@ -215,22 +264,39 @@ class BaseModel:
   def tokens_per_step(self, batch_size: int, lengths: Mapping[str, int]) -> int:
     return batch_size * sum(lengths.values())
 
+  def _active(self) -> dict[str, Any]:
+    """`_matmul_params` arguments: a token uses num_selected_experts of a mixture's experts."""
+    return {"active_experts": self.config.num_selected_experts} if self.is_moe else {}
+
 
 def _matmul_params(
-  abstract: PyTree, exclude: tuple[str, ...] = ("token_embedder", "position_embedder", "relpos", "bias")
+  abstract: PyTree,
+  exclude: tuple[str, ...] = ("token_embedder", "position_embedder", "relpos", "bias"),
+  active_experts: Optional[int] = None,
 ) -> dict[str, int]:
   """Parameter counts per top-level stack, leaving out lookups (no matmul) and biases
-  (the [heads, kv] attention biases are 2-D but are added, not multiplied)."""
+  (the [heads, kv] attention biases are 2-D but are added, not multiplied).
+
+  A mixture of experts' kernels (logical axis 'expert') count as the
+  `active_experts` (top-k) of their experts a token uses; all of them when None.
+  """
   counts: dict[str, int] = {}
   flat = jax.tree_util.tree_flatten_with_path(meta.unbox(abstract))[0]
-  for path, leaf in flat:
+  axes = params_lib.logical_axes_tree(abstract)
+  axes_flat = jax.tree.leaves(
+    axes, is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x)
+  )
+  for (path, leaf), names in zip(flat, axes_flat, strict=True):
     keys = [getattr(k, "key", str(k)) for k in path]
     if any(e in k for k in keys for e in exclude):
       continue
     if leaf.ndim < 2:
       continue  # norms
+    size = int(leaf.size)
+    if active_experts is not None and names and "expert" in names:
+      size = size // leaf.shape[names.index("expert")] * active_experts
     top = keys[0]
-    counts[top] = counts.get(top, 0) + int(leaf.size)
+    counts[top] = counts.get(top, 0) + size
   return counts
 
 
@@ -334,7 +400,7 @@ class EncoderDecoderModel(BaseModel):
     Embedding lookups and norms are not counted.
     """
     cfg = self.config
-    counts = _matmul_params(self.abstract_params(self.input_shapes(1, {"inputs": 8, "targets": 8})))
+    counts = _matmul_params(self.abstract_params(self.input_shapes(1, {"inputs": 8, "targets": 8})), **self._active())
     enc_p = counts.get("encoder", 0)
     dec_p = sum(v for k, v in counts.items() if k != "encoder")
     li, lt = lengths["inputs"], lengths["targets"]
@@ -449,6 +515,6 @@ class DecoderOnlyModel(BaseModel):
     cfg = self.config
     length = self.total_length(lengths)
     shapes = {"decoder_input_tokens": (1, 8)}
-    params = sum(_matmul_params(self.abstract_params(shapes)).values())
+    params = sum(_matmul_params(self.abstract_params(shapes), **self._active()).values())
     attn = 4 * cfg.num_heads * cfg.d_kv * cfg.num_layers * length * length
     return float(3 * (2 * params * length + attn) * batch_size)

@@ -40,8 +40,8 @@ PyTree = Any
 # Logical axis vocabulary used by parameters ('layers' only appears when a
 # stack is scanned, 'abspos' only with learned absolute positions) and by
 # activation constraints.
-LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "relpos_buckets", "abspos", "layers")
-ACTIVATION_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab")
+LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "relpos_buckets", "abspos", "layers", "expert", "unmodeled")
+ACTIVATION_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "expert", "expert_group")
 
 
 # --------------------------------------------------------------------------
@@ -51,8 +51,9 @@ ACTIVATION_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab")
 
 @dataclasses.dataclass(frozen=True)
 class VarianceScaling:
-  """flax.linen.initializers.variance_scaling(scale, mode, distribution, in_axis, out_axis),
-  times `factor`."""
+  """flax.linen.initializers.variance_scaling(scale, mode, distribution, in_axis, out_axis,
+  batch_axis), times `factor`. `batch_axis`: dims of independent kernels (a
+  mixture of experts' leading expert axis), counted in neither fan."""
 
   scale: float
   mode: str
@@ -60,9 +61,12 @@ class VarianceScaling:
   in_axis: Any = -2
   out_axis: Any = -1
   factor: float = 1.0
+  batch_axis: Any = ()
 
   def __call__(self, key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
-    init = nn.initializers.variance_scaling(self.scale, self.mode, self.distribution, self.in_axis, self.out_axis)
+    init = nn.initializers.variance_scaling(
+      self.scale, self.mode, self.distribution, self.in_axis, self.out_axis, self.batch_axis
+    )
     value = init(key, shape, dtype)
     return value if self.factor == 1.0 else value * jnp.asarray(self.factor, dtype)
 
@@ -95,9 +99,10 @@ def _axes(axis: Any) -> Any:
   return tuple(axis) if isinstance(axis, (list, tuple)) else axis
 
 
-def kernel_init(in_axis: Any = -2, out_axis: Any = -1) -> VarianceScaling:
-  """Dense kernels: variance scaling on fan-in (the `in_axis` dims) with a truncated normal, as in T5X."""
-  return VarianceScaling(1.0, "fan_in", "truncated_normal", _axes(in_axis), _axes(out_axis))
+def kernel_init(in_axis: Any = -2, out_axis: Any = -1, batch_axis: Any = ()) -> VarianceScaling:
+  """Dense kernels: variance scaling on fan-in (the `in_axis` dims) with a truncated normal, as in T5X;
+  `batch_axis` dims (an expert axis) hold independent kernels."""
+  return VarianceScaling(1.0, "fan_in", "truncated_normal", _axes(in_axis), _axes(out_axis), 1.0, _axes(batch_axis))
 
 
 # T5 keeps the full N(0, 1) embedding init; RMSNorm makes the scale harmless.
@@ -235,6 +240,18 @@ def _compiled_for(rng: Array, programs: list) -> list:
   return [_compiled[p, key_type] for p in programs]
 
 
+def _unscanned_names(names: tuple[str, ...], i: int, block: int) -> tuple[str, ...]:
+  """The path of layer i of a scanned stack as the unscanned stack names it ('layers' -> 'layers_i';
+  'layers/sublayer_j' of a stack of k-layer blocks -> 'layers_{i * k + j}')."""
+  out: list[str] = []
+  for c in names:
+    if c.startswith("sublayer_") and out and out[-1] == f"layers_{i}":
+      out[-1] = f"layers_{i * block + int(c[len('sublayer_') :])}"
+    else:
+      out.append(f"layers_{i}" if c == "layers" else c)
+  return tuple(out)
+
+
 def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardings: Optional[PyTree] = None) -> PyTree:
   """Creates parameters from shapes: the tree of `abstract_params` (unboxed
   ShapeDtypeStructs, e.g. meta.unbox of `jax.eval_shape(module.init, ...)['params']`),
@@ -244,7 +261,8 @@ def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardin
   `rng`: a jax PRNG key (the run's seed). Parameter p is drawn with
   fold_in(rng, crc32(p's path joined by '/')); a scanned stack's leading
   'layers' axis of size n draws layer i with the path of unscanned layer i
-  ('layers' -> 'layers_i'). `shardings`: a matching tree of jax Shardings,
+  ('layers' -> 'layers_i'; a stack of k-layer blocks: 'layers/sublayer_j'
+  -> 'layers_{i * k + j}'). `shardings`: a matching tree of jax Shardings,
   or None (default device). Deterministic for a key, whatever the sharding.
   One program per distinct (initialiser, shape, sharding) is compiled (in
   parallel threads), and kept for the life of the process. Under a trace
@@ -255,6 +273,11 @@ def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardin
   match the abstract one.
   """
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+  # A scanned stack of LayerBlocks (a mixture of experts every k layers): 'layers/sublayer_j' of
+  # block i is unscanned layer i * k + j.
+  block = 1 + max(
+    (int(c[len("sublayer_") :]) for names in initializers for c in names if c.startswith("sublayer_")), default=0
+  )
   if shardings is None:
     shard_leaves = [None] * len(leaves)
   else:  # one entry per parameter; None entries mean the default placement
@@ -272,7 +295,7 @@ def init_params(rng: Array, abstract_params: PyTree, initializers: dict, shardin
       calls.append(((init, shape, 0, sharding), _salt(names)))
     elif tuple(leaf.shape[1:]) == shape:
       n = leaf.shape[0]
-      layer_names = [tuple(f"layers_{i}" if c == "layers" else c for c in names) for i in range(n)]
+      layer_names = [_unscanned_names(names, i, block) for i in range(n)]
       if layer_names[0] == names:  # no 'layers' component: fold the layer index in
         layer_names = [names + (str(i),) for i in range(n)]
       calls.append(((init, shape, n, sharding), np.array([_salt(ln) for ln in layer_names], np.uint32)))

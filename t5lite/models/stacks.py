@@ -38,6 +38,20 @@ def relative_position_bias(config: Any, bidirectional: bool) -> Optional[embeddi
   )
 
 
+def decoder_tokens_valid(tokens: Array, segment_ids: Optional[Array] = None) -> Array:
+  """Which decoder input tokens are part of a sequence, bool [batch, length] (what a mixture of experts routes).
+
+  Packed (`segment_ids` given): segment id > 0. Otherwise the inputs are the
+  targets shifted right (0 first, then the target tokens, then padding 0s):
+  position 0 and every position up to the last non-zero token.
+  """
+  if segment_ids is not None:
+    return segment_ids > 0
+  nonzero = tokens != 0
+  to_end = jnp.flip(jax.lax.cummax(jnp.flip(nonzero, axis=-1).astype(jnp.int32), axis=tokens.ndim - 1), axis=-1) > 0
+  return to_end | (jnp.arange(tokens.shape[-1]) == 0)
+
+
 def run_stack(
   config: Any,
   embedder: embeddings.Embed,
@@ -113,9 +127,12 @@ class Encoder(nn.Module):
     relpos = relative_position_bias(cfg, bidirectional=True)
     bias = None if relpos is None else relpos(length, length, *embeddings.bias_positions(cfg, positions))
     mask = attention_lib.encoder_self_attention_mask(tokens, segment_ids)
+    token_valid = tokens > 0 if cfg.num_experts else None  # what a mixture of experts routes
 
     def layer_stack(x):
-      return layers.apply_layer_stack(cfg, self.num_layers, x, bias, mask, deterministic=deterministic)
+      return layers.apply_layer_stack(
+        cfg, self.num_layers, x, bias, mask, deterministic=deterministic, token_valid=token_valid
+      )
 
     return run_stack(
       cfg,
@@ -203,6 +220,12 @@ class Decoder(nn.Module):
         cross_mask = attention_lib.encoder_decoder_attention_mask(encoder_tokens, encoder_segment_ids, segment_ids)
     if encoded is not None:
       encoded = encoded.astype(cfg.activation_dtype)
+    token_valid = None
+    if cfg.num_experts:  # what a mixture of experts routes
+      if decode and valid is not None:
+        token_valid = valid
+      elif not decode:
+        token_valid = decoder_tokens_valid(tokens, segment_ids)
 
     def layer_stack(x):
       return layers.apply_layer_stack(
@@ -218,6 +241,7 @@ class Decoder(nn.Module):
         deterministic=deterministic,
         decode=decode,
         decode_index=decode_index,
+        token_valid=token_valid,
       )
 
     return run_stack(

@@ -56,6 +56,12 @@ T5_PRESETS: dict[str, dict[str, Any]] = {
   "large": _t5_size(1024, 16, 2816, 24),
   "xl": _t5_size(2048, 32, 5120, 24),
   "xxl": _t5_size(4096, 64, 10240, 24),
+  # Switch Transformer (Fedus et al. 2021): a T5 v1.1 size with a mixture of experts in every other
+  # layer of both stacks (top-1 routing, capacity 1.25 / 2.0, aux loss 0.01, router z-loss 0.001).
+  # switch_tiny is for tests and the CPU quickstart.
+  "switch_tiny": dict(_t5_size(128, 4, 512, 2, d_kv=32), num_experts=8),
+  "switch_base_8": dict(_t5_size(768, 12, 2048, 12), num_experts=8),
+  "switch_base_16": dict(_t5_size(768, 12, 2048, 12), num_experts=16),
 }
 
 

@@ -1,8 +1,11 @@
 """Adafactor with T5's defaults, as an optax GradientTransformation that keeps
 statistics, update clipping and parameter scaling per layer of a scanned stack.
 
-Dims named 'layers' (or in `batch_axis_names`) are batch dims, never factored
-or averaged over, so a scanned model takes the same steps as the unrolled one.
+Dims named 'layers' or 'expert' (or in `batch_axis_names`) are batch dims,
+never factored or averaged over, so a scanned model takes the same steps as
+the unrolled one and each expert of a mixture of experts has its own
+factored statistics, update clipping and parameter scale (as T5X's
+Adafactor with its expert axis).
 From optax: `chain`, `scale_by_learning_rate`, `ema` (momentum),
 `add_decayed_weights`, `scale`. Ours: the factoring rule `factored_dims` (T5X's
 for attention kernels), the second-moment estimator
@@ -32,6 +35,7 @@ from t5lite.kernels import backend, xla_cpu
 from t5lite.optim import settings, state_axes
 
 LAYERS_AXIS = "layers"
+EXPERT_AXIS = "expert"
 
 PyTree = Any
 AxisNames = state_axes.AxisNames
@@ -46,11 +50,11 @@ ScalarOrSchedule = Union[float, optax.Schedule]
 def _batch_names(batch_axis_names: Sequence[str]) -> frozenset[str]:
   if isinstance(batch_axis_names, str):
     raise TypeError("batch_axis_names must be a sequence of names, not a single string.")
-  return frozenset((LAYERS_AXIS, *batch_axis_names))
+  return frozenset((LAYERS_AXIS, EXPERT_AXIS, *batch_axis_names))
 
 
 def batch_dims(axes: Optional[AxisNames], batch_axis_names: Sequence[str] = ()) -> tuple[int, ...]:
-  """Indices of the dims that are batch dims ('layers' or a name in `batch_axis_names`)."""
+  """Indices of the dims that are batch dims ('layers', 'expert' or a name in `batch_axis_names`)."""
   if axes is None:
     return ()
   names = _batch_names(batch_axis_names)
