@@ -47,15 +47,20 @@ _UNSHARDED = (
   ("abspos", None),
   ("joined_kv", None),
   ("unmodeled", None),
-  # Mixture of experts: expert kernels [expert, ...] over the expert axis; the expert-major
-  # activations [expert, group, capacity, embed] keep their groups on the other batch axes,
-  # so that moving tokens between the two layouts is one all-to-all over the expert axis.
+)
+# Mixture of experts: expert kernels [expert, ...] over the expert axis; the expert-major
+# activations [expert, group, capacity, embed] keep their groups on the other batch axes,
+# so that moving tokens between the two layouts is one all-to-all over the expert axis.
+# Right after 'batch' in every preset: a rule earlier in the table takes its mesh axes first,
+# and 'expert_group' must win 'fsdp' over an activation's 'embed'.
+_EXPERT = (
   ("expert", "expert"),
   ("expert_group", ("data", "fsdp")),
 )
 RULE_PRESETS: dict[str, Rules] = {
   "data_parallel": (
     ("batch", BATCH_MESH_AXES),
+    *_EXPERT,
     ("embed", None),
     ("mlp", None),
     ("heads", None),
@@ -64,6 +69,7 @@ RULE_PRESETS: dict[str, Rules] = {
   ),
   "fsdp": (
     ("batch", BATCH_MESH_AXES),
+    *_EXPERT,
     ("embed", "fsdp"),
     ("mlp", None),
     ("heads", None),
@@ -72,6 +78,7 @@ RULE_PRESETS: dict[str, Rules] = {
   ),
   "tensor_parallel": (
     ("batch", BATCH_MESH_AXES),
+    *_EXPERT,
     ("embed", None),
     ("mlp", "model"),
     ("heads", "model"),
@@ -81,6 +88,7 @@ RULE_PRESETS: dict[str, Rules] = {
   # FSDP and tensor parallelism together; the default, since axes of size 1 do nothing.
   "fsdp_tensor_parallel": (
     ("batch", BATCH_MESH_AXES),
+    *_EXPERT,
     ("embed", "fsdp"),
     ("mlp", "model"),
     ("heads", "model"),

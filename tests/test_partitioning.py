@@ -16,8 +16,11 @@ DEC_TINY = dict(decoder_only.DECODER_ONLY_PRESETS["tiny"], vocab_size=512)
 
 
 def test_mesh_shapes_and_errors():
-  assert partitioning.resolve_mesh_shape(-1, 1, 1, 8) == {"data": 8, "fsdp": 1, "model": 1}
-  assert partitioning.resolve_mesh_shape(2, -1, 2, 8) == {"data": 2, "fsdp": 2, "model": 2}
+  assert partitioning.resolve_mesh_shape(-1, 1, 1, 8) == {"data": 8, "fsdp": 1, "model": 1, "expert": 1}
+  assert partitioning.resolve_mesh_shape(2, -1, 2, 8) == {"data": 2, "fsdp": 2, "model": 2, "expert": 1}
+  assert partitioning.resolve_mesh_shape(-1, 1, 1, 8, expert=4) == {"data": 2, "fsdp": 1, "model": 1, "expert": 4}
+  with pytest.raises(ValueError, match=r"Mesh data=-1 x fsdp=1 x model=1 x expert=3 does not fit"):
+    partitioning.resolve_mesh_shape(-1, 1, 1, 8, expert=3)
   with pytest.raises(ValueError, match=r"does not divide the 8 devices.*\[1, 2, 4, 8\]"):
     partitioning.resolve_mesh_shape(-1, 3, 1, 8)
   with pytest.raises(ValueError, match="uses 4 devices but there are 8"):
@@ -39,7 +42,14 @@ def test_rules_map_names_to_specs():
   assert partitioning.logical_to_spec(("embed", "heads", "kv"), rules) == P("fsdp", "model", None)
   assert partitioning.logical_to_spec(("layers", "embed", "mlp"), rules) == P(None, "fsdp", "model")
   # An activation: the batch takes fsdp first, so 'embed' stays unsharded.
-  assert partitioning.logical_to_spec(("batch", "length", "embed"), rules) == P(("data", "fsdp"), None, None)
+  assert partitioning.logical_to_spec(("batch", "length", "embed"), rules) == P(("data", "fsdp", "expert"), None, None)
+  # Mixture of experts: kernels over the expert axis; expert-major activations keep their
+  # groups on the other batch axes.
+  assert partitioning.logical_to_spec(("expert", "embed", "mlp"), rules) == P("expert", "fsdp", "model")
+  assert partitioning.logical_to_spec(("expert", "expert_group", "length", "embed"), rules) == P(
+    "expert", ("data", "fsdp"), None, None
+  )
+  assert partitioning.logical_to_spec(("embed", "unmodeled"), rules) == P("fsdp", None)
   mesh = partitioning.create_mesh(1, 1, 8)
   fitted, notes = partitioning.fit_rules(rules, mesh, {"heads": {4}, "mlp": {512}, "vocab": {512}})
   assert dict(fitted)["heads"] is None and dict(fitted)["mlp"] == "model"
@@ -69,9 +79,9 @@ def _batches(model, batch_size, seed=0):
     yield b
 
 
-def _train(tmp_path, model, mesh, steps=3, num_devices=None, lengths=None):
+def _train(tmp_path, model, mesh, steps=3, num_devices=None, lengths=None, expert=1):
   lengths = lengths or (LENGTHS if isinstance(model, model_lib.EncoderDecoderModel) else {"targets": 48})
-  part = partitioning.Partitioner(*mesh, num_devices=num_devices)
+  part = partitioning.Partitioner(*mesh, num_devices=num_devices, expert=expert)
   cfg = trainer_lib.TrainerConfig(
     train_steps=steps,
     batch_size=8,
@@ -86,6 +96,98 @@ def _train(tmp_path, model, mesh, steps=3, num_devices=None, lengths=None):
   tr.close()
   with open(tmp_path / "metrics.jsonl") as f:
     return [json.loads(line)["loss"] for line in f], tr
+
+
+def _metrics(run_dir):
+  with open(run_dir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+SWITCH_TINY = dict(t5.T5_PRESETS["switch_tiny"], vocab_size=512)
+MOE_TINY = dict(decoder_only.DECODER_ONLY_PRESETS["moe_tiny"], vocab_size=512)
+# (data, fsdp, model) and expert: expert x data, x fsdp, x model, and experts alone.
+EXPERT_MESHES = [((2, 1, 1), 4), ((1, 2, 1), 4), ((1, 1, 2), 4), ((1, 1, 1), 8)]
+
+
+def _expert_bytes(tree, axes):
+  """(total, per device) bytes of the leaves whose logical axes name 'expert'."""
+  total = per_device = 0
+  for leaf, names in zip(jax.tree.leaves(tree), axes):
+    if names and "expert" in names:
+      total += leaf.size * leaf.dtype.itemsize
+      per_device += partitioning.bytes_per_device([leaf])
+  return total, per_device
+
+
+@pytest.mark.slow
+def test_moe_training_matches_one_device_under_expert_parallelism(tmp_path):
+  """Switch tiny (capacity binds: tokens are dropped) on 8 simulated devices: expert x data,
+  x fsdp, x model, and 8 experts on 8 devices give the one-device losses and MoE metrics;
+  each device holds 1/E of the expert parameters and of their optimizer state; the
+  checkpoint restores onto another mesh."""
+  model = model_lib.EncoderDecoderModel(config=t5.T5Config(**SWITCH_TINY))
+  reference, _ = _train(tmp_path / "one", model, (1, 1, 1), num_devices=1)
+  ref_rows = _metrics(tmp_path / "one")
+  assert reference[2] < reference[0] and ref_rows[0]["moe/dropped_fraction"] > 0
+  moe_keys = [k for k in ref_rows[0] if k.startswith("moe/")]
+  assert len(moe_keys) == 6
+  for mesh, expert in EXPERT_MESHES:
+    name = "x".join(map(str, mesh)) + f"e{expert}"
+    losses, tr = _train(tmp_path / name, model, mesh, expert=expert)
+    np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f"mesh {mesh} expert {expert}")
+    for row, ref in zip(_metrics(tmp_path / name), ref_rows):
+      np.testing.assert_allclose([row[k] for k in moe_keys], [ref[k] for k in moe_keys], rtol=1e-5, atol=1e-6)
+  # The last run: 8 experts over 8 devices.
+  axes = partitioning.axes_leaves(tr.state_init.params.logical_axes)
+  total, per_device = _expert_bytes(tr.abstract_params, axes)
+  assert total == 2 * 3 * 8 * 128 * 512 * 4  # two MoE layers, three kernels [8, 128, 512] in float32
+  assert per_device == total // 8
+  # Adafactor's factored statistics of each expert kernel keep the expert axis, and are split like it.
+  opt_total = opt_device = 0
+  for leaf in jax.tree.leaves(tr.abstract_opt_state):
+    if leaf.ndim >= 2 and leaf.shape[0] == 8 and leaf.sharding.spec and leaf.sharding.spec[0] == "expert":
+      opt_total += leaf.size * leaf.dtype.itemsize
+      opt_device += partitioning.bytes_per_device([leaf])
+  assert opt_total > 0 and opt_device == opt_total // 8
+  saved = tr.state.params
+  part = partitioning.Partitioner(1, 1, 1, num_devices=1)
+  cfg = trainer_lib.TrainerConfig(train_steps=3, batch_size=8, task_feature_lengths=LENGTHS, progress=False)
+  other = trainer_lib.Trainer(
+    model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path / name), partitioner=part
+  )
+  state, rows = other.restore_or_init()
+  assert int(state.step) == 3 and rows == 3 * 8
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  other.close()
+
+
+@pytest.mark.slow
+def test_moe_decoder_only_matches_one_device_and_resumes_exactly(tmp_path):
+  model = model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**MOE_TINY))
+  reference, _ = _train(tmp_path / "one", model, (1, 1, 1), num_devices=1, steps=4)
+  losses, _ = _train(tmp_path / "dx4", model, (2, 1, 1), expert=4, steps=4)
+  np.testing.assert_allclose(losses, reference, rtol=1e-5)
+  # Two steps, then a new trainer on the same MODEL_DIR continues to four: the same losses.
+  first, _ = _train(tmp_path / "resumed", model, (2, 1, 1), expert=4, steps=2)
+  _train(tmp_path / "resumed", model, (2, 1, 1), expert=4, steps=4)
+  rows = _metrics(tmp_path / "resumed")
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  np.testing.assert_allclose([r["loss"] for r in rows], reference, rtol=1e-5)
+  np.testing.assert_allclose(
+    [r["moe/aux_loss"] for r in rows], [r["moe/aux_loss"] for r in _metrics(tmp_path / "one")], rtol=1e-5
+  )
+
+
+def test_num_experts_the_expert_axis_does_not_divide_is_refused(tmp_path):
+  model = model_lib.EncoderDecoderModel(config=t5.T5Config(**dict(SWITCH_TINY, num_experts=6)))
+  part = partitioning.Partitioner(1, 1, 1, expert=4, num_devices=4)
+  cfg = trainer_lib.TrainerConfig(train_steps=1, batch_size=8, task_feature_lengths=LENGTHS, progress=False)
+  with pytest.raises(ValueError) as e:
+    trainer_lib.Trainer(model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path), partitioner=part)
+  assert "num_experts=6 is not divisible by EXPERT_PARALLELISM=4" in str(e.value)
+  assert "Valid EXPERT_PARALLELISM: [1, 2]" in str(e.value)
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (4, 1, 2)]

@@ -180,6 +180,33 @@ def test_finetune_starts_from_another_runs_params(tmp_path):
     run(tmp_path / "ft2", 3, initial_checkpoint_path=str(tmp_path / "nothing"))
 
 
+def test_switch_model_trains_evaluates_and_fine_tunes(tmp_path):
+  """A mixture of experts (4 experts in every layer) on a seqio task: the loss falls, the MoE
+  metrics reach metrics.jsonl and TensorBoard, fine-tuning starts from its parameters with
+  expert dropout, and a dense model refuses its checkpoint before any work."""
+  moe = dict(num_experts=4, moe_layer_interval=1)
+  run(tmp_path / "pre", 40, model=tiny_model(**moe), eval_every=40, eval_steps=2)
+  rows = read_metrics(tmp_path / "pre")
+  first, last = rows[0]["loss"], np.mean([r["loss"] for r in rows[-5:]])
+  assert abs(first - math.log(384)) < 1.0 and last < first - 1.5, (first, last)
+  for row in rows:
+    assert 0.0 <= row["moe/dropped_fraction"] < 0.5
+    assert row["moe/expert_load_min"] <= 0.25 <= row["moe/expert_load_max"]
+    assert 0.0 < row["moe/router_entropy"] <= math.log(4) + 1e-6
+    assert row["moe/aux_loss"] > 0.5 and row["moe/router_z_loss"] > 0.0
+  assert read_metrics(tmp_path / "pre", "eval")[0]["loss"] < first
+  from tensorboard.backend.event_processing import event_accumulator
+
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "pre" / "train"))
+  acc.Reload()
+  assert "moe/aux_loss" in acc.Tags()["tensors"] + acc.Tags()["scalars"]
+  ft = tiny_model(**moe, expert_dropout_rate=0.4)
+  run(tmp_path / "ft", 3, model=ft, initial_checkpoint_path=str(tmp_path / "pre"))
+  assert read_metrics(tmp_path / "ft")[0]["loss"] < first - 1.0
+  with pytest.raises(ValueError, match=r"mixture of experts with num_experts=4 and this model is dense"):
+    run(tmp_path / "dense", 3, initial_checkpoint_path=str(tmp_path / "pre"))
+
+
 def test_decoder_only_trains_on_lm_task(tmp_path):
   model = model_lib.DecoderOnlyModel(
     config=decoder_only.DecoderOnlyConfig(vocab_size=384, d_model=32, num_heads=2, d_kv=16, d_ff=64, num_layers=2)

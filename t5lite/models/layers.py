@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from t5lite.kernels import backend, xla_cpu
 from t5lite.models import attention as attention_lib
 from t5lite.models import config as config_lib
-from t5lite.models import moe, params
+from t5lite.models import activations, moe, params
 
 Array = jax.Array
 DType = Any
@@ -72,21 +72,6 @@ def norm(config: Any, name: str) -> nn.Module:
   return cls(config.layer_norm_epsilon, jnp.dtype(config.dtype), name=name)
 
 
-def activation(name: str, x: Array) -> Array:
-  """One of t5lite.models.config.MLP_ACTIVATIONS applied to x."""
-  if name == "gelu":
-    return nn.gelu(x, approximate=True)
-  if name == "gelu_exact":
-    return nn.gelu(x, approximate=False)
-  if name == "relu":
-    return nn.relu(x)
-  if name == "silu":
-    return nn.silu(x)
-  if name == "linear":
-    return x
-  raise ValueError(f"unknown MLP activation {name!r}; valid options are {config_lib.MLP_ACTIVATIONS}")
-
-
 class MlpBlock(nn.Module):
   """Feed-forward block wo(prod_i act_i(x @ wi_i + b_i)) + b_o (T5X's MlpBlock).
 
@@ -118,7 +103,7 @@ class MlpBlock(nn.Module):
       y = params.dense(x, wi.astype(dt))
       if self.use_bias:
         y = y + params.param(self, f"{name}_bias", params.zeros_init, (self.d_ff,), ("mlp",)).astype(dt)
-      y = activation(act, y)
+      y = activations.activation(act, y)
       h = y if h is None else h * y
     wo = params.param(self, "wo", params.kernel_init(), (self.d_ff, d_model), ("mlp", "embed"))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))

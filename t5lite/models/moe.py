@@ -47,7 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5lite.models import params
+from t5lite.models import activations, params
 
 Array = jax.Array
 STATS = "moe_stats"  # the sow name in the 'intermediates' collection
@@ -127,12 +127,6 @@ def route(logits: Array, valid: Optional[Array], num_selected: int, capacity: in
   }
 
 
-def _activation(name: str, x: Array) -> Array:
-  from t5lite.models import layers  # pylint: disable=g-import-not-at-top  (layers imports this module)
-
-  return layers.activation(name, x)
-
-
 class MoeBlock(nn.Module):
   """Mixture-of-experts MLP: x [batch, length, d_model] -> same shape, in the activation dtype.
 
@@ -185,7 +179,7 @@ class MoeBlock(nn.Module):
       if cfg.use_bias:
         bias = params.param(self, f"{name}_bias", params.zeros_init, (e, cfg.d_ff), ("expert", "mlp"))
         y = y + bias.astype(dt)[:, None, None, :]
-      y = _activation(act, y)
+      y = activations.activation(act, y)
       h = y if h is None else h * y
     h = nn.with_logical_constraint(h, ("expert", "expert_group", "length", "mlp"))
     rate = cfg.dropout_rate if cfg.expert_dropout_rate is None else cfg.expert_dropout_rate

@@ -181,9 +181,11 @@ def test_maybe_initialize_in_a_fresh_interpreter_touches_nothing(tmp_path):
 
 
 def test_plan_mesh():
-  assert mesh_shape.plan_mesh(16, -1, 4, 1) == {"data": 4, "fsdp": 4, "model": 1}
-  assert mesh_shape.plan_mesh(16, 2, 4, 2) == {"data": 2, "fsdp": 4, "model": 2}
-  assert mesh_shape.plan_mesh(8, 1, -1, 2) == {"data": 1, "fsdp": 4, "model": 2}
+  assert mesh_shape.plan_mesh(16, -1, 4, 1) == {"data": 4, "fsdp": 4, "model": 1, "expert": 1}
+  assert mesh_shape.plan_mesh(16, 2, 4, 2) == {"data": 2, "fsdp": 4, "model": 2, "expert": 1}
+  assert mesh_shape.plan_mesh(8, 1, -1, 2) == {"data": 1, "fsdp": 4, "model": 2, "expert": 1}
+  assert mesh_shape.plan_mesh(16, -1, 1, 1, 8) == {"data": 2, "fsdp": 1, "model": 1, "expert": 8}
+  assert mesh_shape.plan_mesh(16, 2, 1, 1, -1) == {"data": 2, "fsdp": 1, "model": 1, "expert": 8}
   with pytest.raises(ValueError, match=r"does not fit 2 hosts \(16 devices\).*multiply to 3.*\[1, 2, 4, 8, 16\]"):
     mesh_shape.plan_mesh(16, -1, 3, 1, where="2 hosts")
   with pytest.raises(ValueError, match="uses 8 devices but the job has 16 devices"):

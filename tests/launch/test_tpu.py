@@ -213,7 +213,7 @@ def test_xpk_multislice_workload(capsys):
         "--data=1",
         "--fsdp=16",
       ],
-      r"fsdp x model = 16 must divide the 8 devices of one slice.*Valid fsdp x model: \[1, 2, 4, 8\]",
+      r"fsdp x model x expert = 16 must divide the 8 devices of one slice.*Valid fsdp x model x expert: \[1, 2, 4, 8\]",
     ),
   ],
 )

@@ -157,7 +157,9 @@ def test_config_validation_and_presets():
     ValueError, match="'cudnn'; valid values are \\('auto', 'dot_product', 'cudnn_flash_jax', 'cpu_dot_product'\\)"
   ):
     make_config(attention="cudnn")
-  with pytest.raises(ValueError, match=r"unknown decoder-only preset 'huge'.*\['1b', 'base', 'small', 'tiny'\]"):
+  with pytest.raises(
+    ValueError, match=r"unknown decoder-only preset 'huge'.*\['1b', 'base', 'moe_tiny', 'small', 'tiny'\]"
+  ):
     decoder_only.decoder_only_config("huge")
   cfg = decoder_only.decoder_only_config("1b", remat_policy="minimal")
   assert (cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff) == (2048, 32, 64, 5120)

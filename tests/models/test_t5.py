@@ -329,7 +329,8 @@ def test_config_validation_and_presets():
   with pytest.raises(ValueError, match="dropout_rate"):
     make_config(dropout_rate=1.5)
   with pytest.raises(
-    ValueError, match=r"unknown T5 preset 'medium'.*\['base', 'large', 'small', 'tiny', 'xl', 'xxl'\]"
+    ValueError,
+    match=r"unknown T5 preset 'medium'.*\['base', 'large', 'small', 'switch_base_16', 'switch_base_8', 'switch_tiny', 'tiny', 'xl', 'xxl'\]",
   ):
     t5.t5_config("medium")
   cfg = t5.t5_config("base", dtype="bfloat16", scan_layers=True)
@@ -371,7 +372,9 @@ def test_gin_presets_match_python_presets():
   try:
     for name in t5.T5_PRESETS:
       gin.clear_config()
-      gin.parse_config_file(str(REPO / "gin" / "models" / "t5_1_1" / f"{name}.gin"))
+      # Switch presets live in gin/models/switch/ (switch_base_8 -> switch/base_8.gin).
+      path = ("switch", name[len("switch_") :]) if name.startswith("switch_") else ("t5_1_1", name)
+      gin.parse_config_file(str(REPO / "gin" / "models" / path[0] / f"{path[1]}.gin"))
       assert gin.get_configurable(t5.T5Config)() == t5.t5_config(name), name
   finally:
     gin.clear_config()
