@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from t5lite import checkpointing, partitioning, summaries, throughput
@@ -303,17 +304,19 @@ class Trainer:
         break
       with self.partitioner.context():
         m = jax.device_get(self._eval_step(params, self.partitioner.global_batch(batch, self.config.batch_size)))
-      for k, v in m.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
+      for k, v in m.items():  # scalars, and a mixture of experts' per-layer expert counts
+        totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
     if not totals:
       return {}
-    tokens = max(totals["target_tokens"], 1.0)
+    tokens = max(float(totals["target_tokens"]), 1.0)
     result = {
-      "loss": totals["loss_sum"] / tokens,
-      "z_loss": totals["z_loss_sum"] / tokens,
-      "accuracy": totals["correct"] / tokens,
-      "target_tokens": totals["target_tokens"],
+      "loss": float(totals["loss_sum"]) / tokens,
+      "z_loss": float(totals["z_loss_sum"]) / tokens,
+      "accuracy": float(totals["correct"]) / tokens,
+      "target_tokens": float(totals["target_tokens"]),
     }
+    # A mixture of experts' routing on the eval split (eval capacity factor): moe/* as in training.
+    result.update({k: float(v) for k, v in self.model.train_metrics(totals).items()})
     self.summaries.write(step, "eval", result)
     return result
 

@@ -194,7 +194,8 @@ def test_switch_model_trains_evaluates_and_fine_tunes(tmp_path):
     assert row["moe/expert_load_min"] <= 0.25 <= row["moe/expert_load_max"]
     assert 0.0 < row["moe/router_entropy"] <= math.log(4) + 1e-6
     assert row["moe/aux_loss"] > 0.5 and row["moe/router_z_loss"] > 0.0
-  assert read_metrics(tmp_path / "pre", "eval")[0]["loss"] < first
+  evals = read_metrics(tmp_path / "pre", "eval")
+  assert evals[0]["loss"] < first and 0.0 <= evals[0]["moe/dropped_fraction"] < 0.5
   from tensorboard.backend.event_processing import event_accumulator
 
   acc = event_accumulator.EventAccumulator(str(tmp_path / "pre" / "train"))
