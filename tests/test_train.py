@@ -201,6 +201,23 @@ def test_switch_model_trains_evaluates_and_fine_tunes(tmp_path):
   acc = event_accumulator.EventAccumulator(str(tmp_path / "pre" / "train"))
   acc.Reload()
   assert "moe/aux_loss" in acc.Tags()["tensors"] + acc.Tags()["scalars"]
+  # Decoding and scoring the checkpoint: 2 experts per device on one device, one on each of two.
+  from t5lite import inference, partitioning
+  from t5lite.models.model import DecodeOptions
+
+  inputs = np.array([[5, 9, 11, 3, 7, 0], [4, 8, 2, 6, 13, 21]], np.int32)
+  results = []
+  for part in (partitioning.Partitioner(num_devices=1), partitioning.Partitioner(1, 1, 1, expert=2, num_devices=2)):
+    predictor = inference.Predictor.restore(
+      tiny_model(**moe), str(tmp_path / "pre"), partitioner=part, batch_size=2, options=DecodeOptions(max_decode_len=5)
+    )
+    tokens, scores = predictor.predict_tokens(inputs)
+    scored = predictor.score_examples(predictor.score_features([[5, 9, 11], [4, 8]], [[7, 8, 1], [2, 1]]))
+    results.append((tokens, scores, scored))
+  np.testing.assert_array_equal(results[0][0], results[1][0])
+  np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+  np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-5)
+  assert np.all(results[0][2] < 0)
   ft = tiny_model(**moe, expert_dropout_rate=0.4)
   run(tmp_path / "ft", 3, model=ft, initial_checkpoint_path=str(tmp_path / "pre"))
   assert read_metrics(tmp_path / "ft")[0]["loss"] < first - 1.0
