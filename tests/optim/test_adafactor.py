@@ -93,6 +93,10 @@ def test_factored_dims_rules():
   assert fd((256, 512), ("layers", "embed")) is None
   assert fd((256, 512), ("experts", "embed"), batch_axis_names=("experts",)) is None
   assert fd((256, 512), ("experts", "embed")) == ((0,), (1,))
+  # A mixture of experts' kernels: the 'expert' dim is a batch dim, each expert factored on its own.
+  assert fd((256, 512, 1024), ("expert", "embed", "mlp")) == ((1,), (2,))
+  assert fd((8, 1024, 512), ("expert", "mlp", "embed")) == ((2,), (1,))
+  assert fd((8, 6, 512, 1024), ("layers", "expert", "embed", "mlp")) == ((2,), (3,))
   assert fd((8, 512, 1024), (None, None, None)) == ((1,), (2,))
   assert fd((4, 6), min_dim_size_to_factor=4) == ((0,), (1,))
   # Attention kernels (T5X's factor rules): 'embed' rows, heads x kv columns,
@@ -240,6 +244,19 @@ def test_scanned_layers_equal_unscanned():
   up_flat, _ = run(tx_flat, layers, grads)
   for s in range(2):
     np.testing.assert_allclose(up_scan[s], jnp.stack(up_flat[s]), rtol=1e-5, atol=1e-9)
+
+
+def test_each_expert_is_its_own_parameter():
+  """Experts stacked on an 'expert' axis take the steps they would take as separate kernels:
+  their own factored statistics, update clipping and parameter scale (gradients an order of
+  magnitude apart, so shared statistics would change every step)."""
+  experts = [rand(50 + i, (4, 6), scale=0.1 * (i + 1)) for i in range(3)]
+  grads = [[rand(60 + 3 * s + i, (4, 6), scale=10.0 ** (i - 1)) for i in range(3)] for s in range(2)]
+  tx_stacked = af.adafactor(0.1, min_dim_size_to_factor=4, logical_axes=("expert", "embed", "mlp"))
+  up_stacked, _ = run(tx_stacked, jnp.stack(experts), [jnp.stack(g) for g in grads])
+  up_separate, _ = run(af.adafactor(0.1, min_dim_size_to_factor=4), experts, grads)
+  for s in range(2):
+    np.testing.assert_allclose(up_stacked[s], jnp.stack(up_separate[s]), rtol=1e-5, atol=1e-9)
 
 
 def test_update_clipping_engages_when_rms_above_threshold():
