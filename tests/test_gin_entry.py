@@ -39,6 +39,23 @@ def test_gin_includes_work_beside_a_runs_folder(tmp_path, monkeypatch):
   gin.clear_config()
 
 
+def test_switch_quickstart_configures_experts_and_the_expert_axis():
+  import gin  # pylint: disable=g-import-not-at-top
+
+  from t5lite import partitioning  # pylint: disable=g-import-not-at-top
+  from t5lite.models import t5  # pylint: disable=g-import-not-at-top
+
+  try:
+    gin_entry.configure_gin(["experiments/quickstart_switch.gin"], ['MODEL_DIR = "/tmp/x"', "EXPERT_PARALLELISM = 8"])
+    cfg = gin.get_configurable(t5.T5Config)()
+    assert (cfg.num_experts, cfg.moe_layer_interval, cfg.vocab_size) == (8, 2, 8192)
+    assert (cfg.train_capacity_factor, cfg.eval_capacity_factor) == (1.25, 2.0)
+    part = gin.get_configurable(partitioning.Partitioner)()
+    assert dict(part.mesh.shape) == {"data": 1, "fsdp": 1, "model": 1, "expert": 8}
+  finally:
+    gin.clear_config()
+
+
 # --------------------------------------------------------------------------- #
 # Command-line and gin mistakes: one line on stderr, exit code 1, before any work.
 # --------------------------------------------------------------------------- #
