@@ -105,8 +105,9 @@ def _metrics(run_dir):
 
 SWITCH_TINY = dict(t5.T5_PRESETS["switch_tiny"], vocab_size=512)
 MOE_TINY = dict(decoder_only.DECODER_ONLY_PRESETS["moe_tiny"], vocab_size=512)
-# (data, fsdp, model) and expert: expert x data, x fsdp, x model, and experts alone.
-EXPERT_MESHES = [((2, 1, 1), 4), ((1, 2, 1), 4), ((1, 1, 2), 4), ((1, 1, 1), 8)]
+# (data, fsdp, model) and expert: expert x fsdp, x model, and experts alone (expert x data:
+# the decoder-only test below).
+EXPERT_MESHES = [((1, 2, 1), 4), ((1, 1, 2), 4), ((1, 1, 1), 8)]
 
 
 def _expert_bytes(tree, axes):
@@ -121,8 +122,8 @@ def _expert_bytes(tree, axes):
 
 @pytest.mark.slow
 def test_moe_training_matches_one_device_under_expert_parallelism(tmp_path):
-  """Switch tiny (capacity binds: tokens are dropped) on 8 simulated devices: expert x data,
-  x fsdp, x model, and 8 experts on 8 devices give the one-device losses and MoE metrics;
+  """Switch tiny (capacity binds: tokens are dropped) on 8 simulated devices: expert x fsdp,
+  x model, and 8 experts on 8 devices give the one-device losses and MoE metrics;
   each device holds 1/E of the expert parameters and of their optimizer state; the
   checkpoint restores onto another mesh."""
   model = model_lib.EncoderDecoderModel(config=t5.T5Config(**SWITCH_TINY))
@@ -166,10 +167,9 @@ def test_moe_training_matches_one_device_under_expert_parallelism(tmp_path):
 def test_moe_decoder_only_matches_one_device_and_resumes_exactly(tmp_path):
   model = model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**MOE_TINY))
   reference, _ = _train(tmp_path / "one", model, (1, 1, 1), num_devices=1, steps=4)
-  losses, _ = _train(tmp_path / "dx4", model, (2, 1, 1), expert=4, steps=4)
-  np.testing.assert_allclose(losses, reference, rtol=1e-5)
-  # Two steps, then a new trainer on the same MODEL_DIR continues to four: the same losses.
-  first, _ = _train(tmp_path / "resumed", model, (2, 1, 1), expert=4, steps=2)
+  # On expert x data (2 x 4): two steps, then a new trainer on the same MODEL_DIR continues to
+  # four; the same losses as one uninterrupted run on one device.
+  _train(tmp_path / "resumed", model, (2, 1, 1), expert=4, steps=2)
   _train(tmp_path / "resumed", model, (2, 1, 1), expert=4, steps=4)
   rows = _metrics(tmp_path / "resumed")
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
