@@ -125,6 +125,17 @@ def test_plain_commands_one_per_node(capsys):
     assert distributed.init_kwargs_from_env(env)["process_id"] == i
 
 
+def test_expert_parallelism_reaches_the_run_and_is_checked(capsys):
+  out = script_of(
+    capsys,
+    ["--plain", "--nodes", "2", "--gpus_per_node", "4", "--coordinator", "10.0.0.5", *TRAIN, "--expert=4"],
+  )
+  words = shlex.split(out.splitlines()[0])
+  assert "--gin.DATA_PARALLELISM=2" in words and "--gin.EXPERT_PARALLELISM=4" in words
+  assert slurm.main(["--plain", "--nodes", "2", "--coordinator", "10.0.0.5", *TRAIN, "--expert=3"]) == 2
+  assert "expert=3" in capsys.readouterr().err
+
+
 def test_plain_needs_the_coordinator(capsys):
   assert slurm.main(["--plain", "--nodes", "2", *TRAIN]) == 2
   assert "--coordinator" in capsys.readouterr().err
