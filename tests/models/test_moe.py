@@ -154,12 +154,18 @@ def test_expert_kernels_are_initialised_per_expert():
 
 
 def test_scanned_stack_equals_unrolled():
-  outs = []
+  """Scanned blocks of two layers ('layers/sublayer_j') start from the unrolled values and compute
+  the same logits, statistics and KV-cache decoding."""
+  outs, decoded = [], []
   for scan in (False, True):
     cfg = t5.t5_config("switch_tiny", vocab_size=64, scan_layers=scan, num_encoder_layers=4, num_decoder_layers=4)
     model = model_lib.EncoderDecoderModel(config=cfg)
     p = model.init_params(jax.random.key(0), model.input_shapes(3, {"inputs": 12, "targets": 7}))
     outs.append(model.logits_and_moe_stats(p, _batch(np.random.default_rng(1)), jax.random.key(2)))
+    inputs = np.array([[5, 9, 11, 3, 7, 0], [4, 8, 2, 6, 13, 21]])
+    decoded.append(model.predict_batch(p, inputs, DecodeOptions(max_decode_len=4, eos_id=-1))[:2])
+  np.testing.assert_array_equal(decoded[1][0], decoded[0][0])
+  np.testing.assert_allclose(decoded[1][1], decoded[0][1], rtol=1e-5)
   np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
   for k in ("aux_loss", "z_loss", "dropped", "tokens", "layers"):
     np.testing.assert_allclose(outs[1][1][k], outs[0][1][k], rtol=1e-5)
