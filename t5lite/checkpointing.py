@@ -47,9 +47,14 @@ def param_shapes(params: PyTree) -> dict[str, list[int]]:
   return out
 
 
+def _routers(shapes: Mapping[str, list[int]]) -> dict[str, list[int]]:
+  """The mixture-of-experts routers of a parameter-shape table: {path: shape}."""
+  return {key: shape for key, shape in shapes.items() if key.endswith("/mlp/router") and shape}
+
+
 def _num_experts(shapes: Mapping[str, list[int]]) -> int:
   """Experts per mixture-of-experts layer of a parameter-shape table (its routers' last dim), 0 for a dense model."""
-  routers = [shape for key, shape in shapes.items() if key.endswith("/mlp/router") and shape]
+  routers = list(_routers(shapes).values())
   return int(routers[0][-1]) if routers else 0
 
 
@@ -60,9 +65,15 @@ def describe_mismatch(saved: Mapping[str, list[int]], wanted: Mapping[str, list[
   experts_saved, experts_wanted = _num_experts(saved), _num_experts(wanted)
   if experts_saved != experts_wanted:
     kind = lambda n: f"a mixture of experts with num_experts={n}" if n else "dense (num_experts=0)"  # noqa: E731
+    fix = f"num_experts={experts_saved}" + (" (and its moe_layer_interval)" if experts_saved else "")
     lines.append(
-      f"the checkpoint is {kind(experts_saved)} and this model is {kind(experts_wanted)}: "
-      f"set num_experts={experts_saved} (and its moe_layer_interval) to use it"
+      f"the checkpoint is {kind(experts_saved)} and this model is {kind(experts_wanted)}: set {fix} to use it"
+    )
+  elif experts_saved and set(_routers(saved)) != set(_routers(wanted)):
+    where = lambda shapes: ", ".join(sorted(k[: -len("/mlp/router")] for k in _routers(shapes)))  # noqa: E731
+    lines.append(
+      f"the checkpoint's mixture-of-experts layers are {where(saved)} and this model's are {where(wanted)}: "
+      "set moe_layer_interval (and scan_layers) as the checkpoint's run did"
     )
   for k in sorted(set(saved) | set(wanted)):
     a, b = saved.get(k), wanted.get(k)

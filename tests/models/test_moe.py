@@ -283,5 +283,12 @@ def test_dense_and_moe_checkpoints_are_told_apart():
   )
   text = checkpointing.describe_mismatch(wanted, saved)
   assert text.startswith(
-    "the checkpoint is dense (num_experts=0) and this model is a mixture of experts with num_experts=8"
+    "the checkpoint is dense (num_experts=0) and this model is a mixture of experts with num_experts=8: "
+    "set num_experts=0 to use it"
+  )
+  every = model_lib.EncoderDecoderModel(config=t5.t5_config("switch_tiny", vocab_size=64, moe_layer_interval=1))
+  other = checkpointing.param_shapes(flax.core.meta.unbox(every.abstract_params(shapes)))
+  assert checkpointing.describe_mismatch(saved, other).startswith(
+    "the checkpoint's mixture-of-experts layers are decoder/layers_1, encoder/layers_1 and this model's are "
+    "decoder/layers_0, decoder/layers_1, encoder/layers_0, encoder/layers_1: set moe_layer_interval"
   )
