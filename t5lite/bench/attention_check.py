@@ -176,17 +176,23 @@ def _grad_fn(model):
   """jit of value_and_grad of model.loss_fn (normalised as the trainer does), with the logits the loss saw."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  logits_of = type(model).logits
+  forward = type(model).logits_and_moe_stats
 
   def f(params, batch):
     seen = []
+
+    def caught(*a, **k):
+      out = forward(model, *a, **k)
+      seen.append(out[0])
+      return out
+
     # The logits that loss_fn computes, caught on their way (no second forward pass to compile).
-    model.logits = lambda *a, **k: seen.append(logits_of(model, *a, **k)) or seen[-1]
+    model.logits_and_moe_stats = caught
     try:
       scale, denom = model.loss_scale(batch)
       loss, _ = model.loss_fn(params, batch, None, scale / denom)
     finally:
-      del model.logits
+      del model.logits_and_moe_stats
     return loss, seen[0]
 
   return jax.jit(jax.value_and_grad(f, has_aux=True))

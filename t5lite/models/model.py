@@ -182,8 +182,8 @@ class BaseModel:
     * router z-loss), each loss summed over the rows (routing groups) and
     averaged over the MoE layers, so that after the train step's division by
     the denominator they enter as their means over rows and layers (the
-    metric 'loss_sum' stays the cross entropy). MoE models add the sums of
-    `moe.collect_stats` as metrics 'moe_*' and the rows as 'moe_groups'.
+    metric 'loss_sum' stays the cross entropy). MoE models add `moe.metric_sums`
+    as metrics 'moe_*' (sums that add up across microbatches and batches).
     """
     logits, stats = self.logits_and_moe_stats(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
@@ -205,22 +205,20 @@ class BaseModel:
     }
     total = loss
     if stats is not None:
-      metrics.update({f"moe_{k}": v for k, v in stats.items()})
-      metrics["moe_groups"] = jnp.float32(targets.shape[0])
+      sums = moe.metric_sums(stats, targets.shape[0])
+      metrics.update({f"moe_{k}": v for k, v in sums.items()})
       if aux_scale is not None:
-        layers = jnp.maximum(stats["layers"], 1.0)
         cfg = self.config
-        aux = cfg.aux_loss_factor * stats["aux_loss"] + cfg.router_z_loss_factor * stats["z_loss"]
-        total = loss + aux_scale * aux / layers
+        total = loss + aux_scale * (cfg.aux_loss_factor * sums["aux_loss"] + cfg.router_z_loss_factor * sums["z_loss"])
     return total, metrics
 
   def train_metrics(self, sums: Mapping[str, Array]) -> dict[str, Array]:
-    """Extra train metrics from `loss_fn`'s summed metrics: a mixture of experts'
-    (`moe.summarize`: aux loss, router z-loss, dropped fraction, expert load, router entropy); {} for a dense model."""
-    if "moe_layers" not in sums:
+    """Extra metrics from `loss_fn`'s metrics summed over microbatches (or eval batches): a
+    mixture of experts' (`moe.summarize`: aux loss, router z-loss, dropped fraction, expert
+    load, router entropy); {} for a dense model."""
+    if "moe_groups" not in sums:
       return {}
-    stats = {k[len("moe_") :]: v for k, v in sums.items() if k.startswith("moe_")}
-    return moe.summarize(stats, sums["moe_groups"])
+    return moe.summarize({k[len("moe_") :]: v for k, v in sums.items() if k.startswith("moe_")})
 
   def score_batch(self, params: PyTree, batch: Batch) -> Array:
     """Log-likelihood of each example's targets: sum over target positions of

@@ -35,7 +35,7 @@ to ('expert', 'expert_group', ...), so that with the batch sharded over
 ('data', 'fsdp', 'expert') XLA's SPMD partitioner turns the reshard into the
 all-to-all. Each layer sows its per-group statistics into the
 'intermediates' collection; `collect_stats` gathers them for the loss and
-the train metrics (`summarize`).
+the train metrics (`metric_sums`, `summarize`).
 """
 
 from __future__ import annotations
@@ -231,23 +231,39 @@ def collect_stats(intermediates: Mapping[str, Any]) -> Optional[dict[str, Array]
   return out
 
 
-def summarize(sums: Mapping[str, Array], groups: Array) -> dict[str, Array]:
-  """Train metrics from summed statistics (`collect_stats`, summed over microbatches).
+def metric_sums(stats: Mapping[str, Array], groups: int) -> dict[str, Array]:
+  """Statistics of one forward pass (`collect_stats`) as sums that add up across microbatches and
+  batches: aux_loss and z_loss averaged over the MoE layers (still summed over the groups),
+  tokens, dropped, entropy, expert_counts [num_moe_layers, E], and `groups`, the rows of the
+  batch (float32). `summarize` turns their totals into metrics."""
+  layers = jnp.maximum(stats["layers"], 1.0)
+  return {
+    "aux_loss": stats["aux_loss"] / layers,
+    "z_loss": stats["z_loss"] / layers,
+    "tokens": stats["tokens"],
+    "dropped": stats["dropped"],
+    "entropy": stats["entropy"],
+    "expert_counts": stats["expert_counts"],
+    "groups": jnp.float32(groups),
+  }
 
-  `groups`: the number of groups (rows) the sums cover per MoE layer. Returns
-  'moe/aux_loss' and 'moe/router_z_loss' (means over groups and MoE layers,
-  before their factors), 'moe/dropped_fraction' (assignments over capacity /
-  all assignments), 'moe/expert_load_min' / '_max' (the smallest and largest
-  fraction of a layer's assignments one expert received, before capacity;
-  1 / E when balanced), 'moe/router_entropy' (nats per token).
+
+def summarize(sums: Mapping[str, Array]) -> dict[str, Array]:
+  """Metrics from `metric_sums` totals (summed over microbatches, or over eval batches).
+
+  Returns 'moe/aux_loss' and 'moe/router_z_loss' (means over groups and MoE
+  layers, before their factors), 'moe/dropped_fraction' (assignments over
+  capacity / all assignments), 'moe/expert_load_min' / '_max' (the smallest
+  and largest fraction of a layer's assignments one expert received, before
+  capacity; 1 / E when balanced), 'moe/router_entropy' (nats per token).
   """
-  layers = jnp.maximum(sums["layers"], 1.0)
+  groups = jnp.maximum(sums["groups"], 1.0)
   counts = sums["expert_counts"]
   load = counts / jnp.maximum(jnp.sum(counts, axis=-1, keepdims=True), 1.0)
   assignments = jnp.maximum(jnp.sum(counts), 1.0)
   return {
-    "moe/aux_loss": sums["aux_loss"] / (layers * jnp.maximum(groups, 1.0)),
-    "moe/router_z_loss": sums["z_loss"] / (layers * jnp.maximum(groups, 1.0)),
+    "moe/aux_loss": sums["aux_loss"] / groups,
+    "moe/router_z_loss": sums["z_loss"] / groups,
     "moe/dropped_fraction": sums["dropped"] / assignments,
     "moe/expert_load_min": jnp.min(load),
     "moe/expert_load_max": jnp.max(load),

@@ -181,11 +181,15 @@ def test_loss_adds_the_auxiliary_losses_and_train_metrics():
   plain, m = model.loss_fn(p, batch, None, weights)
   total, _ = model.loss_fn(p, batch, None, weights, aux_scale=jnp.float32(2.0))
   assert float(plain) == pytest.approx(float(m["loss_sum"]))
-  layers = float(m["moe_layers"])
-  extra = 2.0 * (0.5 * float(m["moe_aux_loss"]) + 0.25 * float(m["moe_z_loss"])) / layers
+  # The metric sums hold the aux losses averaged over the 2 MoE layers, summed over the 3 rows.
+  _, stats = model.logits_and_moe_stats(p, batch)
+  assert float(stats["layers"]) == 2.0
+  assert float(m["moe_aux_loss"]) == pytest.approx(float(stats["aux_loss"]) / 2, rel=1e-6)
+  assert float(m["moe_groups"]) == 3.0
+  extra = 2.0 * (0.5 * float(m["moe_aux_loss"]) + 0.25 * float(m["moe_z_loss"]))
   assert float(total) == pytest.approx(float(plain) + extra, rel=1e-6)
   summary = model.train_metrics(m)
-  assert float(summary["moe/aux_loss"]) == pytest.approx(float(m["moe_aux_loss"]) / (layers * 3), rel=1e-6)
+  assert float(summary["moe/aux_loss"]) == pytest.approx(float(stats["aux_loss"]) / (2 * 3), rel=1e-6)
   counts = np.asarray(m["moe_expert_counts"])
   assert counts.shape == (2, 8)
   load = counts / counts.sum(-1, keepdims=True)
@@ -194,6 +198,25 @@ def test_loss_adds_the_auxiliary_losses_and_train_metrics():
   assert float(summary["moe/dropped_fraction"]) == pytest.approx(float(m["moe_dropped"]) / counts.sum())
   assert 0 < float(summary["moe/router_entropy"]) <= np.log(8) + 1e-6
   assert model_lib.EncoderDecoderModel(config=t5.T5Config(**TINY)).train_metrics({"loss_sum": 1.0}) == {}
+
+
+def test_metrics_and_gradients_do_not_depend_on_microbatches():
+  """The aux losses enter the gradient and the metrics as batch means, whatever the number
+  of microbatches (each row is its own routing group)."""
+  from t5lite import trainer  # pylint: disable=g-import-not-at-top
+
+  model = model_lib.EncoderDecoderModel(config=t5.t5_config("switch_tiny", vocab_size=64, aux_loss_factor=0.5))
+  p = model.init_params(jax.random.key(0), model.input_shapes(4, {"inputs": 12, "targets": 7}))
+  batch = {k: jnp.asarray(v) for k, v in _batch(np.random.default_rng(0), batch=4).items()}
+  results = [trainer.compute_gradients(model, p, batch, jax.random.key(1), n) for n in (1, 2, 4)]
+  want = {k: float(v) for k, v in model.train_metrics(results[0][1]).items()}
+  assert want["moe/aux_loss"] > 0.5
+  for grads, metrics in results[1:]:
+    got = {k: float(v) for k, v in model.train_metrics(metrics).items()}
+    assert got == pytest.approx(want, rel=1e-5)
+    router = ("encoder", "layers_1", "mlp", "router")
+    g1 = flax.traverse_util.flatten_dict(results[0][0])[router]
+    np.testing.assert_allclose(flax.traverse_util.flatten_dict(grads)[router], g1, rtol=1e-4, atol=1e-7)
 
 
 def test_jitter_and_expert_dropout_only_in_training():
