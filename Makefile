@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python -m t5lite.bench.data --task pydocs_lm --examples 2000
 	$(BIN)/python -m t5lite.bench.train_step --preset tiny --batch 8 --inputs 512 --targets 114 --steps 10
 	$(BIN)/python -m t5lite.bench.decode --preset tiny --batch 8 --inputs 512 --max_decode_len 64 --methods greedy,beam4
+	$(BIN)/t5lite data prepare
+	$(BIN)/python -m t5lite.bench.moe --output runs/bench-moe.jsonl
 
 # The one-shot GPU benchmark (docs/performance.md); `--smoke` runs it tiny on the CPU.
 bench-gpu: $(STAMP)

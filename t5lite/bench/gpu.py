@@ -21,6 +21,8 @@ with its own timeout:
   base_attn_dot_product  base with the plain einsum attention: a base number even
                          when cuDNN attention ('auto') fails
   hf_base                HF transformers (PyTorch) on the same shapes (--hf_script)
+  switch_base_8          Switch Transformer base, 8 experts every other layer (top-1), the
+                         shapes of base: tokens/s and MFU from active parameters (issue 15)
   large                  T5 v1.1 large, batch 64
   1b                     decoder-only 1b, batch 16, length 2048
   base_attn_<name>       base with the other attention implementations
@@ -33,9 +35,9 @@ skipped), "wall_s" and the child's own JSON fields (of a run cut off by its
 timeout, those of the last JSON line it printed, if any); the children's
 progress lines pass through on stderr, so a run cut off shows where it was. An
 "env" line comes first (versions, the plan) and a "summary" line last (t5lite
-base tokens/s over HF's, the MFU of each run, the attention check's verdict and
-whether only 'auto' failed). `--output FILE` writes the same
-lines to FILE. Exits 0 whatever the runs did.
+base tokens/s over HF's, the MFU of each run, the attention check's verdict,
+whether only 'auto' failed, and switch_base_8 tokens/s over base's). `--output
+FILE` writes the same lines to FILE. Exits 0 whatever the runs did.
 
 Runs with the system Python from the repository root (no venv needed); it and
 its t5lite children import neither TensorFlow, seqio nor gin. `--smoke` runs
@@ -57,7 +59,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence, TextIO
+from typing import Optional, Sequence
+
+from t5lite.bench import jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_HF_SCRIPT = os.path.join(".device", "hf_t5_train_step_gpu.py")
@@ -88,6 +92,7 @@ class Sizes:
   reference: tuple[str, ...]
   attention_check: tuple[str, ...]
   base: tuple[str, ...]
+  switch_base: tuple[str, ...]  # a Switch Transformer with base's shapes (issue 15)
   large: tuple[str, ...]
   one_b: tuple[str, ...]
   common: tuple[str, ...]  # passed to every train_step run
@@ -101,6 +106,7 @@ GPU = Sizes(
   reference=("--layers", "12", "--d_model", "768", "--d_ff", "2048", "--batch", "128", "--length", "512"),
   attention_check=("--candidate", "cudnn_flash_jax", "--dtype", "bfloat16"),
   base=("--preset", "base", "--batch", "128", "--inputs", "512", "--targets", "114"),
+  switch_base=("--preset", "switch_base_8", "--batch", "128", "--inputs", "512", "--targets", "114"),
   large=("--preset", "large", "--batch", "64", "--inputs", "512", "--targets", "114"),
   one_b=("--model", "decoder_only", "--preset", "1b", "--batch", "16", "--inputs", "1024", "--targets", "1024"),
   common=("--dtype", "bfloat16"),
@@ -113,6 +119,7 @@ GPU = Sizes(
     "base_cold": 150,
     "base_warm": 60,
     "hf_base": 90,
+    "switch_base_8": 150,
     "large": 150,
     "1b": 150,
     "variant": 100,
@@ -131,6 +138,7 @@ SMOKE = Sizes(
   reference=("--layers", "2", "--d_model", "64", "--d_ff", "128", "--batch", "2", "--length", "16"),
   attention_check=("--candidate", "cpu_dot_product", "--dtype", "float32", "--layers", "1", "--vocab_size", "256"),
   base=("--preset", "tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
+  switch_base=("--preset", "switch_tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
   large=("--preset", "tiny", "--batch", "2", "--inputs", "32", "--targets", "8"),
   one_b=("--model", "decoder_only", "--preset", "tiny", "--batch", "2", "--inputs", "16", "--targets", "16"),
   common=("--dtype", "float32", "--vocab_size", "256"),
@@ -158,6 +166,7 @@ SMOKE = Sizes(
     "base_cold": 120,
     "base_warm": 90,
     "hf_base": 90,
+    "switch_base_8": 120,
     "large": 120,
     "1b": 120,
     "variant": 120,
@@ -204,6 +213,8 @@ def build_plan(
     Run("base_warm", t5lite(sizes.base, cached=True), t["base_warm"]),
     *[variant(n) for n in attention_variants if n == FIRST_VARIANT],
     Run("hf_base", [hf_script, *sizes.hf, *step_flags], t["hf_base"], skip=hf_skip),
+    # Issue 15: the Switch Transformer next to dense base (same shapes; MFU counts active parameters).
+    Run("switch_base_8", t5lite(sizes.switch_base), t["switch_base_8"]),
     Run("large", t5lite(sizes.large), t["large"]),
     Run("1b", t5lite(sizes.one_b), t["1b"]),
     *[variant(n) for n in attention_variants if n != FIRST_VARIANT],
@@ -326,6 +337,12 @@ def summarize(lines: Sequence[dict], wall_s: float) -> dict:
     out["base_tokens_per_s"], out["hf_base_tokens_per_s"] = base["tokens_per_s"], hf["tokens_per_s"]
   else:
     out["base_vs_hf_tokens_per_s"] = None
+  switch = ok.get("switch_base_8")
+  if base and switch and base.get("tokens_per_s") and switch.get("tokens_per_s"):
+    # Issue 15: the same shapes with 8 experts in every other layer (about the same active FLOPs per token).
+    out["switch_base_8_vs_base_tokens_per_s"] = round(switch["tokens_per_s"] / base["tokens_per_s"], 3)
+  else:
+    out["switch_base_8_vs_base_tokens_per_s"] = None
   if "base_cold" in ok and "base_warm" in ok:
     for key in ("compile_s", "time_to_first_step_s"):
       out[f"base_{key}_cold_warm"] = [ok["base_cold"].get(key), ok["base_warm"].get(key)]
@@ -455,19 +472,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if "base_warm" in wanted and "base_cold" not in wanted:
     next(r for r in plan if r.name == "base_warm").note = "base_cold did not run first: the cache started empty"
 
-  out: Optional[TextIO] = None
-  if args.output:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    out = open(args.output, "w", encoding="utf-8")
-  lines: list[dict] = []
-
-  def emit(line: dict) -> None:
-    lines.append(line)
-    text = json.dumps(line)
-    print(text, flush=True)
-    if out:
-      out.write(text + "\n")
-      out.flush()
+  emit = jsonl.Emitter(args.output)
+  lines = emit.lines
 
   try:
     emit(environment("smoke" if args.smoke else "gpu", args.budget_s, plan))
@@ -491,8 +497,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       emit(execute(run, timeout, env))
     emit(summarize(lines, time.monotonic() - start))
   finally:
-    if out:
-      out.close()
+    emit.close()
     if not args.keep_workdir:
       shutil.rmtree(workdir, ignore_errors=True)
   return 0

@@ -15,6 +15,7 @@ T5LITE_RUNS = (
   "base_cold",
   "base_warm",
   "base_attn_dot_product",
+  "switch_base_8",
   "large",
   "1b",
   "large_remat_minimal",
@@ -29,6 +30,7 @@ SMOKE_PLAN = [
   "base_warm",
   "base_attn_dot_product",
   "hf_base",
+  "switch_base_8",
   "large",
   "1b",
   "large_remat_minimal",
@@ -109,6 +111,16 @@ def test_smoke_reference_and_t5lite_runs(smoke):
   assert by["1b"]["model"] == "decoder_only" and by["1b"]["inputs"] + by["1b"]["targets"] == 32
   assert by["base_attn_dot_product"]["attention"] == "dot_product"
   assert by["large_remat_minimal"]["remat_policy"] == "minimal" and by["1b_scan"]["scan_layers"] is True
+  # Issue 15: the Switch Transformer with base's shapes; its FLOPs count the active parameters
+  # (top-1 of 8 experts with the dense d_ff): base's plus the two routers' [d_model, E] matmuls.
+  switch, base = by["switch_base_8"], by["base_cold"]
+  assert switch["preset"] == "switch_tiny" and [switch[k] for k in ("batch", "inputs", "targets")] == [2, 32, 8]
+  assert switch["params"] > base["params"] and switch["mfu"] is None  # no peak FLOPs for a CPU
+  router_flops = 3 * 2 * 2 * (128 * 8) * (32 + 8)  # 3 x forward, 2 per MAC, batch 2, [128, 8] per stack
+  assert switch["flops_per_step"] == pytest.approx(base["flops_per_step"] + router_flops, rel=1e-9)
+  assert lines[-1]["switch_base_8_vs_base_tokens_per_s"] == pytest.approx(
+    switch["tokens_per_s"] / base["tokens_per_s"], abs=1e-3
+  )
 
 
 def test_smoke_attention_check(smoke):
@@ -198,8 +210,9 @@ def test_gpu_plan():
   by = {r.name: r for r in plan}
   # A base number survives a cuDNN failure: the check, then base ('auto'), then base
   # with the plain attention, before HF and the larger models.
-  assert [r.name for r in plan] == SMOKE_PLAN[:8] + ["base_attn_cudnn_flash_jax"] + SMOKE_PLAN[8:]
-  assert SMOKE_PLAN[6:8] == ["large", "1b"]  # the other attention implementations come after these
+  assert [r.name for r in plan] == SMOKE_PLAN[:9] + ["base_attn_cudnn_flash_jax"] + SMOKE_PLAN[9:]
+  assert SMOKE_PLAN[7:9] == ["large", "1b"]  # the other attention implementations come after these
+  assert SMOKE_PLAN[5:7] == ["hf_base", "switch_base_8"]  # the Switch Transformer right after the base runs
   assert by["attention_check"].argv == [
     "-m",
     "t5lite.bench.attention_check",
@@ -229,6 +242,11 @@ def test_gpu_plan():
     "/c",
   ]
   assert "--compilation_cache_dir" not in by["large"].argv  # the other runs compile cold
+  # Base's command with the Switch preset, compiled cold.
+  base_cold = [a for a in by["base_cold"].argv if a not in ("--compilation_cache_dir", "/c")]
+  assert by["switch_base_8"].argv == ["switch_base_8" if a == "base" else a for a in base_cold]
+  assert by["switch_base_8"].argv[3] == "switch_base_8"
+  assert by["switch_base_8"].timeout_s == by["large"].timeout_s == 300 and by["switch_base_8"].skip is None
   assert by["1b"].argv[2:12] == [
     "--model",
     "decoder_only",
@@ -288,6 +306,18 @@ def test_summary_ratio_and_mfu():
   assert s["mfu"] == {"reference": 0.5, "base_cold": 0.41, "hf_base": round(4.0e14 / 2.0 / 989e12, 4)}
   assert s["statuses"] == {"reference": "ok", "base_cold": "ok", "hf_base": "ok", "large": "timeout"}
   assert s["attention_check"] is None and s["auto_failed_dot_product_ok"] is False
+
+
+def test_summary_switch_over_base():
+  lines = [
+    {"run": "env", "status": "ok"},
+    {"run": "base_cold", "status": "ok", "impl": "t5lite", "tokens_per_s": 200000.0, "mfu": 0.41},
+    {"run": "switch_base_8", "status": "ok", "impl": "t5lite", "tokens_per_s": 150000.0, "mfu": 0.3},
+  ]
+  s = gpu.summarize(lines, 12.0)
+  assert s["switch_base_8_vs_base_tokens_per_s"] == 0.75 and s["mfu"]["switch_base_8"] == 0.3
+  lines[2]["status"] = "timeout"
+  assert gpu.summarize(lines, 12.0)["switch_base_8_vs_base_tokens_per_s"] is None
 
 
 def test_summary_when_auto_fails():
