@@ -175,7 +175,9 @@ def check_exportable(config: Any) -> str:
   if isinstance(config, t5.T5Config):
     wrong = _differences(
       config,
-      dict(norm_type="rmsnorm", position_embedding="relative", use_bias=False, scale_attention_logits=False),
+      dict(
+        norm_type="rmsnorm", position_embedding="relative", use_bias=False, scale_attention_logits=False, num_experts=0
+      ),
     )
     acts = tuple(config.mlp_activations)
     if not (len(acts) == 1 or (len(acts) == 2 and acts[1] == "linear")) or acts[0] not in _ACTIVATIONS_BACK:
@@ -186,7 +188,9 @@ def check_exportable(config: Any) -> str:
       raise UnsupportedModelError(f"this T5 model has no Hugging Face T5 equivalent: {'; '.join(wrong)}")
     return "t5"
   if isinstance(config, decoder_only.DecoderOnlyConfig):
-    wanted = dict(norm_type="layernorm", position_embedding="absolute", use_bias=True, logits_via_embedding=True)
+    wanted = dict(
+      norm_type="layernorm", position_embedding="absolute", use_bias=True, logits_via_embedding=True, num_experts=0
+    )
     if config.logits_via_embedding:
       wanted["scale_tied_logits"] = False
     wrong = _differences(config, wanted)

@@ -106,3 +106,10 @@ def test_exact_gated_gelu_is_not_exported_as_the_tanh_one():
   cfg = t5.t5_config("tiny", mlp_activations=("gelu_exact", "linear"))
   with pytest.raises(configs.UnsupportedModelError, match="'gated-gelu' is the tanh GELU"):
     configs.from_t5lite(cfg)
+
+
+def test_a_mixture_of_experts_is_not_exported():
+  with pytest.raises(configs.UnsupportedModelError, match=r"num_experts=8 \(needs 0\)"):
+    configs.from_t5lite(t5.t5_config("switch_tiny"))
+  with pytest.raises(configs.UnsupportedModelError, match=r"num_experts=8 \(needs 0\)"):
+    configs.check_exportable(decoder_only.decoder_only_config("moe_tiny"))
