@@ -29,29 +29,9 @@ from t5lite import checkpointing, inference
 from t5lite.hf import configs, files, weights
 from t5lite.models import model as model_lib, params as params_lib, t5
 
-# Fields written to model.gin: the architecture (runtime fields keep their defaults unless overridden).
-_ARCH_FIELDS = (
-  "vocab_size",
-  "d_model",
-  "num_heads",
-  "d_kv",
-  "d_ff",
-  "num_encoder_layers",
-  "num_decoder_layers",
-  "num_layers",
-  "dropout_rate",
-  "relative_attention_num_buckets",
-  "relative_attention_max_distance",
-  "layer_norm_epsilon",
-  "mlp_activations",
-  "use_bias",
-  "norm_type",
-  "position_embedding",
-  "max_position_embeddings",
-  "scale_attention_logits",
-  "logits_via_embedding",
-  "scale_tied_logits",
-)
+# Fields written to model.gin: the architecture and the checkpoint's dropout (runtime fields keep
+# their defaults unless overridden).
+_ARCH_FIELDS = (*configs.ARCHITECTURE_FIELDS, "dropout_rate")
 
 
 def check_output_dir(output: str, what: str = "--output") -> str:
