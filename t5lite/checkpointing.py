@@ -29,6 +29,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5lite.models import peft
+
 PyTree = Any
 ITEMS = ("params", "opt_state", "meta")
 DAMAGED_DIR = "damaged_checkpoints"
@@ -412,9 +414,23 @@ def read_checkpoint_meta(path: str, what: str = "INITIAL_CHECKPOINT_PATH", step:
 
 
 def load_params(path: str, abstract_params: PyTree, what: str = "INITIAL_CHECKPOINT_PATH") -> PyTree:
-  """Parameters of another run's checkpoint (fine-tuning, inference), checked against this model."""
+  """Parameters of another run's checkpoint (fine-tuning, inference), checked against this model.
+
+  `abstract_params`: the model's parameters as (sharded) ShapeDtypeStructs;
+  the result has their structure and placement. A checkpoint of a
+  parameter-efficient run (LoRA, prompt tuning: its meta names a
+  `base_checkpoint`) holds adapters only: they are read from it and the rest
+  from the base checkpoint it names (which must still exist).
+
+  Raises:
+    FileNotFoundError: `path` (or an adapter checkpoint's base) holds no checkpoint.
+    ValueError: the checkpoint (or the base) holds another model shape, or
+      holds adapters while this model has none (naming its base and the way out).
+  """
   params_dir = _resolve_params_dir(path, what)
   meta = _read_step_meta(os.path.dirname(params_dir))
+  if meta is not None and meta.get("base_checkpoint"):
+    return _load_adapters_and_base(params_dir, meta, abstract_params, what)
   if meta is not None:
     wanted = param_shapes(abstract_params)
     if meta.get("param_shapes") != wanted:
@@ -423,3 +439,24 @@ def load_params(path: str, abstract_params: PyTree, what: str = "INITIAL_CHECKPO
       )
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(params_dir, abstract_params)
+
+
+def _load_adapters_and_base(params_dir: str, meta: Mapping[str, Any], abstract_params: PyTree, what: str) -> PyTree:
+  """An adapter checkpoint's adapters joined with its base's parameters (see `load_params`)."""
+  base = meta["base_checkpoint"]
+  adapters = peft.trainable(abstract_params)
+  if not adapters:
+    raise ValueError(
+      f"{what} {params_dir} holds LoRA / prompt-tuning adapters for the base checkpoint {base.get('path')}, "
+      "but this model has no adapters: load it with the model configuration of the run that wrote it (its "
+      "config.gin sets lora / prompt_tuning), or fold LoRA adapters into the base first with `t5lite lora merge`."
+    )
+  wanted = param_shapes(adapters)
+  if meta.get("param_shapes") != wanted:
+    raise ValueError(
+      f"{what} {params_dir} holds other adapters than this model's: "
+      f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}."
+    )
+  base_params = load_params(base["path"], peft.frozen(abstract_params), what=f"the base checkpoint of {params_dir}")
+  with ocp.StandardCheckpointer() as ckptr:
+    return peft.combine(base_params, ckptr.restore(params_dir, adapters))

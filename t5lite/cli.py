@@ -9,6 +9,7 @@
     t5lite eval  --gin_file=RUN/config.gin --gin_file=runs/eval.gin --gin.EVAL_OUTPUT_DIR=\"/tmp/eval\"
     t5lite convert from-hf --hf_dir ~/models/flan-t5-small --output runs/flan_t5_small
     t5lite convert to-hf --checkpoint runs/finetuned --output ~/models/finetuned
+    t5lite lora merge --checkpoint runs/quickstart_lora --output runs/quickstart_lora_merged
 
 Heavy imports (TensorFlow, seqio) happen inside the subcommands that need them. The
 subcommands that read registered tasks register the built-in ones first
@@ -154,6 +155,16 @@ def _convert_to_hf(args) -> int:
   return 0
 
 
+def _lora_merge(args) -> int:
+  from t5lite import merge  # pylint: disable=g-import-not-at-top
+
+  step = checks.check_int("--step", args.step, minimum=0, allow_none=True, hint=" (omit for the latest)")
+  result = merge.merge_lora(args.checkpoint, args.output, step=step)
+  base = (result["base"] or {}).get("path")
+  print(f"wrote {result['output']} (step {result['step']}, adapters folded into {base}, {result['seconds']:.1f} s)")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="t5lite", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
   )
   to_hf.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="tensor dtype")
   to_hf.set_defaults(fn=_convert_to_hf)
+
+  lora_p = sub.add_parser("lora", help="LoRA adapter tools").add_subparsers(dest="sub", required=True)
+  merge_p = lora_p.add_parser(
+    "merge", help="fold a LoRA run's adapters into its base kernels -> a run directory without adapters"
+  )
+  merge_p.add_argument("--checkpoint", required=True, help="the LoRA run directory, its checkpoints/ or a step dir")
+  merge_p.add_argument("--output", required=True, help="new directory to write (refused if it exists and is not empty)")
+  merge_p.add_argument("--step", type=int, default=None, help="default: the latest checkpoint")
+  merge_p.set_defaults(fn=_lora_merge)
   return parser
 
 

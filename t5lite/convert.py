@@ -17,6 +17,7 @@ overwritten. The tensor mapping is t5lite.hf; this module is the directories aro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import jax
 
 from t5lite import checkpointing, inference
 from t5lite.hf import configs, files, weights
-from t5lite.models import model as model_lib, params as params_lib, t5
+from t5lite.models import lora, model as model_lib, params as params_lib, t5
 
 # Fields written to model.gin: the architecture and the checkpoint's dropout (runtime fields keep
 # their defaults unless overridden).
@@ -42,13 +43,15 @@ def check_output_dir(output: str, what: str = "--output") -> str:
   return output
 
 
-def _staging(output: str) -> str:
+def staging_dir(output: str) -> str:
+  """A new temporary sibling of `output` to write into (then `publish` it)."""
   staging = f"{output}.partial-{os.getpid()}-{int(time.time())}"
   os.makedirs(staging)
   return staging
 
 
-def _publish(staging: str, output: str) -> None:
+def publish(staging: str, output: str) -> None:
+  """Renames the finished `staging` directory to `output` (which is absent or empty)."""
   if os.path.isdir(output):
     os.rmdir(output)  # empty (checked before the work started)
   os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
@@ -94,10 +97,11 @@ def model_gin(config: Any, source: str = "") -> str:
   return "\n".join(lines) + "\n"
 
 
-def _save_checkpoint(run_dir: str, params: Any, meta: Mapping[str, Any]) -> None:
+def save_checkpoint(run_dir: str, params: Any, meta: Mapping[str, Any], step: int = 0) -> None:
+  """Writes `params` (orbax) and `meta` (JSON) as RUN_DIR/checkpoints/STEP, as a training run would."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  step_dir = os.path.join(run_dir, "checkpoints", "0")
+  step_dir = os.path.join(run_dir, "checkpoints", str(step))
   os.makedirs(step_dir)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(step_dir, "params"), params)
@@ -150,7 +154,7 @@ def from_hf(
     lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 128})
   else:
     lengths = dict(task_feature_lengths or {"targets": 512})
-  staging = _staging(output)
+  staging = staging_dir(output)
   try:
     meta = {
       "step": 0,
@@ -160,7 +164,7 @@ def from_hf(
     }
     if vocab_size is not None:
       meta["vocabulary_size"] = vocab_size
-    _save_checkpoint(staging, params, meta)
+    save_checkpoint(staging, params, meta)
     gin_text = model_gin(config, f"Converted from {os.path.abspath(hf_dir)} by `t5lite convert from-hf`.")
     with open(os.path.join(staging, "model.gin"), "w", encoding="utf-8") as f:
       f.write(gin_text)
@@ -184,7 +188,7 @@ def from_hf(
     }
     with open(os.path.join(staging, "conversion.json"), "w", encoding="utf-8") as f:
       json.dump(record, f, indent=2, sort_keys=True, default=str)
-    _publish(staging, output)
+    publish(staging, output)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
@@ -229,7 +233,7 @@ def _carried_fields(source: Mapping[str, Any], family: str, config: Any) -> dict
   return carried
 
 
-def _run_dir(checkpoint: str) -> str:
+def run_dir_of(checkpoint: str) -> str:
   """The run directory holding config.gin for a run, checkpoints/ or step directory path."""
   path = os.path.abspath(checkpoint)
   for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
@@ -267,18 +271,26 @@ def to_hf(
   start = time.perf_counter()
   output = check_output_dir(output)
   checkpoint = os.path.expanduser(os.fspath(checkpoint))
-  run_dir = _run_dir(checkpoint)
+  run_dir = run_dir_of(checkpoint)
   run = inference.read_run_config(run_dir)
   model = run["model"]
-  family = configs.check_exportable(model.config)
+  if model.config.prompt_tuning is not None:
+    raise configs.UnsupportedModelError(
+      f"{run_dir} is a prompt-tuning run: Hugging Face's T5 and GPT-2 have no soft prompt to export it to; "
+      "serve it with its checkpoint and config.gin"
+    )
+  lora_config = model.config.lora  # a LoRA run is exported with its adapters folded into the kernels
+  family = configs.check_exportable(dataclasses.replace(model.config, lora=None))
   source = _conversion_record(run_dir)
   if model_type is None and source.get("model_type") in ("t5", "mt5"):
     model_type = source["model_type"]
   hf_config = {**_carried_fields(source, family, model.config), **configs.from_t5lite(model.config, model_type)}
   found_step, params_dir = checkpointing.resolve_checkpoint(checkpoint, step, what="--checkpoint")
   params = checkpointing.load_params(os.path.dirname(params_dir), abstract_params(model), what="--checkpoint")
-  tensors = weights.export_tensors(model.config, jax.device_get(params))
-  staging = _staging(output)
+  if lora_config is not None:
+    params = lora.merge(params, lora_config)
+  tensors = weights.export_tensors(dataclasses.replace(model.config, lora=None), jax.device_get(params))
+  staging = staging_dir(output)
   try:
     files.write(staging, tensors, hf_config, dtype=dtype)
     spiece = os.path.join(run_dir, files.SPIECE)
@@ -286,7 +298,7 @@ def to_hf(
       spiece = os.path.abspath(os.path.expanduser(str(run["vocabulary_model"])))
     if os.path.isfile(spiece):
       shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
-    _publish(staging, output)
+    publish(staging, output)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise

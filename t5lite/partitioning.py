@@ -45,6 +45,8 @@ _UNSHARDED = (
   ("layers", None),
   ("relpos_buckets", None),
   ("abspos", None),
+  ("lora_rank", None),
+  ("prompt", None),
   ("joined_kv", None),
   ("unmodeled", None),
 )

@@ -67,6 +67,17 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
   return train_batches, eval_batches_factory, vocabularies
 
 
+def _prompt_text_ids(model: Any, vocabulary: Any) -> Optional[list[int]]:
+  """The task vocabulary's ids of a soft prompt's init_text (PromptTuningConfig.init='text'), else None."""
+  cfg = getattr(model.config, "prompt_tuning", None)
+  if cfg is None or cfg.init != "text":
+    return None
+  ids = [int(i) for i in vocabulary.encode(cfg.init_text)]
+  if not ids:
+    raise ValueError(f"PromptTuningConfig.init_text={cfg.init_text!r} gives no token of the task's vocabulary")
+  return ids
+
+
 def check_vocabulary_size(
   vocab_size: int,
   vocab_source: str,
@@ -282,6 +293,7 @@ def train(
     partitioner=partitioner,
     data_spec=data_spec(mixture_or_task_name, task_feature_lengths, model.feature_converter_cls, pack, shuffle, seed),
     vocabulary_size=vocab_size,
+    prompt_text_ids=_prompt_text_ids(model, largest),
   )
   try:
     eval_batches = eval_factory(eval_split, eval_steps) if eval_every else None

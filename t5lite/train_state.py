@@ -25,6 +25,8 @@ import optax
 from t5lite import checkpointing, partitioning
 from t5lite.hf import files as hf_files
 from t5lite.hf import weights as hf_weights
+from t5lite.models import peft
+from t5lite.models import prompt_tuning as prompt_lib
 from t5lite.models.model import BaseModel
 from t5lite.optim import state_axes
 
@@ -168,7 +170,13 @@ class TrainStateInitializer:
   parameter (`t5lite.optim.state_axes`: a momentum buffer takes the
   parameter's names, Adafactor's factored statistics keep its other names),
   or replicated, with a note in the partitioner, when its layout cannot be
-  matched to the parameters. Nothing is computed until `fresh` or a restore."""
+  matched to the parameters. Nothing is computed until `fresh` or a restore.
+
+  Parameter-efficient fine-tuning (the model config sets `lora` or
+  `prompt_tuning`, t5lite.models.peft): the state's params hold base and
+  adapters, the optimizer (and its state) only the adapters; the base comes
+  from INITIAL_CHECKPOINT_PATH, checkpoints hold the adapters and name that
+  base (`base_checkpoint`), and a restore reads the base it names."""
 
   def __init__(
     self,
@@ -182,11 +190,16 @@ class TrainStateInitializer:
     self.partitioner = part = partitioner
     self.input_shapes = dict(input_shapes)
     self.params = ParamLayout.create(model, part, self.input_shapes)
-    self.optimizer = make_optimizer(optimizer_factory, learning_rate, self.params.logical_axes)
-    unsharded_params = self.params.unsharded()
+    self.peft = peft.enabled(model.config)
+    # What trains (and what a checkpoint holds): the adapters under PEFT, else everything.
+    self.trained_axes = peft.trainable(self.params.logical_axes) if self.peft else self.params.logical_axes
+    self.trained_abstract = peft.trainable(self.params.abstract) if self.peft else self.params.abstract
+    self.base_checkpoint: Optional[dict] = None  # PEFT: the base the adapters apply to (set by fresh / restore)
+    self.optimizer = make_optimizer(optimizer_factory, learning_rate, self.trained_axes)
+    unsharded_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self.trained_abstract)
     unsharded_opt = jax.eval_shape(self.optimizer.init, unsharded_params)
     try:
-      opt_axes = state_axes.opt_state_logical_axes(unsharded_opt, unsharded_params, self.params.logical_axes)
+      opt_axes = state_axes.opt_state_logical_axes(unsharded_opt, unsharded_params, self.trained_axes)
       self.opt_shardings = jax.tree.map(lambda _, axes: part.shardings_for(axes), unsharded_opt, opt_axes)
     except ValueError as e:
       part.notes.append(f"optimizer state kept replicated: its layout could not be matched to the parameters ({e})")
@@ -202,7 +215,13 @@ class TrainStateInitializer:
     """The step as the state holds it: an int32 scalar, replicated."""
     return jax.device_put(jnp.asarray(step, jnp.int32), self.partitioner.replicated)
 
-  def fresh(self, seed: int, initial_checkpoint_path: Optional[str] = None) -> TrainState:
+  def trained(self, params: PyTree) -> PyTree:
+    """The part of a full parameter tree that trains (and is checkpointed): the adapters under PEFT, else all."""
+    return peft.trainable(params) if self.peft else params
+
+  def fresh(
+    self, seed: int, initial_checkpoint_path: Optional[str] = None, prompt_text_ids: Optional[list[int]] = None
+  ) -> TrainState:
     """A new state at step 0: parameters from PRNG key `seed` (created from their
     shapes straight into their shardings; see BaseModel.init_params), or read
     from `initial_checkpoint_path` when fine-tuning (ValueError for another
@@ -212,7 +231,16 @@ class TrainStateInitializer:
     straight into the shardings, each device's shard from its slice of the
     file (t5lite.hf.weights.import_params), so a large model never sits whole
     on one host; its config.json must describe this run's model
-    (t5lite.hf.weights.import_directory names any field that differs)."""
+    (t5lite.hf.weights.import_directory names any field that differs).
+
+    Under PEFT the base is read from `initial_checkpoint_path` (an orbax
+    checkpoint; ValueError without one, FileNotFoundError when it holds none)
+    and the adapters are created from `seed` (LoRA B = 0); a soft prompt
+    starts from the base's token embeddings (prompt_tuning.initial_prompt,
+    with `prompt_text_ids`, the tokenised init_text, for init='text'). A PEFT
+    checkpoint as `initial_checkpoint_path` gives its base and its adapters."""
+    if self.peft:
+      return self._fresh_peft(seed, initial_checkpoint_path, prompt_text_ids)
     with self.partitioner.context():
       path = initial_checkpoint_path
       if path and hf_files.has_config(path) and not checkpointing.list_checkpoints(path):
@@ -224,11 +252,55 @@ class TrainStateInitializer:
       opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(params)
     return TrainState(step=self.step_array(0), params=params, opt_state=opt_state)
 
+  def _fresh_peft(self, seed: int, path: Optional[str], prompt_text_ids: Optional[list[int]]) -> TrainState:
+    if not path:
+      raise ValueError(
+        "LoRA and prompt tuning adapt a pretrained model, but INITIAL_CHECKPOINT_PATH is None: set it to the "
+        "base model's run directory or checkpoint (e.g. INITIAL_CHECKPOINT_PATH = 'runs/quickstart'), or set "
+        "the model's lora / prompt_tuning to None to train the whole model."
+      )
+    if hf_files.has_config(path) and not checkpointing.list_checkpoints(path):
+      raise ValueError(
+        f"INITIAL_CHECKPOINT_PATH={path!r} is a Hugging Face directory; LoRA and prompt tuning need an orbax base "
+        "checkpoint that their checkpoints can name: convert it first (t5lite convert from-hf) and start from that."
+      )
+    meta = checkpointing.read_checkpoint_meta(path)
+    with self.partitioner.context():
+      if meta.get("base_checkpoint"):  # another adapter run: its base and its adapters
+        params = checkpointing.load_params(path, self.params.abstract)
+        self.base_checkpoint = dict(meta["base_checkpoint"])
+      else:
+        base = checkpointing.load_params(path, peft.frozen(self.params.abstract))
+        step, params_dir = checkpointing.resolve_checkpoint(path, what="INITIAL_CHECKPOINT_PATH")
+        self.base_checkpoint = {"path": os.path.dirname(params_dir), "step": step}
+        adapters = self.model.init_params(
+          jax.random.key(seed), self.input_shapes, self.params.shardings, select=peft.trainable
+        )
+        params = peft.combine(base, self._initial_prompt(adapters, base, seed, prompt_text_ids))
+      opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(self.trained(params))
+    return TrainState(step=self.step_array(0), params=params, opt_state=opt_state)
+
+  def _initial_prompt(self, adapters: PyTree, base: PyTree, seed: int, text_ids: Optional[list[int]]) -> PyTree:
+    """`adapters` with a soft prompt set from the base's token embeddings (unchanged without prompt tuning)."""
+    cfg = getattr(self.model.config, "prompt_tuning", None)
+    if cfg is None:
+      return adapters
+    shardings = peft.trainable(self.params.shardings)
+    out = {}
+    for stack, sub in adapters.items():
+      sub = dict(sub)
+      if prompt_lib.PARAM_NAME in sub:
+        embedding = base["token_embedder"]["embedding"]
+        value = prompt_lib.initial_prompt(cfg, embedding, jax.random.key(seed + 7), text_ids)
+        sub[prompt_lib.PARAM_NAME] = jax.device_put(value, shardings[stack][prompt_lib.PARAM_NAME])
+      out[stack] = sub
+    return out
+
   def check_checkpoints(self, checkpointer: checkpointing.Checkpointer, data: DataStream) -> None:
     """Refuses a checkpoint directory of another model or data stream, from the
     newest step whose metadata is readable (JSON only; a damaged step is dealt
     with by `restore_latest`). Raises ValueError naming what differs."""
-    found = checkpointer.newest_readable_meta(self.params.abstract)
+    found = checkpointer.newest_readable_meta(self.trained_abstract)
     if found is not None:
       step, meta = found
       data.rows_consumed(step, meta, checkpointer.directory)
@@ -243,11 +315,21 @@ class TrainStateInitializer:
 
     Raises ValueError for a checkpoint of another model, optimizer or data
     stream, checkpointing.DamagedCheckpointError when no checkpoint is readable."""
-    found = checkpointer.restore_latest(self.params.abstract, self.abstract_opt_state, warn=warn)
+    found = checkpointer.restore_latest(self.trained_abstract, self.abstract_opt_state, warn=warn)
     if found is None:
       return None
     step, params, opt_state, meta = found
     rows = data.rows_consumed(step, meta, checkpointer.directory, log)
+    if self.peft:
+      base_meta = meta.get("base_checkpoint")
+      if not base_meta:
+        raise ValueError(f"checkpoint step {step} in {checkpointer.directory} names no base checkpoint")
+      with self.partitioner.context():
+        base = checkpointing.load_params(
+          base_meta["path"], peft.frozen(self.params.abstract), what=f"the base checkpoint of {checkpointer.directory}"
+        )
+      self.base_checkpoint = dict(base_meta)
+      params = peft.combine(base, params)
     return TrainState(step=self.step_array(step), params=params, opt_state=opt_state), rows
 
   def model_info(self) -> str:

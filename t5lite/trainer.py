@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from t5lite import checkpointing, partitioning, summaries, throughput
+from t5lite.models import peft
 from t5lite.models.model import BaseModel
 from t5lite.train_state import DataStream, TrainState, TrainStateInitializer
 
@@ -37,10 +38,19 @@ def _split_microbatches(batch: Batch, n: int) -> Batch:
   return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
 
 
-def compute_gradients(model: BaseModel, params: PyTree, batch: Batch, rng: jax.Array, num_microbatches: int):
+def compute_gradients(
+  model: BaseModel,
+  params: PyTree,
+  batch: Batch,
+  rng: jax.Array,
+  num_microbatches: int,
+  frozen: Optional[PyTree] = None,
+):
   """Summed gradients and metrics over the batch, accumulated microbatch by microbatch.
 
-  Auxiliary losses that are means over the batch rows (a mixture of experts'
+  Gradients are taken with respect to `params`; `frozen` (parameter-efficient
+  fine-tuning: the base model, t5lite.models.peft) joins them in the model's
+  parameters but gets no gradient. Auxiliary losses that are means over the batch rows (a mixture of experts'
   load-balancing and router z-losses) get `aux_scale` = denominator / rows,
   so that every microbatch adds its rows' share and the sum, divided by the
   denominator, is their mean over the whole batch."""
@@ -49,7 +59,8 @@ def compute_gradients(model: BaseModel, params: PyTree, batch: Batch, rng: jax.A
   aux_scale = denom / rows
 
   def loss_fn(p, b, r, s):
-    return model.loss_fn(p, b, r, s, aux_scale=aux_scale)
+    full = p if frozen is None else peft.combine(frozen, p)
+    return model.loss_fn(full, b, r, s, aux_scale=aux_scale)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if num_microbatches <= 1:
@@ -85,11 +96,19 @@ def train_step(
   learning_rate: Callable[[jax.Array], jax.Array],
   num_microbatches: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step; pure, for jax.jit."""
+  """One optimizer step; pure, for jax.jit.
+
+  With parameter-efficient fine-tuning (the model config sets lora or
+  prompt_tuning) only the adapters get gradients and updates, and the base
+  parameters pass through unchanged; `param_norm` and `grad_norm` are then the adapters'."""
   step_rng = jax.random.fold_in(rng, state.step)
-  grads, m = compute_gradients(model, state.params, batch, step_rng, num_microbatches)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  frozen = None
+  trained = state.params
+  if peft.enabled(model.config):
+    trained, frozen = peft.trainable(state.params), peft.frozen(state.params)
+  grads, m = compute_gradients(model, trained, batch, step_rng, num_microbatches, frozen)
+  updates, opt_state = optimizer.update(grads, state.opt_state, trained)
+  params = optax.apply_updates(trained, updates)
   denom = m["denominator"]
   metrics = {
     "loss": m["loss_sum"] / denom,
@@ -101,6 +120,8 @@ def train_step(
     "learning_rate": learning_rate(state.step),
     **model.train_metrics(m),
   }
+  if frozen is not None:
+    params = peft.combine(frozen, params)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -161,7 +182,8 @@ class Trainer:
   sharded ShapeDtypeStructs. `vocabulary_size` (the number of ids of the
   task's vocabulary, as `train.train` computes it) goes into every
   checkpoint's meta, where `checkpointing.read_checkpoint_meta` finds it for
-  the next run that starts from or resumes the checkpoint. Raises ValueError
+  the next run that starts from or resumes the checkpoint. `prompt_text_ids`:
+  the tokenised init_text of a soft prompt (PromptTuningConfig.init='text'). Raises ValueError
   at construction for a batch size the mesh does not divide, or a MODEL_DIR
   holding a checkpoint of another model or data stream (nothing is written then)."""
 
@@ -176,9 +198,11 @@ class Trainer:
     partitioner: Optional[partitioning.Partitioner] = None,
     data_spec: Optional[Mapping[str, Any]] = None,
     vocabulary_size: Optional[int] = None,
+    prompt_text_ids: Optional[list[int]] = None,
   ):
     self.model = model
     self.vocabulary_size = vocabulary_size
+    self.prompt_text_ids = prompt_text_ids
     self.config = config
     self.model_dir = os.path.abspath(model_dir)
     self.learning_rate = learning_rate
@@ -244,7 +268,7 @@ class Trainer:
     """A new train state: parameters from the seed (created from their shapes,
     placed straight into their shardings; see BaseModel.init_params), or from
     INITIAL_CHECKPOINT_PATH when fine-tuning, the optimizer's initial state and step 0."""
-    return self.state_init.fresh(self.config.seed, self.initial_checkpoint_path)
+    return self.state_init.fresh(self.config.seed, self.initial_checkpoint_path, self.prompt_text_ids)
 
   def compile_train_step(self, state: TrainState, batch: Batch, rng: jax.Array):
     """Compiles the train step for these arguments' shapes and shardings ahead
@@ -293,7 +317,9 @@ class Trainer:
     meta = dict(self.data.position_meta(rows_consumed), model=type(self.model).__name__)
     if self.vocabulary_size is not None:
       meta["vocabulary_size"] = int(self.vocabulary_size)
-    self.checkpointer.save(int(state.step), state.params, state.opt_state, meta)
+    if self.state_init.peft:  # the adapters only, and the base they apply to
+      meta["base_checkpoint"] = self.state_init.base_checkpoint
+    self.checkpointer.save(int(state.step), self.state_init.trained(state.params), state.opt_state, meta)
 
   # ---- loop ----------------------------------------------------------------
   def evaluate(self, params: PyTree, batches: Iterator[Batch], step: int) -> dict[str, float]:

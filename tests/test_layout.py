@@ -40,7 +40,7 @@ LAYERS = (
   # 6: the training loop and inference
   ("t5lite.trainer", "t5lite.inference"),
   # 7: evaluation (used by train and eval) and checkpoint conversion
-  ("t5lite.evaluation", "t5lite.convert"),
+  ("t5lite.evaluation", "t5lite.convert", "t5lite.merge"),
   # 8: the command line under gin
   ("t5lite.gin_entry",),
   # 9: entry points

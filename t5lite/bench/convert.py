@@ -13,7 +13,7 @@ itself (`runtime.apply_process_settings` and `t5lite.cli.main`, as the installed
 around its phases and a snapshot of its memory (resident, anonymous, file-backed) after each: start-up (importing
 t5lite.convert and JAX, starting the backend), reading (the import's `weights.import_params` from
 safetensors; the export's orbax `checkpointing.load_params`), mapping (`weights.export_tensors`) and writing
-(the import's orbax `_save_checkpoint`; the export's `files.write` of model.safetensors). Phase timers and
+(the import's orbax `save_checkpoint`; the export's `files.write` of model.safetensors). Phase timers and
 resident-memory snapshots wrap those functions by replacing the module attributes in the child; nothing in
 the library changes.
 
@@ -258,7 +258,7 @@ def child_main(record_path: str, cli_argv: Sequence[str]) -> int:
     setattr(module, attr, wrapper)
 
   timed(weights, "import_params", "read")  # from-hf: safetensors -> jax arrays
-  timed(convert, "_save_checkpoint", "write")  # from-hf: orbax
+  timed(convert, "save_checkpoint", "write")  # from-hf: orbax
   timed(checkpointing, "load_params", "read")  # to-hf: orbax
   timed(weights, "export_tensors", "map")  # to-hf: t5lite tree -> HF names (numpy)
   timed(files, "write", "write")  # to-hf: model.safetensors

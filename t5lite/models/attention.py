@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5lite.kernels import backend, cudnn, masking, xla_cpu
+from t5lite.models import lora as lora_lib
 from t5lite.models import params
 
 Array = jax.Array
@@ -172,7 +173,8 @@ class MultiHeadAttention(nn.Module):
   `scale_logits=True` (Vaswani et al. 2017, GPT-2): queries are multiplied by
   d_kv**-0.5 after the projection and its bias, before any attention
   implementation or the decode cache sees them, and the query init is not
-  pre-scaled.
+  pre-scaled. With `lora` (t5lite.models.lora.LoraConfig), the kernels it
+  selects get low-rank adapters `{kernel}_lora_a` / `{kernel}_lora_b`.
   """
 
   num_heads: int
@@ -187,6 +189,7 @@ class MultiHeadAttention(nn.Module):
   cross_attention: bool = False
   use_bias: bool = False
   scale_logits: bool = False
+  lora: Optional[lora_lib.LoraConfig] = None
 
   @nn.compact
   def __call__(
@@ -232,9 +235,15 @@ class MultiHeadAttention(nn.Module):
         params.param(self, f"{n}_bias", params.zeros_init, (h, k), ("heads", "kv")) for n in ("query", "key", "value")
       )
       bo = params.param(self, "out_bias", params.zeros_init, (d_model,), ("embed",))
-      wq, wk, wv, wo = (wq, bq), (wk, bk), (wv, bv), (wo, bo)
     else:
-      wq, wk, wv, wo = (wq, None), (wk, None), (wv, None), (wo, None)
+      bq = bk = bv = bo = None
+    in_axes, out_axes = ("embed", "heads", "kv"), ("heads", "kv", "embed")
+    aq, ak, av = (
+      lora_lib.adapter(self, self.lora, n, w.shape, in_axes, 1, deterministic)
+      for n, w in (("query", wq), ("key", wk), ("value", wv))
+    )
+    ao = lora_lib.adapter(self, self.lora, "out", wo.shape, out_axes, 2, deterministic)
+    wq, wk, wv, wo = (wq, bq, aq), (wk, bk, ak), (wv, bv, av), (wo, bo, ao)
 
     dt = self.dtype
     xq = inputs_q.astype(dt)
@@ -272,13 +281,16 @@ class MultiHeadAttention(nn.Module):
       )
     return self._project_out(out, wo)
 
-  def _project(self, x: Array, kernel_bias: tuple[Array, Optional[Array]], in_dims: int = 1) -> Array:
-    """x @ kernel (+ bias) in the activation dtype; `kernel_bias` is (kernel, bias or None)."""
-    kernel, bias = kernel_bias
+  def _project(self, x: Array, weights: tuple, in_dims: int = 1) -> Array:
+    """x @ kernel (+ bias) (+ the LoRA adapter's output) in the activation dtype;
+    `weights` is (kernel, bias or None, lora_lib.Adapter or None)."""
+    kernel, bias, adapter = weights
     y = params.dense(x, kernel.astype(self.dtype), in_dims=in_dims)
+    if adapter is not None:
+      y = y + adapter(x, in_dims, self.dtype)
     return y if bias is None else y + bias.astype(self.dtype)
 
-  def _project_out(self, out: Array, wo: tuple[Array, Optional[Array]]) -> Array:
+  def _project_out(self, out: Array, wo: tuple) -> Array:
     """Attention output [b, q, heads, kv] -> [b, q, d_model] through the 'out' kernel (and bias)."""
     out = nn.with_logical_constraint(out.astype(self.dtype), ("batch", "length", "heads", "kv"))
     y = self._project(out, wo, in_dims=2)

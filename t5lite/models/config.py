@@ -14,6 +14,8 @@ import numpy as np
 
 from t5lite import checks
 from t5lite.kernels import backend
+from t5lite.models import lora as lora_lib
+from t5lite.models import prompt_tuning as prompt_lib
 
 ATTENTION_IMPLEMENTATIONS = backend.ATTENTION_IMPLEMENTATIONS
 REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal")
@@ -114,6 +116,17 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
   object.__setattr__(cfg, "layer_norm_epsilon", epsilon)
   _validate_architecture(cfg, cls)
   _validate_moe(cfg, cls, layer_fields)
+  _validate_peft(cfg, cls)
+
+
+def _validate_peft(cfg: Any, cls: str) -> None:
+  """Checks the parameter-efficient fine-tuning fields: a LoraConfig / PromptTuningConfig or None."""
+  for field, kind in (("lora", lora_lib.LoraConfig), ("prompt_tuning", prompt_lib.PromptTuningConfig)):
+    value = getattr(cfg, field)
+    if value is not None and not isinstance(value, kind):
+      raise checks.SettingTypeError(
+        f"{cls}.{field}={value!r} must be None or a {kind.__name__} (gin: {cls}.{field} = @{field}.{kind.__name__}())"
+      )
 
 
 def _validate_moe(cfg: Any, cls: str, layer_fields: Sequence[str]) -> None:
@@ -288,6 +301,13 @@ class TransformerConfig:
     uniform noise in [1 - eps, 1 + eps], eps in [0, 1).
   expert_dropout_rate: dropout inside the experts (Switch fine-tunes with
     0.4), None: dropout_rate.
+
+  Parameter-efficient fine-tuning (t5lite.models.peft): with either set, only
+  the adapters (and soft prompt) train and the base parameters are frozen.
+  lora: a t5lite.models.lora.LoraConfig (low-rank adapters on the kernels it
+    selects), or None.
+  prompt_tuning: a t5lite.models.prompt_tuning.PromptTuningConfig (a learned
+    soft prompt before the encoder's input, or the decoder-only model's), or None.
   """
 
   vocab_size: int = 32128
@@ -323,6 +343,8 @@ class TransformerConfig:
   router_z_loss_factor: float = 0.001
   router_jitter_noise: float = 0.0
   expert_dropout_rate: Optional[float] = None
+  lora: Optional[lora_lib.LoraConfig] = None
+  prompt_tuning: Optional[prompt_lib.PromptTuningConfig] = None
 
   LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
   PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}

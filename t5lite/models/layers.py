@@ -26,6 +26,7 @@ from t5lite.kernels import backend, xla_cpu
 from t5lite.models import attention as attention_lib
 from t5lite.models import config as config_lib
 from t5lite.models import activations, moe, params
+from t5lite.models import lora as lora_lib
 
 Array = jax.Array
 DType = Any
@@ -81,6 +82,7 @@ class MlpBlock(nn.Module):
   `wi_bias` / `wi_i_bias` [d_ff] ('mlp') and `wo_bias` [d_model] ('embed').
   The default is T5 v1.1's gated GELU, wo(gelu_tanh(x @ wi_0) * (x @ wi_1));
   ('relu',) is the original T5's, ('gelu',) GPT-2's (tanh GELU, 'gelu_new').
+  With `lora`, the kernels it selects get low-rank adapters (t5lite.models.lora).
   """
 
   d_ff: int
@@ -88,6 +90,7 @@ class MlpBlock(nn.Module):
   dtype: DType = jnp.float32
   activations: tuple[str, ...] = ("gelu", "linear")
   use_bias: bool = False
+  lora: Optional[lora_lib.LoraConfig] = None
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -101,6 +104,9 @@ class MlpBlock(nn.Module):
     for name, act in zip(names, self.activations):
       wi = params.param(self, name, params.kernel_init(), (d_model, self.d_ff), ("embed", "mlp"))
       y = params.dense(x, wi.astype(dt))
+      adapter = lora_lib.adapter(self, self.lora, name, wi.shape, ("embed", "mlp"), 1, deterministic)
+      if adapter is not None:
+        y = y + adapter(x, 1, dt)
       if self.use_bias:
         y = y + params.param(self, f"{name}_bias", params.zeros_init, (self.d_ff,), ("mlp",)).astype(dt)
       y = activations.activation(act, y)
@@ -109,6 +115,9 @@ class MlpBlock(nn.Module):
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
     out = params.dense(h, wo.astype(dt))
+    adapter = lora_lib.adapter(self, self.lora, "wo", wo.shape, ("mlp", "embed"), 1, deterministic)
+    if adapter is not None:
+      out = out + adapter(h, 1, dt)
     if self.use_bias:
       out = out + params.param(self, "wo_bias", params.zeros_init, (d_model,), ("embed",)).astype(dt)
     return nn.with_logical_constraint(out, ("batch", "length", "embed"))
@@ -173,6 +182,7 @@ class TransformerLayer(nn.Module):
         saves_weights_ok=cfg.remat_policy == "none" and not self.decode,
         decode=self.decode,
         cross_attention=cross,
+        lora=cfg.lora,
         name=name,
       )
 
@@ -195,7 +205,8 @@ class TransformerLayer(nn.Module):
     if self.moe:
       h = moe.MoeBlock(cfg, name="mlp")(h, token_valid, deterministic=det)
     else:
-      h = MlpBlock(cfg.d_ff, cfg.dropout_rate, dt, cfg.mlp_activations, cfg.use_bias, name="mlp")(h, deterministic=det)
+      mlp = MlpBlock(cfg.d_ff, cfg.dropout_rate, dt, cfg.mlp_activations, cfg.use_bias, lora=cfg.lora, name="mlp")
+      h = mlp(h, deterministic=det)
     x = x + residual_dropout(h)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 

@@ -9,7 +9,7 @@ gradient accumulation can normalize over the whole batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import flax
 import flax.linen as nn
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from t5lite import checks, decoding, features, losses
-from t5lite.models import decoder_only, moe, t5
+from t5lite.models import decoder_only, lora, moe, t5
 from t5lite.models import params as params_lib
 
 Array = jax.Array
@@ -114,6 +114,7 @@ class BaseModel:
     if key not in self._abstract_cache:
       with params_lib.record_initializers() as initializers:
         abstract = jax.eval_shape(lambda rng: self._init_boxed(rng, shapes), jax.random.key(0))
+      lora.check_targets(getattr(self.config, "lora", None), list(initializers))
       self._abstract_cache[key] = (abstract, dict(initializers))
     return self._abstract_cache[key]
 
@@ -125,15 +126,26 @@ class BaseModel:
     return params_lib.logical_axes_tree(self.abstract_params(shapes))
 
   def init_params(
-    self, rng: Array, shapes: Mapping[str, tuple[int, ...]], shardings: Optional[PyTree] = None
+    self,
+    rng: Array,
+    shapes: Mapping[str, tuple[int, ...]],
+    shardings: Optional[PyTree] = None,
+    select: Optional[Callable[[PyTree], PyTree]] = None,
   ) -> PyTree:
     """Unboxed float32 parameters for PRNG key `rng`, created from their shapes
     (t5lite.models.params.init_params: no compile of the model, one small
     program per initialiser and shape), placed with `shardings` (a tree of
     jax Shardings like the params; None: the default device). Deterministic
-    for a key. Call outside jit."""
+    for a key (a parameter's values depend on its path, not on what else is
+    created). `select` (e.g. t5lite.models.peft.trainable) picks a subtree
+    of the parameters (and of `shardings`) to create, the rest is not made.
+    Call outside jit."""
     abstract, initializers = self._traced(shapes)
-    return params_lib.init_params(rng, params_lib.strip_boxes(abstract), initializers, shardings)
+    abstract = params_lib.strip_boxes(abstract)
+    if select is not None:
+      abstract = select(abstract)
+      shardings = None if shardings is None else select(shardings)
+    return params_lib.init_params(rng, abstract, initializers, shardings)
 
   # ---- loss ----------------------------------------------------------------
   def _module_inputs(self, batch: Batch) -> dict[str, Array]:

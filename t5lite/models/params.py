@@ -38,9 +38,22 @@ Array = jax.Array
 PyTree = Any
 
 # Logical axis vocabulary used by parameters ('layers' only appears when a
-# stack is scanned, 'abspos' only with learned absolute positions) and by
-# activation constraints.
-LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv", "relpos_buckets", "abspos", "layers", "expert", "unmodeled")
+# stack is scanned, 'abspos' only with learned absolute positions, 'lora_rank'
+# and 'prompt' only in parameter-efficient fine-tuning) and by activation constraints.
+LOGICAL_AXES = (
+  "vocab",
+  "embed",
+  "mlp",
+  "heads",
+  "kv",
+  "relpos_buckets",
+  "abspos",
+  "layers",
+  "expert",
+  "lora_rank",
+  "prompt",
+  "unmodeled",
+)
 ACTIVATION_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "expert", "expert_group")
 
 

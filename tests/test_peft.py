@@ -1,0 +1,163 @@
+"""Parameter-efficient fine-tuning end to end: LoRA and prompt tuning runs on a frozen base
+(t5lite/models/peft.py, trainer.py, train_state.py, checkpointing.py, merge.py).
+
+Real parts: a seqio task, orbax checkpoints, gin-free train.train calls. The
+base is a tiny model pretrained for a few steps once per module; each
+adapter run starts from it.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import seqio
+
+from t5lite import checkpointing, inference, partitioning, train as train_lib
+from t5lite.data import registration
+from t5lite.models import lora, model as model_lib, peft, prompt_tuning, t5
+from t5lite.optim import schedules
+from tests.data.conftest import TOPIC_TEXTS, make_source
+
+LENGTHS = {"inputs": 32, "targets": 16}
+TINY = dict(vocab_size=384, d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=2, num_decoder_layers=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def byte_task():
+  registration.register_pretraining_tasks("tpeft", make_source(TOPIC_TEXTS), seqio.ByteVocabulary(extra_ids=100))
+
+
+def tiny_model(**overrides):
+  return model_lib.EncoderDecoderModel(config=t5.T5Config(**{**TINY, **overrides}))
+
+
+def run(model_dir, steps, *, model=None, **kwargs):
+  args = dict(
+    model=model or tiny_model(),
+    model_dir=str(model_dir),
+    mixture_or_task_name="tpeft_prefix_lm",
+    task_feature_lengths=LENGTHS,
+    train_steps=steps,
+    batch_size=8,
+    summary_every=1,
+    checkpoint_every=4,
+    learning_rate=schedules.constant(0.01),
+    progress=False,
+  )
+  args.update(kwargs)
+  return train_lib.train(**args)
+
+
+def read_losses(model_dir):
+  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+    return [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+  """A tiny model pretrained for 8 steps (span corruption): the base every adapter run starts from."""
+  path = tmp_path_factory.mktemp("base")
+  run(path, 8, mixture_or_task_name="tpeft_span_corruption", checkpoint_every=8)
+  return str(path)
+
+
+def base_params(base_dir, model=None):
+  model = model or tiny_model()
+  abstract = jax.eval_shape(lambda: model.init_params(jax.random.key(0), model.input_shapes(8, LENGTHS)))
+  return checkpointing.load_params(base_dir, abstract)
+
+
+def adapter_model(**lora_kwargs):
+  return tiny_model(lora=lora.LoraConfig(**{"rank": 4, "alpha": 6.0, **lora_kwargs}))
+
+
+def test_lora_run_trains_only_adapters_and_its_checkpoints_name_the_base(tmp_path, base_dir):
+  """On a data x fsdp x model mesh: the adapters shard like their kernels and training equals one device."""
+  model = adapter_model(targets="all", dropout_rate=0.1)
+  mesh = partitioning.Partitioner(2, 2, 2, num_devices=8)
+  run(tmp_path / "lora", 8, model=model, initial_checkpoint_path=base_dir, optimizer=optax.adam, partitioner=mesh)
+  one = partitioning.Partitioner(1, 1, 1, num_devices=1)
+  run(tmp_path / "one", 4, model=model, initial_checkpoint_path=base_dir, optimizer=optax.adam, partitioner=one)
+  np.testing.assert_allclose(read_losses(tmp_path / "lora")[:4], read_losses(tmp_path / "one"), rtol=2e-5)
+  with open(tmp_path / "lora" / "model-info.txt") as f:
+    info = dict(line.split("  ", 1) for line in f.read().splitlines() if line.startswith(("encoder/", "decoder/")))
+  spec = lambda name: info[name].rsplit("  ", 1)[1]  # noqa: E731
+  assert spec("encoder/layers_0/self_attention/query") == "P('fsdp', 'model', None)"
+  assert spec("encoder/layers_0/self_attention/query_lora_a") == "P('fsdp', None)"
+  assert spec("encoder/layers_0/self_attention/query_lora_b") == "P(None, 'model', None)"
+  assert spec("decoder/layers_0/mlp/wo_lora_a") == "P('model', None)"
+  assert spec("decoder/layers_0/mlp/wo_lora_b") == "P(None, 'fsdp')"
+  ckpt_dir = tmp_path / "lora" / "checkpoints"
+  meta = checkpointing.read_checkpoint_meta(str(ckpt_dir))
+  assert meta["base_checkpoint"] == {"path": os.path.join(base_dir, "checkpoints", "8"), "step": 8}
+  # The checkpoint holds the adapters and nothing else.
+  assert meta["param_shapes"] and all(lora.is_adapter(k.rsplit("/", 1)[1]) for k in meta["param_shapes"])
+  # 2 stacks x (attention + MLP) kernels: encoder 2 layers x (4 + 3), decoder 1 layer x (8 + 3), two matrices each.
+  assert len(meta["param_shapes"]) == 2 * (2 * 7 + 11)
+  shapes = model.input_shapes(8, LENGTHS)
+  abstract = jax.eval_shape(lambda: model.init_params(jax.random.key(0), shapes))
+  params = checkpointing.load_params(str(tmp_path / "lora"), abstract)
+  # The base is bit-identical to the checkpoint it came from; the adapters moved (B from zero).
+  base = base_params(base_dir)
+  for a, b in zip(jax.tree.leaves(peft.frozen(params)), jax.tree.leaves(base)):
+    np.testing.assert_array_equal(a, b)
+  assert jax.tree.structure(peft.frozen(params)) == jax.tree.structure(base)
+  b_norm = sum(float(jnp.sum(x**2)) for p, x in jax.tree_util.tree_leaves_with_path(peft.trainable(params))
+               if str(p[-1].key).endswith("_lora_b"))
+  assert b_norm > 1e-6
+  # The optimizer state: Adam's two moments of the adapters and two step counts (Adam's, the schedule's),
+  # nothing for the base: the bytes of the same optimizer's state over the adapters alone.
+  ckpt = checkpointing.Checkpointer(str(ckpt_dir))
+  saved_opt = ckpt._manager.item_metadata(8)["opt_state"]
+  saved_opt = getattr(saved_opt, "tree", saved_opt)
+  opt_bytes = sum(int(np.prod(x.shape)) * 4 for x in jax.tree.leaves(saved_opt))
+  adapter_bytes = sum(int(np.prod(x.shape)) * 4 for x in jax.tree.leaves(peft.trainable(params)))
+  alone = jax.eval_shape(optax.adam(schedules.constant(0.01)).init, peft.trainable(params))
+  assert opt_bytes == 2 * adapter_bytes + 8 == sum(int(np.prod(x.shape)) * 4 for x in jax.tree.leaves(alone))
+  ckpt.close()
+
+
+def test_lora_resume_is_exact_and_prediction_loads_base_and_adapters(tmp_path, base_dir):
+  model = adapter_model(dropout_rate=0.1)
+  run(tmp_path / "full", 8, model=model, initial_checkpoint_path=base_dir)
+  run(tmp_path / "split", 4, model=model, initial_checkpoint_path=base_dir)
+  run(tmp_path / "split", 8, model=model, initial_checkpoint_path=base_dir)
+  assert read_losses(tmp_path / "split") == read_losses(tmp_path / "full")
+  # Inference reads base + adapters; the adapted model decodes like the base model on the merged kernels.
+  shapes = model.input_shapes(2, LENGTHS)
+  abstract = jax.eval_shape(lambda: model.init_params(jax.random.key(0), shapes))
+  params = checkpointing.load_params(str(tmp_path / "full"), abstract)
+  merged = lora.merge(params, model.config.lora)
+  base_model = tiny_model()
+  batch = {
+    "encoder_input_tokens": jnp.asarray(np.random.default_rng(0).integers(3, 300, (2, 32)), jnp.int32),
+    "decoder_input_tokens": jnp.asarray(np.random.default_rng(1).integers(3, 300, (2, 16)), jnp.int32),
+  }
+  adapted = model.logits(params, batch)
+  np.testing.assert_allclose(base_model.logits(merged, batch), adapted, atol=1e-5, rtol=1e-5)
+  assert float(jnp.max(jnp.abs(base_model.logits(peft.frozen(params), batch) - adapted))) > 1e-3
+  predictor = inference.Predictor.restore(
+    model, str(tmp_path / "full"), partitioner=partitioning.Partitioner(num_devices=1), batch_size=2
+  )
+  tokens, _ = predictor.predict_tokens(np.asarray(batch["encoder_input_tokens"]))
+  want = base_model.predict_batch(merged, batch["encoder_input_tokens"], predictor.options)[0]
+  np.testing.assert_array_equal(tokens, np.asarray(want))
+
+
+def test_lora_run_refuses_bad_bases_before_any_step(tmp_path, base_dir):
+  with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH is None"):
+    run(tmp_path / "none", 2, model=adapter_model())
+  other = tiny_model(d_ff=96, lora=lora.LoraConfig(rank=4))  # adapters for a model with a wider MLP than the base
+  with pytest.raises(ValueError, match=r"another model shape: .*mlp/wi_0: checkpoint \[32, 64\], this model \[32, 96\]"):
+    run(tmp_path / "other", 2, model=other, initial_checkpoint_path=base_dir)
+  assert not os.path.exists(tmp_path / "other" / "checkpoints") or not os.listdir(tmp_path / "other" / "checkpoints")
+  # An adapter checkpoint read by a model without adapters says what it is and what to do.
+  run(tmp_path / "lora", 4, model=adapter_model(), initial_checkpoint_path=base_dir)
+  plain = tiny_model()
+  abstract = jax.eval_shape(lambda: plain.init_params(jax.random.key(0), plain.input_shapes(8, LENGTHS)))
+  with pytest.raises(ValueError, match="holds LoRA / prompt-tuning adapters .*t5lite lora merge"):
+    checkpointing.load_params(str(tmp_path / "lora"), abstract)
