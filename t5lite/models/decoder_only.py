@@ -70,7 +70,11 @@ class DecoderOnlyTransformer(nn.Module):
   Parameter tree: token_embedder/embedding, decoder/{relpos_bias, layers_i
   (or layers when scanned), decoder_norm, logits_dense}; with absolute
   positions decoder/position_embedder instead of relpos_bias, and no
-  logits_dense with tied logits.
+  logits_dense with tied logits. With `config.prompt_tuning`,
+  decoder/soft_prompt [N, d_model] (t5lite.models.prompt_tuning) runs
+  before the tokens; the logits are still those of the tokens
+  [batch, length, vocab]. KV-cache decoding (`decode`, `decode_step`) is
+  then not implemented (NotImplementedError).
   """
 
   config: DecoderOnlyConfig

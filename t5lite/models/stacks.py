@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from t5lite.models import attention as attention_lib
 from t5lite.models import embeddings, layers
+from t5lite.models import prompt_tuning as prompt_lib
 
 Array = jax.Array
 
@@ -36,6 +37,24 @@ def relative_position_bias(config: Any, bidirectional: bool) -> Optional[embeddi
     bidirectional=bidirectional,
     name="relpos_bias",
   )
+
+
+def self_attention_bias(
+  relpos: Optional[embeddings.RelativePositionBias],
+  config: Any,
+  length: int,
+  segment_ids: Optional[Array],
+  positions: Optional[Array],
+  prompt_length: int = 0,
+) -> Optional[Array]:
+  """A stack's self-attention bias over its `length` tokens, after a soft prompt of
+  `prompt_length` positions when there is one (prompt_tuning.bias_positions); None without `relpos`."""
+  if relpos is None:
+    return None
+  if not prompt_length:
+    return relpos(length, length, *embeddings.bias_positions(config, positions))
+  total = prompt_length + length
+  return relpos(total, total, *prompt_lib.bias_positions(config, prompt_length, segment_ids, positions))
 
 
 def decoder_tokens_valid(tokens: Array, segment_ids: Optional[Array] = None) -> Array:
@@ -63,6 +82,7 @@ def run_stack(
   logits: bool = False,
   positions: Optional[Array] = None,
   position_length: Optional[int] = None,
+  prompt: Optional[Array] = None,
 ) -> Array:
   """Embed -> `layer_stack` -> final norm (-> logits), inside the calling compact module.
 
@@ -79,18 +99,34 @@ def run_stack(
   1/sqrt(d_model) when `config.scale_tied_logits`, with
   `config.logits_via_embedding`), else the normed activations
   [batch, length, d_model] in the activation dtype.
+
+  A soft `prompt` [N, d_model] (t5lite.models.prompt_tuning) is prepended to
+  the embedded tokens before the dropout, `layer_stack` then sees N + length
+  positions (learned absolute positions 0..N-1 for the prompt, the tokens'
+  shifted by N; a ValueError if the table is too short). The output keeps
+  the prompt's N positions first ([batch, N + length, d_model]), except
+  logits, which are for the tokens only ([batch, length, vocab]).
   """
   dt = config.activation_dtype
   dropout = nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))
   x = embedder(tokens)
+  n = 0
+  if prompt is not None:
+    n = prompt.shape[0]
+    x = prompt_lib.prepend(prompt, x)
   if config.position_embedding == "absolute":
     length = tokens.shape[-1]
-    if positions is None:
+    if n:
+      prompt_lib.check_fits(config, length)
+      positions = prompt_lib.absolute_positions(n, positions, length)
+    elif positions is None:
       positions = jnp.arange(length, dtype=jnp.int32)[None]
     table = embeddings.PositionEmbed(config.max_position_embeddings, config.d_model, dt, name="position_embedder")
-    x = x + table(positions, length if position_length is None else position_length)
+    x = x + table(positions, n + length if position_length is None else position_length)
   x = dropout(x, deterministic=deterministic)
   x = layer_stack(nn.with_logical_constraint(x, ("batch", "length", "embed")))
+  if n and logits:
+    x = x[:, n:]
   x = layers.norm(config, norm_name)(x)
   x = dropout(x, deterministic=deterministic)
   if not logits:
@@ -107,7 +143,10 @@ def run_stack(
 class Encoder(nn.Module):
   """Bidirectional stack: embedding dropout, layers, final norm 'encoder_norm'.
 
-  Returns [batch, length, d_model] in the activation dtype.
+  Returns [batch, length, d_model] in the activation dtype; with
+  `config.prompt_tuning`, [batch, N + length, d_model], the soft prompt
+  ('soft_prompt' [N, d_model]) first (its masks and bias:
+  t5lite.models.prompt_tuning).
   """
 
   config: Any
@@ -125,9 +164,16 @@ class Encoder(nn.Module):
     cfg = self.config
     length = tokens.shape[-1]
     relpos = relative_position_bias(cfg, bidirectional=True)
-    bias = None if relpos is None else relpos(length, length, *embeddings.bias_positions(cfg, positions))
-    mask = attention_lib.encoder_self_attention_mask(tokens, segment_ids)
+    prompt = prompt_lib.soft_prompt(self, cfg)
     token_valid = tokens > 0 if cfg.num_experts else None  # what a mixture of experts routes
+    n = prompt_lib.prompt_length(cfg)
+    bias = self_attention_bias(relpos, cfg, length, segment_ids, positions, n)
+    if prompt is None:
+      mask = attention_lib.encoder_self_attention_mask(tokens, segment_ids)
+    else:
+      mask = prompt_lib.encoder_mask(tokens, segment_ids, n)
+      if token_valid is not None:
+        token_valid = prompt_lib.with_prompt_valid(token_valid, n)
 
     def layer_stack(x):
       return layers.apply_layer_stack(
@@ -142,6 +188,7 @@ class Encoder(nn.Module):
       norm_name="encoder_norm",
       deterministic=deterministic,
       positions=positions,
+      prompt=prompt,
     )
 
 
@@ -189,13 +236,37 @@ class Decoder(nn.Module):
     positions a chunk token's position is the number of valid cache slots
     before it (`attention.decode_positions`).
 
+    With `config.prompt_tuning`: a decoder-only stack (no cross-attention)
+    prepends its 'soft_prompt' [N, d_model] to the tokens (masks and bias:
+    t5lite.models.prompt_tuning.decoder_mask, .bias_positions) and returns
+    the logits of the tokens only; a cross-attention decoder reads an
+    encoder output of N + L positions whose first N (the encoder's prompt)
+    every query may see.
+
     Raises:
       ValueError: the first decode call of a cross-attention decoder without
-        the encoder output or tokens.
+        the encoder output or tokens; with prompt tuning, an encoder output
+        whose length is not N + the encoder tokens' length.
+      NotImplementedError: KV-cache decoding of a decoder-only stack with
+        prompt tuning.
     """
     cfg = self.config
     length = tokens.shape[-1]
     relpos = relative_position_bias(cfg, bidirectional=False)
+    n = prompt_lib.prompt_length(cfg)
+    prompt = None if self.cross_attention else prompt_lib.soft_prompt(self, cfg)
+    if prompt is not None and decode:
+      raise NotImplementedError(
+        "KV-cache decoding of a decoder-only model with prompt tuning is not implemented (the soft prompt would "
+        "have to occupy the first cache slots); score or decode it by teacher forcing, or decode an "
+        "encoder-decoder prompt-tuned model"
+      )
+    if self.cross_attention and n and encoded is not None and encoder_tokens is not None:
+      if encoded.shape[1] != n + encoder_tokens.shape[1]:
+        raise ValueError(
+          f"prompt tuning: the encoder output has {encoded.shape[1]} positions but the soft prompt "
+          f"({n}) plus the encoder tokens ({encoder_tokens.shape[1]}) make {n + encoder_tokens.shape[1]}"
+        )
     cross_mask = None
     position_length = None
     if decode and self.has_variable("cache", "key_valid"):
@@ -213,11 +284,16 @@ class Decoder(nn.Module):
           raise ValueError("the first decode call needs the encoder output and the encoder tokens")
         self.variable("cache", "key_valid", jnp.zeros, tokens.shape, bool)
         if self.cross_attention:
-          self.variable("cache", "encoder_valid", lambda: encoder_tokens > 0)
-      bias = None if relpos is None else relpos(length, length, *embeddings.bias_positions(cfg, positions))
-      mask, causal = attention_lib.decoder_self_attention_mask(segment_ids, causal_attention, length)
+          self.variable("cache", "encoder_valid", lambda: prompt_lib.with_prompt_valid(encoder_tokens > 0, n))
+      bias = self_attention_bias(relpos, cfg, length, segment_ids, positions, 0 if prompt is None else n)
+      if prompt is None:
+        mask, causal = attention_lib.decoder_self_attention_mask(segment_ids, causal_attention, length)
+      else:
+        mask, causal = prompt_lib.decoder_mask(segment_ids, causal_attention, n, length)
       if self.cross_attention:
         cross_mask = attention_lib.encoder_decoder_attention_mask(encoder_tokens, encoder_segment_ids, segment_ids)
+        if n:
+          cross_mask = prompt_lib.with_prompt_columns(cross_mask, n)
     if encoded is not None:
       encoded = encoded.astype(cfg.activation_dtype)
     token_valid = None
@@ -226,6 +302,8 @@ class Decoder(nn.Module):
         token_valid = valid
       elif not decode:
         token_valid = decoder_tokens_valid(tokens, segment_ids)
+        if prompt is not None:
+          token_valid = prompt_lib.with_prompt_valid(token_valid, n)
 
     def layer_stack(x):
       return layers.apply_layer_stack(
@@ -254,4 +332,5 @@ class Decoder(nn.Module):
       logits=True,
       positions=positions,
       position_length=position_length,
+      prompt=prompt,
     )

@@ -92,7 +92,10 @@ class T5Transformer(nn.Module):
   (or layers when scanned), encoder_norm}, decoder/{relpos_bias, layers_i,
   decoder_norm, logits_dense}; with absolute positions each stack has
   position_embedder instead of relpos_bias, and logits_dense is absent with
-  tied logits. Dropout draws from the 'dropout' rng.
+  tied logits; with `config.prompt_tuning`, encoder/soft_prompt [N, d_model]
+  (t5lite.models.prompt_tuning), whose N positions lead the encoder output
+  and which the decoder's cross-attention always sees. Dropout draws from
+  the 'dropout' rng.
   """
 
   config: T5Config
@@ -110,7 +113,8 @@ class T5Transformer(nn.Module):
     encoder_positions: Optional[Array] = None,
     enable_dropout: bool = False,
   ) -> Array:
-    """Encoder output [batch, input_len, d_model] in the activation dtype."""
+    """Encoder output [batch, input_len, d_model] in the activation dtype
+    ([batch, N + input_len, d_model] with a soft prompt of N vectors)."""
     return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions, not enable_dropout)
 
   def decode(
@@ -125,7 +129,8 @@ class T5Transformer(nn.Module):
   ) -> Array:
     """Float32 logits for full (teacher-forced) decoder inputs.
 
-    `encoder_input_tokens` only supplies the padding mask of `encoded`.
+    `encoder_input_tokens` only supplies the padding mask of `encoded`
+    (with prompt tuning, of its positions after the prompt's N).
     """
     return self.decoder(
       decoder_input_tokens,
