@@ -65,10 +65,15 @@ def model_for(config: Any) -> model_lib.BaseModel:
   return model_lib.DecoderOnlyModel(config=config)
 
 
-def abstract_params(model: model_lib.BaseModel) -> Any:
-  """The model's parameters as unboxed ShapeDtypeStructs (no shardings)."""
+def abstract_params(model: model_lib.BaseModel, placed: bool = False) -> Any:
+  """The model's parameters as unboxed ShapeDtypeStructs: without shardings, or (`placed`) on this
+  process's first device, the target a restore needs whatever mesh the checkpoint was saved from."""
   lengths = {"inputs": 8, "targets": 8} if isinstance(model, model_lib.EncoderDecoderModel) else {"targets": 8}
-  return params_lib.strip_boxes(model.abstract_params(model.input_shapes(1, lengths)))
+  abstract = params_lib.strip_boxes(model.abstract_params(model.input_shapes(1, lengths)))
+  if not placed:
+    return abstract
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
 
 
 def _gin_value(value: Any) -> str:
@@ -286,7 +291,7 @@ def to_hf(
     model_type = source["model_type"]
   hf_config = {**_carried_fields(source, family, model.config), **configs.from_t5lite(model.config, model_type)}
   found_step, params_dir = checkpointing.resolve_checkpoint(checkpoint, step, what="--checkpoint")
-  params = checkpointing.load_params(os.path.dirname(params_dir), abstract_params(model), what="--checkpoint")
+  params = checkpointing.load_params(os.path.dirname(params_dir), abstract_params(model, True), what="--checkpoint")
   if lora_config is not None:
     params = lora.merge(params, lora_config)
   tensors = weights.export_tensors(dataclasses.replace(model.config, lora=None), jax.device_get(params))

@@ -57,7 +57,9 @@ def merge_lora(checkpoint: str, output: str, *, step: Optional[int] = None) -> d
     raise ValueError(f"{run_dir}'s model has no LoRA adapters (its config sets no lora): there is nothing to merge.")
   found_step, params_dir = checkpointing.resolve_checkpoint(checkpoint, step, what="--checkpoint")
   meta = checkpointing.read_checkpoint_meta(os.path.dirname(params_dir), "--checkpoint")
-  params = checkpointing.load_params(os.path.dirname(params_dir), convert.abstract_params(model), what="--checkpoint")
+  params = checkpointing.load_params(
+    os.path.dirname(params_dir), convert.abstract_params(model, True), what="--checkpoint"
+  )
   merged = jax.device_get(lora.merge(params, cfg.lora))
   base_config = dataclasses.replace(cfg, lora=None)
   module, cls = ("t5", "T5Config") if isinstance(cfg, t5.T5Config) else ("decoder_only", "DecoderOnlyConfig")
@@ -67,9 +69,7 @@ def merge_lora(checkpoint: str, output: str, *, step: Optional[int] = None) -> d
     f"\n# t5lite lora merge: the LoRA adapters of {params_dir} are folded into the kernels.\n"
     f"from t5lite.models import {module}\n{module}.{cls}.lora = None\n"
   )
-  new_meta = {
-    k: v for k, v in meta.items() if k in ("vocabulary_size", "model", "rows_consumed", "batch_size", "data")
-  }
+  new_meta = {k: v for k, v in meta.items() if k in ("vocabulary_size", "model", "rows_consumed", "batch_size", "data")}
   new_meta.update(step=found_step, param_shapes=checkpointing.param_shapes(merged))
   record = {
     "adapters": os.path.dirname(params_dir),
@@ -88,4 +88,9 @@ def merge_lora(checkpoint: str, output: str, *, step: Optional[int] = None) -> d
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
-  return {"output": output, "step": found_step, "base": meta.get("base_checkpoint"), "seconds": time.perf_counter() - start}
+  return {
+    "output": output,
+    "step": found_step,
+    "base": meta.get("base_checkpoint"),
+    "seconds": time.perf_counter() - start,
+  }

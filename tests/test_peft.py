@@ -106,8 +106,11 @@ def test_lora_run_trains_only_adapters_and_its_checkpoints_name_the_base(tmp_pat
   for a, b in zip(jax.tree.leaves(peft.frozen(params)), jax.tree.leaves(base)):
     np.testing.assert_array_equal(a, b)
   assert jax.tree.structure(peft.frozen(params)) == jax.tree.structure(base)
-  b_norm = sum(float(jnp.sum(x**2)) for p, x in jax.tree_util.tree_leaves_with_path(peft.trainable(params))
-               if str(p[-1].key).endswith("_lora_b"))
+  b_norm = sum(
+    float(jnp.sum(x**2))
+    for p, x in jax.tree_util.tree_leaves_with_path(peft.trainable(params))
+    if str(p[-1].key).endswith("_lora_b")
+  )
   assert b_norm > 1e-6
   # The optimizer state: Adam's two moments of the adapters and two step counts (Adam's, the schedule's),
   # nothing for the base: the bytes of the same optimizer's state over the adapters alone.
@@ -152,7 +155,9 @@ def test_lora_run_refuses_bad_bases_before_any_step(tmp_path, base_dir):
   with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH is None"):
     run(tmp_path / "none", 2, model=adapter_model())
   other = tiny_model(d_ff=96, lora=lora.LoraConfig(rank=4))  # adapters for a model with a wider MLP than the base
-  with pytest.raises(ValueError, match=r"another model shape: .*mlp/wi_0: checkpoint \[32, 64\], this model \[32, 96\]"):
+  with pytest.raises(
+    ValueError, match=r"another model shape: .*mlp/wi_0: checkpoint \[32, 64\], this model \[32, 96\]"
+  ):
     run(tmp_path / "other", 2, model=other, initial_checkpoint_path=base_dir)
   assert not os.path.exists(tmp_path / "other" / "checkpoints") or not os.listdir(tmp_path / "other" / "checkpoints")
   # An adapter checkpoint read by a model without adapters says what it is and what to do.
@@ -161,3 +166,93 @@ def test_lora_run_refuses_bad_bases_before_any_step(tmp_path, base_dir):
   abstract = jax.eval_shape(lambda: plain.init_params(jax.random.key(0), plain.input_shapes(8, LENGTHS)))
   with pytest.raises(ValueError, match="holds LoRA / prompt-tuning adapters .*t5lite lora merge"):
     checkpointing.load_params(str(tmp_path / "lora"), abstract)
+
+
+def _gin_flags(model_dir, base_dir, *extra):
+  sizes = [f"--gin.t5.T5Config.{k}={v}" for k, v in TINY.items()]
+  return [
+    "--gin_file=models/t5_1_1/tiny.gin",
+    "--gin_file=runs/finetune_lora.gin",
+    *sizes,
+    f"--gin.MODEL_DIR='{model_dir}'",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{base_dir}'",
+    "--gin.MIXTURE_OR_TASK_NAME='tpeft_prefix_lm'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}",
+    "--gin.TRAIN_STEPS=3",
+    "--gin.BATCH_SIZE=8",
+    "--gin.NUM_DEVICES=1",
+    "--gin.LORA_RANK=2",
+    "--gin.LORA_TARGETS='decoder/.*/(query|value)$'",
+    "--gin.LEARNING_RATE=0.05",
+    "--gin.train_lib.train.progress=False",
+    *extra,
+  ]
+
+
+def test_gin_lora_run_merges_into_a_plain_run_and_exports_merged(tmp_path, base_dir):
+  from safetensors.numpy import load_file
+
+  from t5lite import cli, convert
+
+  model_dir = tmp_path / "lora"
+  assert train_lib.main(_gin_flags(model_dir, base_dir)) == 0
+  meta = checkpointing.read_checkpoint_meta(str(model_dir))
+  # The regular expression picked the decoder's query and value kernels (self- and cross-attention) only.
+  assert sorted(meta["param_shapes"]) == [
+    f"decoder/layers_0/{a}/{k}_lora_{m}"
+    for a in ("encoder_decoder_attention", "self_attention")
+    for k in ("query", "value")
+    for m in ("a", "b")
+  ]
+  assert cli.main(["lora", "merge", "--checkpoint", str(model_dir), "--output", str(tmp_path / "merged")]) == 0
+  run_cfg = inference.read_run_config(str(tmp_path / "merged"))
+  assert run_cfg["model"].config.lora is None and run_cfg["model"].config == tiny_model().config
+  with open(tmp_path / "merged" / "merge.json") as f:
+    assert json.load(f)["base"]["path"] == os.path.join(base_dir, "checkpoints", "8")
+  # The merged run (plain model) predicts like the LoRA run (base + adapters).
+  one = partitioning.Partitioner(num_devices=1)
+  lora_model = inference.read_run_config(str(model_dir))["model"]
+  batch = {
+    "encoder_input_tokens": jnp.asarray(np.random.default_rng(2).integers(3, 300, (2, 32)), jnp.int32),
+    "decoder_input_tokens": jnp.asarray(np.random.default_rng(3).integers(3, 300, (2, 16)), jnp.int32),
+  }
+  logits = []
+  for model, path in ((lora_model, model_dir), (run_cfg["model"], tmp_path / "merged")):
+    predictor = inference.Predictor.restore(model, str(path), partitioner=one, batch_size=2)
+    assert predictor.step == 3
+    logits.append(model.logits(predictor.params, batch))
+  np.testing.assert_allclose(logits[0], logits[1], atol=1e-5, rtol=1e-5)
+  # to-hf folds the adapters the same way.
+  convert.to_hf(str(model_dir), str(tmp_path / "hf_lora"))
+  convert.to_hf(str(tmp_path / "merged"), str(tmp_path / "hf_merged"))
+  a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("hf_lora", "hf_merged"))
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  with pytest.raises(ValueError, match="no LoRA adapters"):
+    from t5lite import merge
+
+    merge.merge_lora(str(tmp_path / "merged"), str(tmp_path / "again"))
+
+
+def test_prompt_tuning_run_trains_only_the_prompt_from_the_words_it_was_given(tmp_path, base_dir):
+  cfg = prompt_tuning.PromptTuningConfig(length=6, init="text", init_text="abc")
+  model = tiny_model(prompt_tuning=cfg)
+  run(tmp_path / "pt", 4, model=model, initial_checkpoint_path=base_dir, pack=False)
+  meta = checkpointing.read_checkpoint_meta(str(tmp_path / "pt"))
+  assert meta["param_shapes"] == {"encoder/soft_prompt": [6, 32]}
+  assert meta["base_checkpoint"]["step"] == 8
+  # Started from the embeddings of 'abc' (byte ids 97+3, 98+3, 99+3) cycled to 6 vectors; 4 steps moved it.
+  base = base_params(base_dir)
+  start = np.asarray(base["token_embedder"]["embedding"])[[100, 101, 102, 100, 101, 102]]
+  one = partitioning.Partitioner(num_devices=1)
+  predictor = inference.Predictor.restore(model, str(tmp_path / "pt"), partitioner=one, batch_size=2)
+  prompt = np.asarray(predictor.params["encoder"]["soft_prompt"])
+  assert 1e-4 < np.max(np.abs(prompt - start)) < 0.5 * np.max(np.abs(start))
+  for a, b in zip(jax.tree.leaves(peft.frozen(predictor.params)), jax.tree.leaves(base)):
+    np.testing.assert_array_equal(a, b)
+  # Resuming continues the prompt; the base it names is read again.
+  run(tmp_path / "pt", 6, model=model, initial_checkpoint_path=base_dir, pack=False)
+  assert len(read_losses(tmp_path / "pt")) == 6
+  tokens, scores = predictor.predict_tokens(np.array([[5, 9, 11, 3, 7, 0], [4, 8, 2, 6, 13, 21]], np.int32))
+  assert tokens.shape[0] == 2 and np.all(np.isfinite(scores))
