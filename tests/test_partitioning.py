@@ -193,25 +193,42 @@ def test_num_experts_the_expert_axis_does_not_divide_is_refused(tmp_path):
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (4, 1, 2)]
 
 
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+  """run(kind, mesh) -> (losses, trainer, MODEL_DIR): a fresh tiny model ('t5' or 'decoder_only')
+  trained 3 steps on `mesh` ((1, 1, 1): one device), each (kind, mesh) trained once for the module,
+  when a test first asks for it (the fsdp test below and the t5 one of the sharded tests share the
+  fsdp run)."""
+  runs = {}
+
+  def run(kind, mesh):
+    if (kind, mesh) not in runs:
+      if kind == "t5":
+        model = model_lib.EncoderDecoderModel(config=t5.T5Config(**T5_TINY))
+      else:
+        model = model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**DEC_TINY))
+      run_dir = tmp_path_factory.mktemp(f"{kind}_" + "x".join(map(str, mesh)))
+      losses, tr = _train(run_dir, model, mesh, num_devices=1 if mesh == (1, 1, 1) else None)
+      runs[kind, mesh] = losses, tr, run_dir
+    return runs[kind, mesh]
+
+  return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["t5", "decoder_only"])
-def test_sharded_training_matches_one_device(tmp_path, kind):
-  def make():
-    if kind == "t5":
-      return model_lib.EncoderDecoderModel(config=t5.T5Config(**T5_TINY))
-    return model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**DEC_TINY))
-
-  reference, _ = _train(tmp_path / "one", make(), (1, 1, 1), num_devices=1)
+def test_sharded_training_matches_one_device(sharded_run, kind):
+  reference, _, _ = sharded_run(kind, (1, 1, 1))
   assert len(reference) == 3 and reference[2] < reference[0]
   for mesh in MESHES:
-    losses, _ = _train(tmp_path / "x".join(map(str, mesh)), make(), mesh)
+    losses, _, _ = sharded_run(kind, mesh)
     np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f"mesh {mesh}")
 
 
 @pytest.mark.slow
-def test_fsdp_shards_params_and_optimizer_state_and_restores_anywhere(tmp_path):
+def test_fsdp_shards_params_and_optimizer_state_and_restores_anywhere(sharded_run):
   model = model_lib.EncoderDecoderModel(config=t5.T5Config(**T5_TINY))
-  _, tr = _train(tmp_path / "fsdp", model, (1, 8, 1), steps=2)
+  _, tr, run_dir = sharded_run("t5", (1, 8, 1))  # 3 steps on fsdp=8
   params, opt = tr.abstract_params, tr.abstract_opt_state
   total_p, dev_p = partitioning.total_bytes(params), partitioning.bytes_per_device(params)
   total_o, dev_o = partitioning.total_bytes(opt), partitioning.bytes_per_device(opt)
@@ -227,19 +244,19 @@ def test_fsdp_shards_params_and_optimizer_state_and_restores_anywhere(tmp_path):
   # Per device: an eighth of the whole training state plus at most 1% of the parameter
   # bytes (the replicated norm scales, position tables and column statistics).
   assert dev_p + dev_o <= (total_p + total_o) / 8 + 0.01 * total_p
-  info = (tmp_path / "fsdp" / "model-info.txt").read_text()
+  info = (run_dir / "model-info.txt").read_text()
   assert "mesh: {'data': 1, 'fsdp': 8, 'model': 1, 'expert': 1}" in info
   assert f"{dev_p:,} per device" in info and "('vocab', 'embed')  P('model', 'fsdp')" in info
   # The checkpoint restores onto another mesh and onto one device, with equal values.
   saved = tr.state.params
   for mesh, n in (((1, 1, 8), None), ((1, 1, 1), 1)):
     part = partitioning.Partitioner(*mesh, num_devices=n)
-    cfg = trainer_lib.TrainerConfig(train_steps=2, batch_size=8, task_feature_lengths=LENGTHS, progress=False)
+    cfg = trainer_lib.TrainerConfig(train_steps=3, batch_size=8, task_feature_lengths=LENGTHS, progress=False)
     other = trainer_lib.Trainer(
-      model, adafactor.adafactor, schedules.constant(0.01), cfg, str(tmp_path / "fsdp"), partitioner=part
+      model, adafactor.adafactor, schedules.constant(0.01), cfg, str(run_dir), partitioner=part
     )
     state, rows = other.restore_or_init()
-    assert rows == 2 * 8 and int(state.step) == 2
+    assert rows == 3 * 8 and int(state.step) == 3
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(saved)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     leaf = jax.tree.leaves(state.params)[0]
