@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import seqio
 
-from t5lite import checkpointing, gin_entry, train as train_lib, trainer as trainer_lib
+from t5lite import checkpointing, gin_entry, runtime, train as train_lib, trainer as trainer_lib
 from t5lite.data import registration
 from t5lite.models import decoder_only, model as model_lib, t5
 from t5lite.optim import adafactor, schedules
@@ -31,6 +31,17 @@ TINY = dict(vocab_size=384, d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encod
 @pytest.fixture(scope="module", autouse=True)
 def byte_task():
   registration.register_pretraining_tasks("ttrain", make_source(TOPIC_TEXTS), seqio.ByteVocabulary(extra_ids=100))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """The module's runs share one persistent compilation cache, in a fresh directory (not the user's:
+  tests/conftest.py turns it off), as runs of `t5lite train` share ~/.cache/t5lite: the many runs of
+  the same tiny model on the same shapes compile their train step once. Off again after the module."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv(runtime.COMPILATION_CACHE_ENV, str(tmp_path_factory.mktemp("compilation_cache")))
+    yield
+  runtime.setup_compilation_cache("none")
 
 
 def tiny_model(**overrides):
