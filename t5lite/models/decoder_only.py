@@ -73,8 +73,8 @@ class DecoderOnlyTransformer(nn.Module):
   logits_dense with tied logits. With `config.prompt_tuning`,
   decoder/soft_prompt [N, d_model] (t5lite.models.prompt_tuning) runs
   before the tokens; the logits are still those of the tokens
-  [batch, length, vocab]. KV-cache decoding (`decode`, `decode_step`) is
-  then not implemented (NotImplementedError).
+  [batch, length, vocab]. Its KV cache then has N more slots, the prompt
+  in the first N (written by the `decode_step` chunk with `prompt_chunk`).
   """
 
   config: DecoderOnlyConfig
@@ -116,11 +116,16 @@ class DecoderOnlyTransformer(nn.Module):
     decode_index: Array,
     valid: Optional[Array] = None,
     bidirectional: bool = False,
+    prompt_chunk: bool = False,
   ) -> Array:
-    """Logits [b, q, vocab] of a chunk of tokens [b, q] written to cache slots
-    decode_index.. (apply with mutable=['cache']). A prompt is one chunk
-    (prefill): `valid` marks its real positions (False for left padding)
-    and `bidirectional` lets a prefix-LM prompt see itself whole."""
+    """Logits [b, q, vocab] of a chunk of tokens [b, q] written to token
+    slots decode_index.. (apply with mutable=['cache']). A prompt is one
+    chunk (prefill): `valid` marks its real positions (False for left
+    padding) and `bidirectional` lets a prefix-LM prompt see itself whole.
+    With `config.prompt_tuning` the first chunk (decode_index 0) must set
+    `prompt_chunk` (static): the soft prompt runs before it and fills the
+    cache's first N slots; token slot t is cache slot N + t
+    (stacks.Decoder)."""
     return self.decoder(
       decoder_input_tokens,
       deterministic=True,
@@ -128,6 +133,7 @@ class DecoderOnlyTransformer(nn.Module):
       decode_index=decode_index,
       valid=valid,
       bidirectional_chunk=bidirectional,
+      prompt_chunk=prompt_chunk,
     )
 
 

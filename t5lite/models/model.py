@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from t5lite import checks, decoding, features, losses
-from t5lite.models import decoder_only, lora, moe, t5
+from t5lite.models import decoder_only, lora, moe, prompt_tuning, t5
 from t5lite.models import params as params_lib
 
 Array = jax.Array
@@ -281,11 +281,12 @@ class BaseModel:
 
 def _matmul_params(
   abstract: PyTree,
-  exclude: tuple[str, ...] = ("token_embedder", "position_embedder", "relpos", "bias"),
+  exclude: tuple[str, ...] = ("token_embedder", "position_embedder", "relpos", "bias", "soft_prompt"),
   active_experts: Optional[int] = None,
 ) -> dict[str, int]:
-  """Parameter counts per top-level stack, leaving out lookups (no matmul) and biases
-  (the [heads, kv] attention biases are 2-D but are added, not multiplied).
+  """Parameter counts per top-level stack, leaving out lookups (no matmul), biases
+  (the [heads, kv] attention biases are 2-D but are added, not multiplied) and a
+  soft prompt (prepended, not multiplied).
 
   A mixture of experts' kernels (logical axis 'expert') count as the
   `active_experts` (top-k) of their experts a token uses; all of them when None.
@@ -407,13 +408,14 @@ class EncoderDecoderModel(BaseModel):
     Forward FLOPs = 2 * (matmul parameters touched per token) per token, plus
     attention scores and mixing: 4 * q_len * k_len * heads * d_kv per layer and
     sequence (self-attention in each stack, cross-attention in the decoder).
-    Embedding lookups and norms are not counted.
+    Embedding lookups and norms are not counted. With prompt tuning the
+    encoder runs over N + inputs positions, which the decoder cross-attends to.
     """
     cfg = self.config
     counts = _matmul_params(self.abstract_params(self.input_shapes(1, {"inputs": 8, "targets": 8})), **self._active())
     enc_p = counts.get("encoder", 0)
     dec_p = sum(v for k, v in counts.items() if k != "encoder")
-    li, lt = lengths["inputs"], lengths["targets"]
+    li, lt = lengths["inputs"] + prompt_tuning.prompt_length(cfg), lengths["targets"]
     hd = cfg.num_heads * cfg.d_kv
     attn = 4 * hd * (cfg.num_encoder_layers * li * li + cfg.num_decoder_layers * (lt * lt + lt * li))
     forward = 2 * (enc_p * li + dec_p * lt) + attn
@@ -475,7 +477,10 @@ class DecoderOnlyModel(BaseModel):
     Returns (cache, start tokens [batch] (each row's last prompt token, 0
     without a prompt), P). Decoding step i then writes slot P + i; step 0
     rewrites the last chunk slot with the same token, which reproduces it
-    exactly.
+    exactly. With prompt tuning the soft prompt runs first, in N cache
+    slots before these (t5lite.models.stacks.Decoder): the tokens see it
+    as in training, at positions 0..N-1 right before BOS, whatever a row's
+    left padding.
     """
     inputs = inputs.astype(jnp.int32)
     b, p = inputs.shape
@@ -496,6 +501,7 @@ class DecoderOnlyModel(BaseModel):
       jnp.int32(0),
       valid,
       self.prefix_lm,
+      True,  # prompt_chunk: the soft prompt, if any, fills the first cache slots
       method=decoder_only.DecoderOnlyTransformer.decode_step,
       mutable=["cache"],
     )
@@ -521,9 +527,10 @@ class DecoderOnlyModel(BaseModel):
     return self._decode(self.tokens_to_logits(params, offset), cache, inputs.shape[0], options, start, rng)
 
   def flops_per_step(self, batch_size, lengths):
-    """3x forward: 2 * matmul params per token plus 4 * L^2 * heads * d_kv per layer."""
+    """3x forward: 2 * matmul params per token plus 4 * L^2 * heads * d_kv per layer,
+    L the total length plus a soft prompt's N positions (prompt tuning)."""
     cfg = self.config
-    length = self.total_length(lengths)
+    length = self.total_length(lengths) + prompt_tuning.prompt_length(cfg)
     shapes = {"decoder_input_tokens": (1, 8)}
     params = sum(_matmul_params(self.abstract_params(shapes), **self._active()).values())
     attn = 4 * cfg.num_heads * cfg.d_kv * cfg.num_layers * length * length

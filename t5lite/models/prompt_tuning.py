@@ -15,6 +15,10 @@ and the prompt's queries see only the prompt (one prompt serves every
 segment, so it may not look at any of them). A decoder-only prompt is
 causal: packed and unpacked give the same outputs. The encoder output
 keeps the prompt's N positions, which every decoder query may attend to.
+Decoder-only KV-cache decoding keeps the prompt in the cache's first N
+slots, written with the prefill chunk (`decode_inputs`); a row's tokens
+are at N + their index among its real tokens, left padding skipped, as in
+training.
 """
 
 from __future__ import annotations
@@ -231,6 +235,67 @@ def with_prompt_columns(mask: Array, n: int) -> Array:
 def with_prompt_valid(valid: Array, n: int) -> Array:
   """bool [b, L] (which positions are real) -> [b, N + L], the prompt's N positions True."""
   return jnp.concatenate([jnp.ones((valid.shape[0], n), bool), valid.astype(bool)], axis=1)
+
+
+def decode_inputs(
+  module: nn.Module,
+  relpos: Optional[nn.Module],
+  valid: Array,
+  decode_index: Array,
+  n: int,
+  bidirectional_chunk: bool = False,
+  prompt_chunk: bool = False,
+) -> tuple[Optional[Array], Array, Array, Array, Array]:
+  """(bias, mask, positions, cache_index, chunk_valid) of a chunk of a prompted decoder-only stack's KV cache.
+
+  Call from the decoder's compact `__call__` once its cache exists. The
+  cache holds N + T slots: the soft prompt at slots 0..N-1, token slot t
+  (`decode_index` counts tokens, as without a prompt) at N + t. `valid`
+  bool [b, q]: which of the chunk's q tokens are real (False: left
+  padding). With `prompt_chunk` (the prefill chunk, at `decode_index` 0)
+  the stack runs [prompt, chunk] from cache slot `decode_index`, writing
+  the prompt's keys and values, its slots valid; otherwise the chunk
+  alone from slot N + `decode_index`. Updates the module's `key_valid`.
+
+  Returns:
+    bias: float32 [b, heads, q', N + T] (q' = N + q for a prompt chunk,
+      else q), or None without `relpos` (absolute positions). Positions are
+      per row the number of valid slots before a slot, so the prompt sits
+      at 0..N-1 and a row's i-th real token at N + i whatever the left
+      padding between them, exactly as in training (a slot difference
+      would put left padding between the prompt and the tokens).
+    mask: bool [b, 1, q', N + T]: a query sees the written, valid slots up
+      to its own; with `bidirectional_chunk` (a prefix-LM prompt) the
+      chunk's tokens see the whole chunk, the prompt's queries stay
+      causal (the prompt is not part of the prefix, as in `decoder_mask`).
+    positions: int32 [b, q], the tokens' learned-position indices minus N
+      for a prompt chunk (what `run_stack` shifts by N after prepending
+      the prompt at 0..N-1), else the valid slots before each token
+      (N + its index among the row's real tokens).
+    cache_index: int32, the chunk's first cache slot (for the attention layers).
+    chunk_valid: bool [b, q'], `valid` with the prompt's N slots (True) first for a prompt chunk.
+  """
+  q = valid.shape[1]
+  idx = jnp.asarray(decode_index, jnp.int32)
+  chunk_valid = with_prompt_valid(valid, n) if prompt_chunk else valid.astype(bool)
+  cache_index = idx if prompt_chunk else idx + n
+  _, mask = attention_lib.decode_self_attention_inputs(
+    module, None, chunk_valid, cache_index, bidirectional_chunk and not prompt_chunk
+  )
+  key_valid = module.get_variable("cache", "key_valid")
+  q_total, max_len = chunk_valid.shape[1], key_valid.shape[1]
+  if bidirectional_chunk and prompt_chunk:
+    is_token = jnp.arange(q_total) >= n
+    in_chunk = jnp.arange(max_len) < cache_index + q_total
+    mask = mask | ((is_token[:, None] & in_chunk[None, :])[None, None] & key_valid[:, None, None, :])
+  before = jnp.cumsum(key_valid.astype(jnp.int32), axis=1) - key_valid.astype(jnp.int32)
+  token_positions = jax.lax.dynamic_slice_in_dim(before, idx + n, q, axis=1)
+  positions = token_positions - n if prompt_chunk else token_positions
+  bias = None
+  if relpos is not None:
+    q_pos = jax.lax.dynamic_slice_in_dim(before, cache_index, q_total, axis=1)
+    bias = relpos(q_total, max_len, q_pos, before)
+  return bias, mask, positions, cache_index, chunk_valid
 
 
 # --------------------------------------------------------------------------

@@ -221,6 +221,7 @@ class Decoder(nn.Module):
     decode_index: Optional[Array] = None,
     valid: Optional[Array] = None,
     bidirectional_chunk: bool = False,
+    prompt_chunk: bool = False,
   ) -> Array:
     """Logits of `tokens` [b, length].
 
@@ -241,26 +242,26 @@ class Decoder(nn.Module):
     t5lite.models.prompt_tuning.decoder_mask, .bias_positions) and returns
     the logits of the tokens only; a cross-attention decoder reads an
     encoder output of N + L positions whose first N (the encoder's prompt)
-    every query may see.
+    every query may see. Decoding, its cache has N + T slots for T tokens,
+    the prompt in the first N; `decode_index` still counts tokens (token
+    slot t is cache slot N + t). The chunk that starts the sequence (the
+    prefill, `decode_index` 0) must pass `prompt_chunk`, which writes the
+    prompt's keys and values before the chunk's; later chunks read them.
+    Positions and bias then match training: the prompt at 0..N-1 and a
+    row's i-th real token at N + i, left padding skipped
+    (t5lite.models.prompt_tuning.decode_inputs). Without a decoder-only
+    prompt `prompt_chunk` does nothing.
 
     Raises:
       ValueError: the first decode call of a cross-attention decoder without
         the encoder output or tokens; with prompt tuning, an encoder output
         whose length is not N + the encoder tokens' length.
-      NotImplementedError: KV-cache decoding of a decoder-only stack with
-        prompt tuning.
     """
     cfg = self.config
     length = tokens.shape[-1]
     relpos = relative_position_bias(cfg, bidirectional=False)
     n = prompt_lib.prompt_length(cfg)
     prompt = None if self.cross_attention else prompt_lib.soft_prompt(self, cfg)
-    if prompt is not None and decode:
-      raise NotImplementedError(
-        "KV-cache decoding of a decoder-only model with prompt tuning is not implemented (the soft prompt would "
-        "have to occupy the first cache slots); score or decode it by teacher forcing, or decode an "
-        "encoder-decoder prompt-tuned model"
-      )
     if self.cross_attention and n and encoded is not None and encoder_tokens is not None:
       if encoded.shape[1] != n + encoder_tokens.shape[1]:
         raise ValueError(
@@ -272,8 +273,15 @@ class Decoder(nn.Module):
     if decode and self.has_variable("cache", "key_valid"):
       if valid is None:
         valid = jnp.ones(tokens.shape, bool)
-      bias, mask = attention_lib.decode_self_attention_inputs(self, relpos, valid, decode_index, bidirectional_chunk)
-      positions = attention_lib.decode_positions(self, decode_index, length)
+      if prompt is None:
+        bias, mask = attention_lib.decode_self_attention_inputs(self, relpos, valid, decode_index, bidirectional_chunk)
+        positions = attention_lib.decode_positions(self, decode_index, length)
+      else:
+        bias, mask, positions, decode_index, valid = prompt_lib.decode_inputs(
+          self, relpos, valid, decode_index, n, bidirectional_chunk, prompt_chunk
+        )
+        if not prompt_chunk:
+          prompt = None  # its keys and values are in the cache
       position_length = self.get_variable("cache", "key_valid").shape[1]
       causal = False
       if self.cross_attention:
@@ -282,7 +290,8 @@ class Decoder(nn.Module):
       if decode:
         if self.cross_attention and (encoded is None or encoder_tokens is None):
           raise ValueError("the first decode call needs the encoder output and the encoder tokens")
-        self.variable("cache", "key_valid", jnp.zeros, tokens.shape, bool)
+        own = 0 if prompt is None else n  # the cache's prompt slots
+        self.variable("cache", "key_valid", jnp.zeros, (tokens.shape[0], own + length), bool)
         if self.cross_attention:
           self.variable("cache", "encoder_valid", lambda: prompt_lib.with_prompt_valid(encoder_tokens > 0, n))
       bias = self_attention_bias(relpos, cfg, length, segment_ids, positions, 0 if prompt is None else n)

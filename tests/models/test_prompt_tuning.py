@@ -4,7 +4,8 @@ The strongest check: a soft prompt equal to the embeddings of tokens t_1..t_N
 makes the prompted model on x compute what the base model computes on
 [t_1..t_N, x] (encoder-decoder: same decoder logits; decoder-only: the base
 logits from position N on), with relative or absolute positions. Then:
-padding and packing invariance, KV-cache decoding, the parameter tree,
+padding and packing invariance, KV-cache decoding (both families; the
+decoder-only cache with left-padded prompts), FLOPs, the parameter tree,
 the masks by hand, the bad-input errors and the initial values.
 """
 
@@ -203,10 +204,76 @@ def test_encoder_decoder_decoding_with_prompt_equals_teacher_forcing():
   np.testing.assert_array_equal(tokens, argmax)
 
 
-def test_decoder_only_kv_cache_decoding_with_prompt_is_refused():
-  m, params = _dec()
-  with pytest.raises(NotImplementedError, match="KV-cache decoding of a decoder-only model with prompt tuning"):
-    m.prefill(params, jnp.asarray([[5, 6, 0]], jnp.int32), 4)
+DECODE_CASES = [({}, False), (ABSOLUTE, False), ({}, True), (ABSOLUTE, True)]
+DECODE_IDS = ["relative", "absolute", "relative_prefix_lm", "absolute_prefix_lm"]
+# Prompts of different lengths (left padding inside the cache) and prompts of one length (none).
+PADDED = np.array([[5, 6, 7, 0], [9, 0, 0, 0], [3, 4, 5, 6], [0, 0, 0, 0]], np.int32)
+UNPADDED = np.array([[5, 6, 7, 8], [3, 4, 5, 6]], np.int32)
+
+
+def _teacher_forced(m, params, prompt, cont):
+  """Logits [len(cont), V] of one row alone, by teacher forcing `model.logits` on [BOS, prompt, cont[:-1]]:
+  row j is the prediction after prompt and cont[:j] (the soft prompt before it all, as in training)."""
+  inputs = np.concatenate([[0], prompt, cont[:-1]])[None].astype(np.int32)
+  batch = {"decoder_input_tokens": jnp.asarray(inputs)}
+  if m.prefix_lm:  # BOS and the prompt are the prefix, as seqio's PrefixLM marks them
+    batch["decoder_causal_attention"] = jnp.asarray((np.arange(inputs.shape[1]) <= len(prompt))[None], jnp.int32)
+  return np.asarray(m.logits(params, batch))[0, len(prompt) :]
+
+
+@pytest.mark.parametrize("prompts", [PADDED, UNPADDED], ids=["left_padded", "unpadded"])
+@pytest.mark.parametrize("arch,prefix_lm", DECODE_CASES, ids=DECODE_IDS)
+def test_decoder_only_cache_decoding_with_prompt_equals_teacher_forcing(arch, prefix_lm, prompts):
+  m, params = _dec(prefix_lm=prefix_lm, **arch)
+  b, p = prompts.shape
+  steps = 5
+  cont = np.random.default_rng(3).integers(2, V, (b, steps)).astype(np.int32)
+  cache, start, offset = m.prefill(params, jnp.asarray(prompts), steps)
+  assert offset == p  # decode_index still counts tokens
+  # N prompt slots first (valid), then the chunk's P + 1 slots (left padding invalid), then the decode slots.
+  key_valid = np.asarray(cache["decoder"]["key_valid"])
+  assert key_valid.shape == (b, N + p + steps)
+  lengths = (prompts > 0).sum(axis=1)
+  for r in range(b):
+    want = [True] * N + [False] * (p - lengths[r]) + [True] * (lengths[r] + 1) + [False] * (steps - 1)
+    np.testing.assert_array_equal(key_valid[r], want)
+  step_fn = jax.jit(m.tokens_to_logits(params, offset))
+  got = []
+  for j in range(steps):
+    tok = start[:, None] if j == 0 else jnp.asarray(cont[:, j - 1 : j])
+    logits, cache = step_fn(tok, cache, jnp.int32(j))
+    got.append(np.asarray(logits))
+  got = np.stack(got, axis=1)  # [b, steps, V]
+  for r in range(b):
+    want = _teacher_forced(m, params, prompts[r][prompts[r] > 0], cont[r])
+    np.testing.assert_allclose(got[r], want, atol=1e-5, rtol=1e-5, err_msg=f"row {r}")
+  # Another soft prompt gives other logits: the prompt is decoded with, not dropped.
+  other = jax.tree.map(lambda x: x, params)
+  other["decoder"]["soft_prompt"] = params["decoder"]["soft_prompt"][::-1]  # (a constant shift would be normed away)
+  assert np.abs(_teacher_forced(m, other, prompts[0][prompts[0] > 0], cont[0]) - got[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("arch,prefix_lm", DECODE_CASES, ids=DECODE_IDS)
+def test_decoder_only_greedy_decoding_with_prompt_equals_teacher_forced_argmax(arch, prefix_lm):
+  m, params = _dec(prefix_lm=prefix_lm, **arch)
+  steps = 6
+  greedy = model_lib.DecodeOptions("greedy", max_decode_len=steps, eos_id=-1)
+  for prompts in (PADDED, UNPADDED):
+    tokens = np.asarray(jax.jit(m.predict_batch, static_argnums=2)(params, jnp.asarray(prompts), greedy)[0])
+    assert tokens.shape == (prompts.shape[0], steps)
+    for r in range(prompts.shape[0]):
+      # Token j is the argmax after the prompt and tokens[:j] on the growing sequence.
+      want = np.argmax(_teacher_forced(m, params, prompts[r][prompts[r] > 0], tokens[r]), axis=-1)
+      np.testing.assert_array_equal(tokens[r], want, err_msg=f"row {r}")
+
+
+def test_flops_count_the_prompt_positions():
+  m, _ = _dec()
+  base = model_lib.DecoderOnlyModel(config=dataclasses.replace(m.config, prompt_tuning=None))
+  assert m.flops_per_step(2, {"targets": 8}) == base.flops_per_step(2, {"targets": 8 + N})
+  m, _ = _t5()
+  base = model_lib.EncoderDecoderModel(config=dataclasses.replace(m.config, prompt_tuning=None))
+  assert m.flops_per_step(2, {"inputs": 8, "targets": 5}) == base.flops_per_step(2, {"inputs": 8 + N, "targets": 5})
 
 
 # --------------------------------------------------------------------------
