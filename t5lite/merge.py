@@ -68,6 +68,7 @@ def merge_lora(checkpoint: str, output: str, *, step: Optional[int] = None) -> d
   config_gin += (
     f"\n# t5lite lora merge: the LoRA adapters of {params_dir} are folded into the kernels.\n"
     f"from t5lite.models import {module}\n{module}.{cls}.lora = None\n"
+    f"MODEL_DIR = {output!r}\n"
   )
   new_meta = {k: v for k, v in meta.items() if k in ("vocabulary_size", "model", "rows_consumed", "batch_size", "data")}
   new_meta.update(step=found_step, param_shapes=checkpointing.param_shapes(merged))

@@ -259,6 +259,8 @@ def train(
     async_checkpointing=async_checkpointing,
     progress=progress,
   )
+  if not checkpointing.list_checkpoints(str(model_dir)):  # a new LoRA / prompt-tuning run needs its base
+    train_state.check_peft_base(model.config, initial_checkpoint_path)
   train_batches, eval_factory, vocabularies = _data(
     mixture_or_task_name,
     task_feature_lengths,

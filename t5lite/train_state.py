@@ -163,6 +163,29 @@ class DataStream:
     return rows
 
 
+def check_peft_base(config: Any, initial_checkpoint_path: Optional[str]) -> None:
+  """Refuses a parameter-efficient run (config sets lora / prompt_tuning) without an orbax base to start from.
+
+  Raises:
+    ValueError: `initial_checkpoint_path` is None or a Hugging Face directory (which the adapter
+      checkpoints could not name: convert it first), naming the way out.
+  """
+  if not peft.enabled(config):
+    return
+  path = initial_checkpoint_path
+  if not path:
+    raise ValueError(
+      "LoRA and prompt tuning adapt a pretrained model, but INITIAL_CHECKPOINT_PATH is None: set it to the "
+      "base model's run directory or checkpoint (e.g. INITIAL_CHECKPOINT_PATH = 'runs/quickstart'), or set "
+      "the model's lora / prompt_tuning to None to train the whole model."
+    )
+  if hf_files.has_config(path) and not checkpointing.list_checkpoints(path):
+    raise ValueError(
+      f"INITIAL_CHECKPOINT_PATH={path!r} is a Hugging Face directory; LoRA and prompt tuning need an orbax base "
+      "checkpoint that their checkpoints can name: convert it first (t5lite convert from-hf) and start from that."
+    )
+
+
 class TrainStateInitializer:
   """The train state's layout on a mesh, and its creation or restore into it.
 
@@ -253,17 +276,7 @@ class TrainStateInitializer:
     return TrainState(step=self.step_array(0), params=params, opt_state=opt_state)
 
   def _fresh_peft(self, seed: int, path: Optional[str], prompt_text_ids: Optional[list[int]]) -> TrainState:
-    if not path:
-      raise ValueError(
-        "LoRA and prompt tuning adapt a pretrained model, but INITIAL_CHECKPOINT_PATH is None: set it to the "
-        "base model's run directory or checkpoint (e.g. INITIAL_CHECKPOINT_PATH = 'runs/quickstart'), or set "
-        "the model's lora / prompt_tuning to None to train the whole model."
-      )
-    if hf_files.has_config(path) and not checkpointing.list_checkpoints(path):
-      raise ValueError(
-        f"INITIAL_CHECKPOINT_PATH={path!r} is a Hugging Face directory; LoRA and prompt tuning need an orbax base "
-        "checkpoint that their checkpoints can name: convert it first (t5lite convert from-hf) and start from that."
-      )
+    check_peft_base(self.model.config, path)
     meta = checkpointing.read_checkpoint_meta(path)
     with self.partitioner.context():
       if meta.get("base_checkpoint"):  # another adapter run: its base and its adapters

@@ -154,6 +154,7 @@ def test_lora_resume_is_exact_and_prediction_loads_base_and_adapters(tmp_path, b
 def test_lora_run_refuses_bad_bases_before_any_step(tmp_path, base_dir):
   with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH is None"):
     run(tmp_path / "none", 2, model=adapter_model())
+  assert not os.path.exists(tmp_path / "none")  # refused before the data or the run directory
   other = tiny_model(d_ff=96, lora=lora.LoraConfig(rank=4))  # adapters for a model with a wider MLP than the base
   with pytest.raises(
     ValueError, match=r"another model shape: .*mlp/wi_0: checkpoint \[32, 64\], this model \[32, 96\]"
@@ -206,6 +207,9 @@ def test_gin_lora_run_merges_into_a_plain_run_and_exports_merged(tmp_path, base_
   ]
   assert cli.main(["lora", "merge", "--checkpoint", str(model_dir), "--output", str(tmp_path / "merged")]) == 0
   run_cfg = inference.read_run_config(str(tmp_path / "merged"))
+  import gin
+
+  assert gin.query_parameter("%MODEL_DIR") == str(tmp_path / "merged")  # infer.gin's CHECKPOINT_PATH follows it
   assert run_cfg["model"].config.lora is None and run_cfg["model"].config == tiny_model().config
   with open(tmp_path / "merged" / "merge.json") as f:
     assert json.load(f)["base"]["path"] == os.path.join(base_dir, "checkpoints", "8")
