@@ -122,8 +122,9 @@ def check_fits(config: Any, length: int) -> None:
     raise ValueError(
       f"a soft prompt longer than the input length allows: PromptTuningConfig.length={n} plus an input of "
       f"{length} tokens needs {n + length} positions, but max_position_embeddings={config.max_position_embeddings}; "
-      f"use a prompt of at most {config.max_position_embeddings - length} tokens or inputs of at most "
-      f"{config.max_position_embeddings - n} tokens"
+      f"use a prompt of at most {config.max_position_embeddings - length} tokens or sequences of at most "
+      f"{config.max_position_embeddings - n} tokens (training: TASK_FEATURE_LENGTHS; decoding: the input "
+      "plus MAX_DECODE_LEN)"
     )
 
 
