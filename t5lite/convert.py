@@ -17,12 +17,13 @@ overwritten. The tensor mapping is t5lite.hf; this module is the directories aro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
 
@@ -48,6 +49,19 @@ def staging_dir(output: str) -> str:
   staging = f"{output}.partial-{os.getpid()}-{int(time.time())}"
   os.makedirs(staging)
   return staging
+
+
+@contextlib.contextmanager
+def staged(output: str) -> Iterator[str]:
+  """Yields a new temporary sibling of `output` to write into; renames it to `output` when the block
+  ends normally, removes it when the block raises (an interrupted write leaves nothing half-written)."""
+  staging = staging_dir(output)
+  try:
+    yield staging
+    publish(staging, output)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
 
 
 def publish(staging: str, output: str) -> None:
@@ -159,8 +173,7 @@ def from_hf(
     lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 128})
   else:
     lengths = dict(task_feature_lengths or {"targets": 512})
-  staging = staging_dir(output)
-  try:
+  with staged(output) as staging:
     meta = {
       "step": 0,
       "param_shapes": checkpointing.param_shapes(params),
@@ -193,10 +206,6 @@ def from_hf(
     }
     with open(os.path.join(staging, "conversion.json"), "w", encoding="utf-8") as f:
       json.dump(record, f, indent=2, sort_keys=True, default=str)
-    publish(staging, output)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
   return {
     "output": output,
     "family": family,
@@ -295,16 +304,11 @@ def to_hf(
   if lora_config is not None:
     params = lora.merge(params, lora_config)
   tensors = weights.export_tensors(dataclasses.replace(model.config, lora=None), jax.device_get(params))
-  staging = staging_dir(output)
-  try:
+  with staged(output) as staging:
     files.write(staging, tensors, hf_config, dtype=dtype)
     spiece = os.path.join(run_dir, files.SPIECE)
     if not os.path.isfile(spiece) and run.get("vocabulary_model"):
       spiece = os.path.abspath(os.path.expanduser(str(run["vocabulary_model"])))
     if os.path.isfile(spiece):
       shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
-    publish(staging, output)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
   return {"output": output, "family": family, "step": found_step, "seconds": time.perf_counter() - start}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from typing import Any, Optional
 
@@ -78,17 +77,12 @@ def merge_lora(checkpoint: str, output: str, *, step: Optional[int] = None) -> d
     "lora": dataclasses.asdict(cfg.lora),
     "merged_config": repr(base_config),
   }
-  staging = convert.staging_dir(output)
-  try:
+  with convert.staged(output) as staging:
     convert.save_checkpoint(staging, merged, new_meta, step=found_step)
     with open(os.path.join(staging, "config.gin"), "w", encoding="utf-8") as f:
       f.write(config_gin)
     with open(os.path.join(staging, "merge.json"), "w", encoding="utf-8") as f:
       json.dump(record, f, indent=2, default=str)
-    convert.publish(staging, output)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
   return {
     "output": output,
     "step": found_step,
