@@ -239,9 +239,9 @@ def run_variant(variant: Variant, args) -> dict:
   stage(f"{name}: median step {median:.3f} s, {tokens / median:,.0f} tokens/s")
   line.update(
     compile_s=round(compile_s, 3),
-    warmup_step_s=round(warmup, 4),
-    median_step_s=round(median, 4),
-    step_s=[round(t, 4) for t in times],
+    warmup_step_s=round(warmup, 6),
+    median_step_s=round(median, 6),
+    step_s=[round(t, 6) for t in times],
     tokens_per_step=tokens,
     tokens_per_s=round(tokens / median, 1),
     peak_bytes=peak,
