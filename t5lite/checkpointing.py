@@ -413,7 +413,13 @@ def read_checkpoint_meta(path: str, what: str = "INITIAL_CHECKPOINT_PATH", step:
   return dict(meta or {})
 
 
-def load_params(path: str, abstract_params: PyTree, what: str = "INITIAL_CHECKPOINT_PATH") -> PyTree:
+def load_params(
+  path: str,
+  abstract_params: PyTree,
+  what: str = "INITIAL_CHECKPOINT_PATH",
+  new_heads: Optional[Callable[[tuple[str, ...]], PyTree]] = None,
+  head_names: tuple[str, ...] = (),
+) -> PyTree:
   """Parameters of another run's checkpoint (fine-tuning, inference), checked against this model.
 
   `abstract_params`: the model's parameters as (sharded) ShapeDtypeStructs;
@@ -421,6 +427,13 @@ def load_params(path: str, abstract_params: PyTree, what: str = "INITIAL_CHECKPO
   parameter-efficient run (LoRA, prompt tuning: its meta names a
   `base_checkpoint`) holds adapters only: they are read from it and the rest
   from the base checkpoint it names (which must still exist).
+
+  Fine-tuning with another head (an encoder-only MLM checkpoint for a
+  classifier): `head_names` are the top-level parameter names that belong to
+  a head, this model's or another's. When the checkpoint and this model
+  differ only in those, the shared parameters are read, the checkpoint's
+  other head is left out, and this model's head parameters the checkpoint
+  lacks come from `new_heads(names)` (a tree with those top-level names).
 
   Raises:
     FileNotFoundError: `path` (or an adapter checkpoint's base) holds no checkpoint.
@@ -433,12 +446,53 @@ def load_params(path: str, abstract_params: PyTree, what: str = "INITIAL_CHECKPO
     return _load_adapters_and_base(params_dir, meta, abstract_params, what)
   if meta is not None:
     wanted = param_shapes(abstract_params)
-    if meta.get("param_shapes") != wanted:
+    saved = meta.get("param_shapes") or {}
+    outside = lambda shapes: {k: v for k, v in shapes.items() if k.split("/")[0] not in head_names}  # noqa: E731
+    if saved != wanted and new_heads is not None and head_names and outside(saved) == outside(wanted):
+      return _load_with_new_heads(params_dir, saved, abstract_params, new_heads)
+    if saved != wanted:
       raise ValueError(
         f"{what} {params_dir} holds another model shape: {describe_mismatch(meta.get('param_shapes', {}), wanted)}."
       )
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(params_dir, abstract_params)
+
+
+def _load_with_new_heads(
+  params_dir: str, saved: Mapping[str, list[int]], abstract_params: PyTree, new_heads: Callable
+) -> PyTree:
+  """The checkpoint's parameters that this model has (see `load_params`), plus fresh heads."""
+  flat = {
+    "/".join(str(getattr(k, "key", k)) for k in p): leaf
+    for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  }
+  some = next(iter(flat.values()))
+  sharding = getattr(some, "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  target: dict = {}
+  for key, shape in saved.items():
+    leaf = flat.get(key)
+    if leaf is None or list(leaf.shape) != list(shape):
+      leaf = jax.ShapeDtypeStruct(tuple(shape), np.float32, sharding=sharding)  # a head this model does not have
+    node = target
+    *parents, name = key.split("/")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[name] = leaf
+  with ocp.StandardCheckpointer() as ckptr:
+    restored = ckptr.restore(params_dir, target)
+  # A head whose parameters are not all in the checkpoint with this model's shapes is made anew.
+  shapes = param_shapes(abstract_params)
+  fits = lambda name: all(saved.get(k) == v for k, v in shapes.items() if k.split("/")[0] == name)  # noqa: E731
+  top = set(abstract_params)
+  out = {k: v for k, v in restored.items() if k in top and fits(k)}
+  missing = tuple(sorted(top - set(out)))
+  if missing:
+    out.update(new_heads(missing))
+  dropped = sorted(set(restored) - set(out))
+  logging.info("read %s without its head %s; new head parameters %s", params_dir, dropped, list(missing))
+  return out
 
 
 def _load_adapters_and_base(params_dir: str, meta: Mapping[str, Any], abstract_params: PyTree, what: str) -> PyTree:

@@ -47,6 +47,8 @@ _UNSHARDED = (
   ("abspos", None),
   ("lora_rank", None),
   ("prompt", None),
+  ("token_types", None),
+  ("classes", None),
   ("joined_kv", None),
   ("unmodeled", None),
 )

@@ -269,7 +269,15 @@ class TrainStateInitializer:
       if path and hf_files.has_config(path) and not checkpointing.list_checkpoints(path):
         params = hf_weights.import_directory(str(path), self.model.config, self.params.abstract)
       elif initial_checkpoint_path:
-        params = checkpointing.load_params(initial_checkpoint_path, self.params.abstract)
+        params = checkpointing.load_params(
+          initial_checkpoint_path,
+          self.params.abstract,
+          new_heads=lambda names: self.model.init_params(
+            jax.random.key(seed), self.input_shapes, self.params.shardings, select=lambda t: {n: t[n] for n in names}
+          ),
+          head_names=tuple(getattr(self.model, "head_params", ()))
+          + tuple(getattr(self.model, "other_head_params", ())),
+        )
       else:
         params = self.model.init_params(jax.random.key(seed), self.input_shapes, self.params.shardings)
       opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(params)

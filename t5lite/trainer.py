@@ -55,7 +55,7 @@ def compute_gradients(
   so that every microbatch adds its rows' share and the sum, divided by the
   denominator, is their mean over the whole batch."""
   scale, denom = model.loss_scale(batch)
-  rows = batch["decoder_target_tokens"].shape[0]
+  rows = jax.tree.leaves(batch)[0].shape[0]
   aux_scale = denom / rows
 
   def loss_fn(p, b, r, s):
@@ -127,7 +127,7 @@ def train_step(
 
 def eval_step(params: PyTree, batch: Batch, *, model: BaseModel) -> dict[str, jax.Array]:
   """Summed loss and accuracy counts on one batch (no dropout), per real target token."""
-  weights = batch["decoder_loss_weights"].astype(jnp.float32)
+  weights = model.loss_weights(batch).astype(jnp.float32)
   _, m = model.loss_fn(params, batch, None, weights)
   return m
 

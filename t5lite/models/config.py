@@ -22,6 +22,9 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "minimal")
 # 'gelu' is the tanh approximation (HF 'gelu_new', T5's 'gated-gelu'); 'gelu_exact' the erf form.
 MLP_ACTIVATIONS = ("gelu", "gelu_exact", "relu", "silu", "linear")
 NORM_TYPES = ("rmsnorm", "layernorm")
+# 'pre': norm before each sublayer and a final norm (T5, GPT-2); 'post': norm after each residual
+# addition and one after the embeddings, no final norm (BERT, the original Transformer).
+NORM_PLACEMENTS = ("pre", "post")
 POSITION_EMBEDDINGS = ("relative", "absolute")
 _DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
@@ -78,7 +81,7 @@ def validate_transformer_config(cfg: Any, layer_fields: Sequence[str]) -> None:
       layer_norm_epsilon not > 0, NaN or infinity, an unknown remat policy,
       dtype or attention implementation, mlp_activations that is not a
       non-empty tuple (or list) of MLP_ACTIVATIONS names, an unknown
-      norm_type or position_embedding, max_position_embeddings < 1 with
+      norm_type, norm_placement or position_embedding, max_position_embeddings < 1 with
       absolute positions (< 0 otherwise), use_bias /
       scale_attention_logits / scale_tied_logits that are not bools. An attention implementation this
       process's backend cannot run is refused when the model is traced
@@ -211,6 +214,7 @@ def _validate_architecture(cfg: Any, cls: str) -> None:
     _check_choice(f"{cls}.mlp_activations[{i}]", act, MLP_ACTIVATIONS)
   object.__setattr__(cfg, "mlp_activations", tuple(acts))
   _check_choice(f"{cls}.norm_type", cfg.norm_type, NORM_TYPES)
+  _check_choice(f"{cls}.norm_placement", cfg.norm_placement, NORM_PLACEMENTS)
   _check_choice(f"{cls}.position_embedding", cfg.position_embedding, POSITION_EMBEDDINGS)
   minimum = 1 if cfg.position_embedding == "absolute" else 0
   hint = " (the size of the learned position table)" if minimum else ""
@@ -271,6 +275,10 @@ class TransformerConfig:
     projection never has one.
   norm_type: 'rmsnorm' (T5: scale only) or 'layernorm' (mean subtracted,
     params `scale` and `bias`), computed in float32.
+  norm_placement: 'pre' (T5, GPT-2): x + f(norm(x)) in every sublayer and a
+    final norm on the stack's output; 'post' (BERT, Vaswani et al. 2017):
+    norm(x + f(x)), one norm 'embedding_norm' on the embeddings (before
+    their dropout) and no final norm.
   position_embedding: 'relative' (T5's bucketed bias, one 'relpos_bias' per
     stack) or 'absolute' (a learned [max_position_embeddings, d_model]
     table 'position_embedder' per stack, added to the token embedding as
@@ -329,6 +337,7 @@ class TransformerConfig:
   mlp_activations: tuple[str, ...] = ("gelu", "linear")
   use_bias: bool = False
   norm_type: str = "rmsnorm"
+  norm_placement: str = "pre"
   position_embedding: str = "relative"
   max_position_embeddings: int = 0
   scale_attention_logits: bool = False

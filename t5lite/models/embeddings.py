@@ -18,15 +18,16 @@ DType = Any
 
 
 class Embed(nn.Module):
-  """Token embedding table with axes ('vocab', 'embed')."""
+  """Token embedding table with axes ('vocab', 'embed'), drawn N(0, stddev^2) (T5: 1; BERT: 0.02)."""
 
   num_embeddings: int
   features: int
   dtype: DType = jnp.float32
+  stddev: float = 1.0
 
   def setup(self):
     self.embedding = params.param(
-      self, "embedding", params.embedding_init, (self.num_embeddings, self.features), ("vocab", "embed")
+      self, "embedding", params.Normal(self.stddev), (self.num_embeddings, self.features), ("vocab", "embed")
     )
 
   def __call__(self, ids: Array) -> Array:
@@ -45,12 +46,13 @@ class PositionEmbed(nn.Module):
   """Learned absolute position embeddings (GPT-2's wpe, BERT's position_embeddings).
 
   Parameter 'embedding' [num_positions, features], axes ('abspos', 'embed'),
-  drawn like the token embedding (t5lite.models.params.position_embedding_init).
+  drawn like the token embedding, N(0, stddev^2).
   """
 
   num_positions: int
   features: int
   dtype: DType = jnp.float32
+  stddev: float = 1.0
 
   @nn.compact
   def __call__(self, positions: Array, length: int) -> Array:
@@ -74,12 +76,30 @@ class PositionEmbed(nn.Module):
     table = params.param(
       self,
       "embedding",
-      params.position_embedding_init,
+      params.Normal(self.stddev),
       (self.num_positions, self.features),
       ("abspos", "embed"),
     )
     out = jnp.take(table, positions.astype(jnp.int32), axis=0, mode="fill", fill_value=jnp.nan)
     return out.astype(self.dtype)
+
+
+class TokenTypeEmbed(nn.Module):
+  """BERT's token type (segment) embeddings: parameter 'embedding' [num_types, features],
+  axes ('token_types', 'embed'), drawn N(0, stddev^2). Ids [b, L] -> [b, L, features];
+  an id outside [0, num_types) gives a NaN row rather than a clipped lookup."""
+
+  num_types: int
+  features: int
+  dtype: DType = jnp.float32
+  stddev: float = 1.0
+
+  @nn.compact
+  def __call__(self, ids: Array) -> Array:
+    table = params.param(
+      self, "embedding", params.Normal(self.stddev), (self.num_types, self.features), ("token_types", "embed")
+    )
+    return jnp.take(table, ids.astype(jnp.int32), axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
 
 
 class OutputDense(nn.Module):

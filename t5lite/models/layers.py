@@ -133,7 +133,9 @@ GatedMlp = MlpBlock
 
 
 class TransformerLayer(nn.Module):
-  """Pre-norm residual layer: self-attention, optional cross-attention, MLP.
+  """Residual layer: self-attention, optional cross-attention, MLP; each sublayer
+  pre-norm x + f(norm(x)) or, with `config.norm_placement == 'post'` (BERT),
+  norm(x + f(x)).
 
   `config` is a T5Config or DecoderOnlyConfig (duck-typed: num_heads, d_kv,
   d_ff, dropout_rate, dtype, attention, float32_attention_logits,
@@ -190,24 +192,35 @@ class TransformerLayer(nn.Module):
       return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=det)
 
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    h = norm(cfg, "pre_self_attention_layer_norm")(x)
-    h = attention("self_attention")(
-      h, h, self_bias, self_mask, is_causal=self.causal, deterministic=det, decode_index=decode_index
+    post = cfg.norm_placement == "post"
+
+    def sublayer(name, x, fn):
+      """Pre-norm x + f(norm(x)), or post-norm norm(x + f(x)); the norm is `{pre|post}_{name}_layer_norm`."""
+      if post:
+        return norm(cfg, f"post_{name}_layer_norm")(x + residual_dropout(fn(x)))
+      return x + residual_dropout(fn(norm(cfg, f"pre_{name}_layer_norm")(x)))
+
+    x = sublayer(
+      "self_attention",
+      x,
+      lambda h: attention("self_attention")(
+        h, h, self_bias, self_mask, is_causal=self.causal, deterministic=det, decode_index=decode_index
+      ),
     )
-    x = x + residual_dropout(h)
-
     if self.cross_attention:
-      h = norm(cfg, "pre_cross_attention_layer_norm")(x)
-      h = attention("encoder_decoder_attention", cross=True)(h, encoded, None, cross_mask, deterministic=det)
-      x = x + residual_dropout(h)
+      x = sublayer(
+        "cross_attention",
+        x,
+        lambda h: attention("encoder_decoder_attention", cross=True)(h, encoded, None, cross_mask, deterministic=det),
+      )
 
-    h = norm(cfg, "pre_mlp_layer_norm")(x)
-    if self.moe:
-      h = moe.MoeBlock(cfg, name="mlp")(h, token_valid, deterministic=det)
-    else:
-      mlp = MlpBlock(cfg.d_ff, cfg.dropout_rate, dt, cfg.mlp_activations, cfg.use_bias, lora=cfg.lora, name="mlp")
-      h = mlp(h, deterministic=det)
-    x = x + residual_dropout(h)
+    def mlp(h):
+      if self.moe:
+        return moe.MoeBlock(cfg, name="mlp")(h, token_valid, deterministic=det)
+      block = MlpBlock(cfg.d_ff, cfg.dropout_rate, dt, cfg.mlp_activations, cfg.use_bias, lora=cfg.lora, name="mlp")
+      return block(h, deterministic=det)
+
+    x = sublayer("mlp", x, mlp)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 
 

@@ -172,10 +172,14 @@ class BaseModel:
     )
     return logits, moe.collect_stats(state.get("intermediates", {}))
 
+  def loss_weights(self, batch: Batch) -> Array:
+    """Which targets count: the batch's loss weights (here `decoder_loss_weights` [b, L])."""
+    return batch["decoder_loss_weights"]
+
   def loss_scale(self, batch: Batch) -> tuple[Array, Array]:
     """Per-token loss scale and normalizing denominator for a (whole) batch."""
     return losses.loss_scale_and_denominator(
-      batch["decoder_loss_weights"], self.loss_normalizing_factor, batch.get("decoder_segment_ids")
+      self.loss_weights(batch), self.loss_normalizing_factor, batch.get("decoder_segment_ids")
     )
 
   def loss_fn(

@@ -39,7 +39,8 @@ PyTree = Any
 
 # Logical axis vocabulary used by parameters ('layers' only appears when a
 # stack is scanned, 'abspos' only with learned absolute positions, 'lora_rank'
-# and 'prompt' only in parameter-efficient fine-tuning) and by activation constraints.
+# and 'prompt' only in parameter-efficient fine-tuning, 'token_types' and
+# 'classes' only in the encoder-only family) and by activation constraints.
 LOGICAL_AXES = (
   "vocab",
   "embed",
@@ -52,6 +53,8 @@ LOGICAL_AXES = (
   "expert",
   "lora_rank",
   "prompt",
+  "token_types",
+  "classes",
   "unmodeled",
 )
 ACTIVATION_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "expert", "expert_group")
@@ -123,8 +126,6 @@ embedding_init = Normal(1.0)
 relpos_init = VarianceScaling(1.0, "fan_avg", "uniform")
 ones_init = Constant(1.0)
 zeros_init = Constant(0.0)
-# Learned absolute positions are drawn like the token embedding they are added to.
-position_embedding_init = embedding_init
 
 
 # --------------------------------------------------------------------------

@@ -83,6 +83,7 @@ def run_stack(
   positions: Optional[Array] = None,
   position_length: Optional[int] = None,
   prompt: Optional[Array] = None,
+  token_types: Optional[Array] = None,
 ) -> Array:
   """Embed -> `layer_stack` -> final norm (-> logits), inside the calling compact module.
 
@@ -121,13 +122,28 @@ def run_stack(
       positions = prompt_lib.absolute_positions(n, positions, length)
     elif positions is None:
       positions = jnp.arange(length, dtype=jnp.int32)[None]
-    table = embeddings.PositionEmbed(config.max_position_embeddings, config.d_model, dt, name="position_embedder")
+    stddev = getattr(config, "initializer_range", 1.0)
+    table = embeddings.PositionEmbed(
+      config.max_position_embeddings, config.d_model, dt, stddev, name="position_embedder"
+    )
     x = x + table(positions, n + length if position_length is None else position_length)
+  num_types = getattr(config, "type_vocab_size", 0)
+  if num_types:
+    if token_types is None:
+      token_types = jnp.zeros(tokens.shape, jnp.int32)
+    table = embeddings.TokenTypeEmbed(
+      num_types, config.d_model, dt, config.initializer_range, name="token_type_embedder"
+    )
+    x = x + table(token_types)
+  post = config.norm_placement == "post"
+  if post:
+    x = layers.norm(config, "embedding_norm")(x)
   x = dropout(x, deterministic=deterministic)
   x = layer_stack(nn.with_logical_constraint(x, ("batch", "length", "embed")))
   if n and logits:
     x = x[:, n:]
-  x = layers.norm(config, norm_name)(x)
+  if not post:
+    x = layers.norm(config, norm_name)(x)
   x = dropout(x, deterministic=deterministic)
   if not logits:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -141,7 +157,8 @@ def run_stack(
 
 
 class Encoder(nn.Module):
-  """Bidirectional stack: embedding dropout, layers, final norm 'encoder_norm'.
+  """Bidirectional stack: embedding dropout, layers, final norm 'encoder_norm' (T5's encoder and,
+  with post-norm, absolute positions and `token_types`, BERT's).
 
   Returns [batch, length, d_model] in the activation dtype; with
   `config.prompt_tuning`, [batch, N + length, d_model], the soft prompt
@@ -160,6 +177,7 @@ class Encoder(nn.Module):
     segment_ids: Optional[Array] = None,
     positions: Optional[Array] = None,
     deterministic: bool = True,
+    token_types: Optional[Array] = None,
   ) -> Array:
     cfg = self.config
     length = tokens.shape[-1]
@@ -189,6 +207,7 @@ class Encoder(nn.Module):
       deterministic=deterministic,
       positions=positions,
       prompt=prompt,
+      token_types=token_types,
     )
 
 
