@@ -24,13 +24,16 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from t5lite.data import registration
+from t5lite.data import encoder_features, registration
 
 # The short names a checkpoint's data spec records for the converters.
 FEATURE_CONVERTERS = {
   "enc_dec": seqio.EncDecFeatureConverter,
   "lm": seqio.LMFeatureConverter,
   "prefix_lm": seqio.PrefixLMFeatureConverter,
+  "mlm": encoder_features.MlmFeatureConverter,
+  "classification": encoder_features.ClassificationFeatureConverter,
+  "regression": encoder_features.RegressionFeatureConverter,
 }
 ConverterLike = Union[type, str]
 
@@ -53,8 +56,9 @@ def converter_class(converter: ConverterLike) -> type:
 
 
 def converter_name(converter: ConverterLike) -> str:
-  """The name a data spec records for a converter class (or name): 'enc_dec', 'lm'
-  or 'prefix_lm' for seqio's own, 'module.ClassName' for any other class.
+  """The name a data spec records for a converter class (or name): its short name
+  ('enc_dec', 'lm', 'prefix_lm', 'mlm', 'classification', 'regression'), 'module.ClassName'
+  for any other class.
 
   Raises:
     ValueError: as `converter_class`.
@@ -68,7 +72,7 @@ def converter_name(converter: ConverterLike) -> str:
 
 def feature_converter(converter: ConverterLike, pack: bool = True) -> seqio.FeatureConverter:
   """An instance of the seqio feature converter class (or short name: 'enc_dec',
-  'lm' (causal) or 'prefix_lm').
+  'lm' (causal), 'prefix_lm', or the encoder-only 'mlm', 'classification', 'regression').
 
   Raises:
     ValueError: as `converter_class`.
