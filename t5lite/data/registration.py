@@ -4,6 +4,8 @@
 `pydocs_span_corruption`, `pydocs_prefix_lm`, `pydocs_lm`, one task per UL2
 denoiser (`pydocs_ul2_r_3_15`, ...) and the mixture `pydocs_ul2`. The task
 packages under `tasks/` call it for each corpus; users call it for their own.
+For encoder-only (BERT) models: `register_mlm_task` (masked LM over a text
+source) and `register_classification_task` ((text, label) examples).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import functools
 from typing import Mapping, Optional, Sequence
 
 import seqio
+import tensorflow as tf
 
-from t5lite.data import objectives
+from t5lite import metrics
+from t5lite.data import labels, mlm, objectives
 
 
 def _features(vocabulary, with_inputs: bool = True) -> dict:
@@ -118,6 +122,85 @@ def register_text_to_text_task(
     preprocessors=pre,
     output_features=_features(vocabulary),
     metric_fns=list(metric_fns),
+  )
+
+
+def register_mlm_task(
+  name: str,
+  source: seqio.DataSource,
+  vocabulary: seqio.Vocabulary,
+  *,
+  text_key: str = "text",
+  whole_word: bool = False,
+  noise_density: float = 0.15,
+  mask_rate: float = 0.8,
+  random_rate: float = 0.1,
+) -> seqio.Task:
+  """BERT's masked-LM pretraining over the documents of `source` (for the 'mlm' feature converter).
+
+  Each document is tokenized with `vocabulary` (a WordPiece vocabulary: it needs
+  [CLS], [SEP], [MASK]), cut into chunks that fill the "inputs" length
+  (`mlm.document_chunks`), laid out as `[CLS] chunk [SEP]` (`mlm.bert_inputs`)
+  and masked (`mlm.mlm`). Features "inputs", "targets" (add_eos=False) and
+  "token_type_ids"; give task_feature_lengths {"inputs": L, "targets": L}.
+
+  Raises:
+    ValueError: bad rates (`mlm.check_rates`), before anything is registered.
+  """
+  mlm.check_rates(noise_density, mask_rate, random_rate)
+  masking = functools.partial(
+    mlm.mlm, noise_density=noise_density, mask_rate=mask_rate, random_rate=random_rate, whole_word=whole_word
+  )
+  return _register(
+    name,
+    source=source,
+    preprocessors=[
+      functools.partial(seqio.preprocessors.rekey, key_map={"inputs": text_key}),
+      functools.partial(seqio.preprocessors.tokenize, with_eos=False),
+      mlm.document_chunks,
+      mlm.bert_inputs,
+      masking,
+    ],
+    output_features={k: seqio.Feature(vocabulary, add_eos=False) for k in ("inputs", "targets")},
+    metric_fns=[],
+  )
+
+
+def register_classification_task(
+  name: str,
+  source: seqio.DataSource,
+  vocabulary: seqio.Vocabulary,
+  classes: Optional[Sequence[str]],
+  *,
+  text_key: str = "inputs",
+  label_key: str = "label",
+  second_key: Optional[str] = None,
+  metric_fns: Optional[Sequence] = None,
+) -> seqio.Task:
+  """A sequence classification task over (text, label) examples (for the 'classification' converter).
+
+  `classes` names the classes (labels are those names, or their indices); None
+  makes a regression task (float labels, the 'regression' converter). Inputs
+  are `[CLS] text [SEP]` (or a pair with `second_key`) in `vocabulary`;
+  "targets" is [class index] (ClassLabelVocabulary) or [value] (float32).
+  Metrics default to accuracy and macro F1 (classes) or Pearson and Spearman
+  (regression). Give task_feature_lengths {"inputs": L, "targets": 1}. A label
+  outside `classes` fails when the example is read, naming it and the classes.
+  """
+  if classes is None:
+    targets = seqio.Feature(labels.ScalarVocabulary(), add_eos=False, dtype=tf.float32)
+    default_metrics = [metrics.pearson, metrics.spearman]
+  else:
+    targets = seqio.Feature(labels.ClassLabelVocabulary(classes), add_eos=False)
+    default_metrics = [metrics.accuracy, metrics.f1]
+  return _register(
+    name,
+    source=source,
+    preprocessors=[
+      functools.partial(labels.classification, text_key=text_key, label_key=label_key, second_key=second_key)
+    ],
+    output_features={"inputs": seqio.Feature(vocabulary, add_eos=False), "targets": targets},
+    metric_fns=list(default_metrics if metric_fns is None else metric_fns),
   )
 
 
