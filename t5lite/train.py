@@ -29,7 +29,8 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
 
   Both read one stream for all processes and keep this process's rows of each
   global batch (`pipeline.host_batches`), so the batches do not depend on the
-  number of processes. Also returns the targets vocabularies of its tasks."""
+  number of processes. Also returns the text vocabularies of its tasks (the
+  inputs', else the targets')."""
   from t5lite.data import data_dirs, pipeline, registration  # pylint: disable=g-import-not-at-top
 
   if data_dir:
@@ -63,8 +64,24 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
 
     return eval_batches
 
-  vocabularies = [t.output_features["targets"].vocabulary for t in getattr(task, "tasks", [task])]
+  tasks = getattr(task, "tasks", [task])
+  # The text vocabulary: the inputs' (a classification task's targets are labels), else the targets'.
+  vocabularies = [t.output_features.get("inputs", t.output_features["targets"]).vocabulary for t in tasks]
   return train_batches, eval_batches_factory, vocabularies
+
+
+def check_num_classes(model: Any, mixture_or_task_name: str, tasks: Sequence[Any]) -> None:
+  """Refuses a classification model whose num_classes differs from the task's declared classes
+  (the number of names of its targets' ClassLabelVocabulary), naming both."""
+  if getattr(model, "head", None) != "classification":
+    return
+  for t in tasks:
+    names = getattr(t.output_features["targets"].vocabulary, "names", None)
+    if names is not None and len(names) != model.num_classes:
+      raise ValueError(
+        f"EncoderOnlyModel.num_classes={model.num_classes} but task {t.name!r} of {mixture_or_task_name!r} "
+        f"declares {len(names)} classes {list(names)}; set num_classes = {len(names)}"
+      )
 
 
 def _prompt_text_ids(model: Any, vocabulary: Any) -> Optional[list[int]]:
@@ -271,6 +288,10 @@ def train(
     data_dir,
     shuffle,
   )
+  from t5lite.data import registration  # pylint: disable=g-import-not-at-top
+
+  task = registration.get_task_or_mixture(mixture_or_task_name)
+  check_num_classes(model, mixture_or_task_name, getattr(task, "tasks", [task]))
   largest = max(vocabularies, key=lambda v: v.vocab_size)
   vocab_size, vocab_source = largest.vocab_size, vocab.describe_vocabulary(largest)
   if vocabulary_model is not None and not any(vocab.is_default_vocabulary(v) for v in vocabularies):
