@@ -235,11 +235,7 @@ class Predictor:
   ) -> tuple[PyTree, PyTree]:
     """(abstract params with shardings, param shardings) of `model` on the
     partitioner's mesh (`train_state.ParamLayout`, as training lays them out)."""
-    lengths = lengths or (
-      {"inputs": 8, "targets": 8}
-      if isinstance(model, EncoderDecoderModel)
-      else ({"inputs": 8, "targets": 8} if getattr(model, "prefix_lm", False) else {"targets": 8})
-    )
+    lengths = lengths or model.example_lengths
     layout = train_state.ParamLayout.create(model, partitioner, model.input_shapes(1, lengths))
     return layout.abstract, layout.shardings
 

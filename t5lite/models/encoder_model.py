@@ -66,6 +66,10 @@ class EncoderOnlyModel(BaseModel):
   def other_head_params(self) -> tuple[str, ...]:
     return tuple(sorted({n for names in encoder_only.HEAD_PARAMS.values() for n in names} - set(self.head_params)))
 
+  @property
+  def example_lengths(self) -> dict[str, int]:
+    return {"inputs": 8}
+
   def input_shapes(self, batch_size, lengths):
     if "inputs" not in lengths:
       raise ValueError(

@@ -99,6 +99,11 @@ class BaseModel:
     raise NotImplementedError  # defined by each subclass
 
   # ---- parameters ----------------------------------------------------------
+  @property
+  def example_lengths(self) -> dict[str, int]:
+    """Small task feature lengths this model accepts (for shapes that do not depend on them)."""
+    return {"inputs": 8, "targets": 8}
+
   def input_shapes(self, batch_size: int, lengths: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     raise NotImplementedError  # defined by each subclass
 
@@ -442,6 +447,10 @@ class DecoderOnlyModel(BaseModel):
     import seqio  # pylint: disable=g-import-not-at-top  (models import without seqio)
 
     return seqio.PrefixLMFeatureConverter if self.prefix_lm else seqio.LMFeatureConverter
+
+  @property
+  def example_lengths(self) -> dict[str, int]:
+    return {"inputs": 8, "targets": 8} if self.prefix_lm else {"targets": 8}
 
   def total_length(self, lengths: Mapping[str, int]) -> int:
     if self.prefix_lm:
