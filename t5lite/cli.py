@@ -2,6 +2,7 @@
 
     t5lite vocab train --files 'corpus/*.txt' --output my.model [--model_type bpe]
     t5lite vocab train --source pydocs --vocab_size 8000 --output my.model
+    t5lite vocab train --source pydocs --model_type wordpiece --output my_wordpiece/ [--lowercase]
     t5lite data preview [--tasks pydocs_span_corruption ...] [--examples 2]
     t5lite data prepare [--data_dir DIR]
     t5lite train --gin_file=experiments/quickstart.gin --gin.MODEL_DIR=\"/tmp/run\"
@@ -58,6 +59,10 @@ def _vocab_train(args) -> int:
     else:
       source = registration.get_task_or_mixture(args.source).source
     texts = vocab.texts_from_source(source, args.split, text_key=args.text_key)
+  if args.model_type == "wordpiece":
+    return _wordpiece_train(texts, args)
+  if args.lowercase:
+    raise ValueError("--lowercase applies to --model_type wordpiece only (SentencePiece keeps the text as it is)")
   path = vocab.train_sentencepiece(
     texts,
     args.output,
@@ -70,6 +75,16 @@ def _vocab_train(args) -> int:
   print(
     f"wrote {path}: {args.vocab_size} pieces + {vocabulary.extra_ids} sentinels = vocab_size {vocabulary.vocab_size}"
   )
+  return 0
+
+
+def _wordpiece_train(texts, args) -> int:
+  from t5lite.data import wordpiece  # pylint: disable=g-import-not-at-top
+
+  path = wordpiece.train_wordpiece(texts, args.output, vocab_size=args.vocab_size, lowercase=args.lowercase)
+  vocabulary = wordpiece.wordpiece_vocabulary(path)
+  print(f"wrote {path} and {wordpiece.output_paths(args.output)[1]}")
+  print(wordpiece.describe(vocabulary))
   return 0
 
 
@@ -173,26 +188,46 @@ def build_parser() -> argparse.ArgumentParser:
   sub.add_parser("eval", help="seqio evaluation of checkpoints with gin flags (same as python -m t5lite.eval)")
 
   vocab_p = sub.add_parser("vocab", help="vocabulary tools").add_subparsers(dest="sub", required=True)
-  train = vocab_p.add_parser("train", help="train a SentencePiece model (pad=0, eos=1, unk=2)")
+  train = vocab_p.add_parser(
+    "train",
+    help="train a SentencePiece model (unigram, bpe: pad=0, eos=1, unk=2) or a BERT WordPiece vocabulary "
+    "(wordpiece: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4)",
+  )
   train.add_argument("--files", help="glob of .txt (one document each) or .jsonl files")
   train.add_argument("--source", help="'pydocs' or a registered task name whose source to read")
   train.add_argument("--split", default="train")
   train.add_argument("--text_key", default="text")
-  train.add_argument("--output", required=True, help="path of the .model file to write")
+  train.add_argument(
+    "--output",
+    required=True,
+    help="unigram/bpe: the .model file to write; wordpiece: a directory (gets tokenizer.json and vocab.txt) "
+    "or a .json path",
+  )
   train.add_argument("--vocab_size", type=int, default=8000)
-  train.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
+  train.add_argument(
+    "--model_type",
+    default="unigram",
+    choices=["unigram", "bpe", "wordpiece"],
+    help="unigram or bpe (SentencePiece, for T5 and GPT-style models), or wordpiece (the tokenizers library's "
+    "WordPiece trainer, for BERT-style models). Default: %(default)s",
+  )
+  train.add_argument(
+    "--lowercase",
+    action="store_true",
+    help="wordpiece only: lowercase and strip accents first (as bert-base-uncased). Default: keep case",
+  )
   train.add_argument(
     "--character_coverage",
     type=float,
     default=0.9995,
-    help="fraction of the text's characters given a piece of their own (printable ASCII "
+    help="unigram/bpe: fraction of the text's characters given a piece of their own (printable ASCII "
     "always is); 1.0 for a small alphabet. Default: %(default)s",
   )
   train.add_argument(
     "--byte_fallback",
     action=argparse.BooleanOptionalAction,
     default=True,
-    help="encode characters without a piece as UTF-8 byte pieces instead of <unk> "
+    help="unigram/bpe: encode characters without a piece as UTF-8 byte pieces instead of <unk> "
     "(256 of the vocab_size pieces). Default: on",
   )
   train.add_argument("--data_dir", default=None)
