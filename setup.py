@@ -49,6 +49,8 @@ setuptools.setup(
       "seqio==0.0.20",
       "tensorflow>=2.21,<2.22",
       "tensorflow-text>=2.21,<2.22",
+      # WordPiece vocabularies (t5lite.data.wordpiece) for BERT-style models.
+      "tokenizers>=0.23,<0.24",
       "tensorflow-datasets>=4.9.10,<4.10",
       "sacrebleu>=2.6,<3",
       "rouge-score>=0.1.2,<0.2",
