@@ -125,7 +125,8 @@ class ClassificationFeatureConverter(seqio.FeatureConverter):
     if pack:
       raise ValueError(
         f"{type(self).__name__} does not pack: a classifier pools one [CLS] per row, so examples cannot share "
-        "a row. Use pack=False (gin: PACK = False; pipeline.get_dataset(..., pack=False))."
+        "a row. Use pack=False (gin: `train_lib.train.pack = False`, as experiments/quickstart_bert_classify.gin "
+        "sets it; pipeline.get_dataset(..., pack=False))."
       )
     super().__init__(pack=False, **kwargs)
 

@@ -54,6 +54,8 @@ class EncoderOnlyModel(BaseModel):
 
     if self.head == "mlm":
       return encoder_features.MlmFeatureConverter
+    if self.head == "regression":
+      return encoder_features.RegressionFeatureConverter
     return encoder_features.ClassificationFeatureConverter
 
   @property
