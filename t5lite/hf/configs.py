@@ -9,12 +9,15 @@
 | gpt2, `GPT2LMHeadModel`                              | `DecoderOnlyConfig`: LayerNorm, biases, learned    |
 |                                                      | absolute positions, GELU, tied unscaled output,    |
 |                                                      | logits scaled by d_kv ** -0.5 at run time          |
+| bert, `BertForMaskedLM` (`BertForPreTraining`),      | `EncoderOnlyConfig` (post-LayerNorm, token types), |
+| `BertForSequenceClassification`, `BertModel`         | with the head `bert_head` names                    |
 
-The field meanings are transformers' (`T5Config`, `GPT2Config`): `feed_forward_proj` is 'ACT' or 'gated-ACT'
-('gated-gelu' means the tanh approximation, 'gelu_new'); T5's output is tied and scaled unless
+The field meanings are transformers' (`T5Config`, `GPT2Config`, `BertConfig`): `feed_forward_proj` is 'ACT' or
+'gated-ACT' ('gated-gelu' means the tanh approximation, 'gelu_new'); T5's output is tied and scaled unless
 `tie_word_embeddings` is false (older files) or `scale_decoder_outputs` is false (transformers 5 writes both);
-GPT-2's inner width defaults to 4 * n_embd. Runtime fields of the t5lite config (dtype, scan_layers,
-remat_policy, attention) are the caller's `overrides`.
+GPT-2's inner width defaults to 4 * n_embd; BERT's `hidden_act` 'gelu' is the erf GELU. A BERT config also names
+the head (`bert_head`); the BERT tensor names, which depend on it, are t5lite.hf.bert's. Runtime fields of the
+t5lite config (dtype, scan_layers, remat_policy, attention) are the caller's `overrides`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-from t5lite.models import decoder_only, t5
+from t5lite.models import decoder_only, encoder_only, t5
 
 # Architecture name -> t5lite family. A config with none of these is refused.
 ARCHITECTURES = {
@@ -30,8 +33,12 @@ ARCHITECTURES = {
   "T5WithLMHeadModel": "t5",  # the published original T5 configs' name for it
   "MT5ForConditionalGeneration": "t5",
   "GPT2LMHeadModel": "gpt2",
+  "BertForMaskedLM": "bert",
+  "BertForPreTraining": "bert",  # imported as BertForMaskedLM: the next-sentence head and the pooler are left out
+  "BertForSequenceClassification": "bert",
+  "BertModel": "bert",
 }
-MODEL_TYPES = {"t5": "t5", "mt5": "t5", "gpt2": "gpt2"}
+MODEL_TYPES = {"t5": "t5", "mt5": "t5", "gpt2": "gpt2", "bert": "bert"}
 
 # transformers activation names (ACT2FN keys) <-> t5lite mlp_activations entries.
 _ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu", "silu": "silu"}
@@ -43,7 +50,7 @@ class UnsupportedModelError(ValueError):
 
 
 def family(hf_config: Mapping[str, Any], where: str = "config.json") -> str:
-  """'t5' or 'gpt2' for a Hugging Face config, from `architectures` (or `model_type` when there is none).
+  """'t5', 'gpt2' or 'bert' for a Hugging Face config, from `architectures` (or `model_type` when there is none).
 
   Raises:
     UnsupportedModelError: neither names a supported family (the message lists what was found and what is
@@ -91,11 +98,12 @@ def t5_scales_tied_output(hf_config: Mapping[str, Any]) -> bool:
 
 def to_t5lite(
   hf_config: Mapping[str, Any], *, tied_output: bool, overrides: Optional[Mapping[str, Any]] = None
-) -> t5.T5Config | decoder_only.DecoderOnlyConfig:
+) -> t5.T5Config | decoder_only.DecoderOnlyConfig | encoder_only.EncoderOnlyConfig:
   """The t5lite config of a Hugging Face config.
 
   `tied_output`: whether the checkpoint's output projection is the token embedding (no separate
-  `lm_head.weight`, or one equal to it). `overrides`: t5lite fields set on top (dtype, scan_layers, ...).
+  `lm_head.weight`, or one equal to it; unused for BERT, see `bert_to_t5lite`). `overrides`: t5lite fields set on
+  top (dtype, scan_layers, ...).
 
   Raises:
     UnsupportedModelError: an unknown architecture, activation or option t5lite has no equivalent for (T5
@@ -106,6 +114,8 @@ def to_t5lite(
   kind = family(hf_config)
   overrides = dict(overrides or {})
   c = hf_config
+  if kind == "bert":
+    return bert_to_t5lite(c, overrides)
   if kind == "t5":
     scaled = t5_scales_tied_output(c)
     if not tied_output and scaled:
@@ -161,12 +171,157 @@ def to_t5lite(
   return decoder_only.DecoderOnlyConfig(**{**fields, **overrides})
 
 
+# BertForSequenceClassification's problem_type -> the t5lite head ('multi_label_classification' has none).
+_PROBLEM_TYPES = {None: None, "single_label_classification": "classification", "regression": "regression"}
+# t5lite's encoder-only head -> the architecture it is exported as; 'pooler' is BertModel (encoder and pooler).
+BERT_ARCHITECTURES = {
+  "mlm": "BertForMaskedLM",
+  "classification": "BertForSequenceClassification",
+  "regression": "BertForSequenceClassification",
+  "pooler": "BertModel",
+}
+
+
+def bert_num_labels(hf_config: Mapping[str, Any]) -> int:
+  """BertConfig's num_labels: the length of `id2label` when the file has one (transformers derives it so), else
+  `num_labels`, else 2."""
+  if hf_config.get("id2label"):
+    return len(hf_config["id2label"])
+  return int(hf_config.get("num_labels", 2))
+
+
+def bert_head(hf_config: Mapping[str, Any], where: str = "config.json") -> tuple[str, int]:
+  """(t5lite head, num_classes) of a BERT config.json.
+
+  BertForMaskedLM and BertForPreTraining (and a file with only model_type 'bert'): ('mlm', 2);
+  BertForSequenceClassification: ('regression', 2) when problem_type is 'regression' or num_labels is 1, else
+  ('classification', num_labels); BertModel: ('pooler', num_labels), read into a classification model whose
+  pooler is the checkpoint's and whose classifier is new (t5lite.convert.from_hf).
+
+  Raises:
+    UnsupportedModelError: problem_type 'multi_label_classification' (t5lite's classifier picks one class).
+  """
+  architectures = [a for a in hf_config.get("architectures") or [] if ARCHITECTURES.get(a) == "bert"]
+  arch = architectures[0] if architectures else "BertForMaskedLM"
+  labels = bert_num_labels(hf_config)
+  if arch == "BertModel":
+    return "pooler", max(labels, 2)
+  if arch != "BertForSequenceClassification":
+    return "mlm", 2
+  problem = hf_config.get("problem_type")
+  if problem not in _PROBLEM_TYPES:
+    raise UnsupportedModelError(
+      f"{where}: problem_type={problem!r} is not supported; t5lite has single-label classification and regression "
+      "heads (problem_type 'single_label_classification' or 'regression')"
+    )
+  if _PROBLEM_TYPES[problem] == "regression" or labels == 1:
+    return "regression", 2
+  return "classification", labels
+
+
+def bert_dropout_warning(hf_config: Mapping[str, Any]) -> Optional[str]:
+  """A warning when hidden_dropout_prob and attention_probs_dropout_prob differ (t5lite has one dropout_rate for
+  both, set to hidden_dropout_prob), else None."""
+  hidden, attn = hf_config.get("hidden_dropout_prob", 0.1), hf_config.get("attention_probs_dropout_prob", 0.1)
+  if hidden == attn:
+    return None
+  return (
+    f"config.json: hidden_dropout_prob={hidden} and attention_probs_dropout_prob={attn} differ; t5lite has one "
+    f"dropout_rate for both and uses hidden_dropout_prob ({hidden}) (set --dropout_rate to choose; inference is "
+    "unaffected)"
+  )
+
+
+def bert_to_t5lite(hf_config: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None) -> Any:
+  """The EncoderOnlyConfig of a BertConfig (see `to_t5lite`). `sep_token_id`, when the file has one, is sep_id.
+
+  Raises:
+    UnsupportedModelError: naming the field and its value, for what t5lite's encoder cannot express:
+      position_embedding_type other than 'absolute', is_decoder or add_cross_attention true, pad_token_id other
+      than 0 (t5lite's padding id), hidden_size not divisible by num_attention_heads, an unsupported hidden_act.
+  """
+  c = hf_config
+  refused = [
+    ("position_embedding_type", c.get("position_embedding_type", "absolute"), "absolute"),
+    ("is_decoder", bool(c.get("is_decoder", False)), False),
+    ("add_cross_attention", bool(c.get("add_cross_attention", False)), False),
+  ]
+  for field, value, needed in refused:
+    if value != needed:
+      raise UnsupportedModelError(
+        f"config.json: {field}={value!r} is not supported (t5lite's encoder-only model needs {needed!r})"
+      )
+  if c.get("pad_token_id", 0) not in (0, None):
+    raise UnsupportedModelError(
+      f"config.json: pad_token_id={c['pad_token_id']!r} is not supported: t5lite's padding id is 0 (masks and "
+      "losses treat id 0 as padding)"
+    )
+  d_model, heads = c["hidden_size"], c["num_attention_heads"]
+  if d_model % heads:
+    raise UnsupportedModelError(f"config.json: hidden_size={d_model} is not divisible by num_attention_heads={heads}")
+  fields = dict(
+    vocab_size=c["vocab_size"],
+    d_model=d_model,
+    num_heads=heads,
+    d_kv=d_model // heads,
+    d_ff=c["intermediate_size"],
+    num_layers=c["num_hidden_layers"],
+    max_position_embeddings=c.get("max_position_embeddings", 512),
+    type_vocab_size=c.get("type_vocab_size", 2),
+    layer_norm_epsilon=c.get("layer_norm_eps", 1e-12),
+    mlp_activations=(_activation(c.get("hidden_act", "gelu"), "config.json: hidden_act"),),
+    dropout_rate=c.get("hidden_dropout_prob", 0.1),
+    initializer_range=c.get("initializer_range", 0.02),
+    classifier_dropout_rate=c.get("classifier_dropout"),
+  )
+  if c.get("sep_token_id") is not None:
+    fields["sep_id"] = c["sep_token_id"]
+  return encoder_only.EncoderOnlyConfig(**{**fields, **dict(overrides or {})})
+
+
+def bert_from_t5lite(config: Any, head: str = "mlm", num_classes: int = 2) -> dict[str, Any]:
+  """The BertConfig `config.json` of an EncoderOnlyConfig with `head` (a key of BERT_ARCHITECTURES; `num_classes`
+  for 'classification'). Raises UnsupportedModelError as `check_exportable`, ValueError for another head."""
+  check_exportable(config)
+  if head not in BERT_ARCHITECTURES:
+    raise ValueError(f"head={head!r} for a BERT export; valid: {sorted(BERT_ARCHITECTURES)}")
+  out = {
+    "architectures": [BERT_ARCHITECTURES[head]],
+    "model_type": "bert",
+    "vocab_size": config.vocab_size,
+    "hidden_size": config.d_model,
+    "num_hidden_layers": config.num_layers,
+    "num_attention_heads": config.num_heads,
+    "intermediate_size": config.d_ff,
+    "hidden_act": _ACTIVATIONS_BACK[config.mlp_activations[0]],
+    "hidden_dropout_prob": config.dropout_rate,
+    "attention_probs_dropout_prob": config.dropout_rate,
+    "max_position_embeddings": config.max_position_embeddings,
+    "type_vocab_size": config.type_vocab_size,
+    "initializer_range": config.initializer_range,
+    "layer_norm_eps": config.layer_norm_epsilon,
+    "classifier_dropout": config.classifier_dropout_rate,
+    "position_embedding_type": "absolute",
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+    "pad_token_id": 0,
+    "sep_token_id": config.sep_id,
+  }
+  if head in ("classification", "regression"):
+    labels = num_classes if head == "classification" else 1
+    out["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+    out["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
+    out["problem_type"] = "single_label_classification" if head == "classification" else "regression"
+  return out
+
+
 def _differences(config: Any, wanted: Mapping[str, Any]) -> list[str]:
   return [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in wanted.items() if getattr(config, k) != v]
 
 
 def check_exportable(config: Any) -> str:
-  """The Hugging Face family ('t5' or 'gpt2') a t5lite config can be written as.
+  """The Hugging Face family ('t5', 'gpt2' or 'bert') a t5lite config can be written as.
 
   Raises:
     UnsupportedModelError: a config no supported Hugging Face architecture represents, naming the fields
@@ -176,7 +331,12 @@ def check_exportable(config: Any) -> str:
     wrong = _differences(
       config,
       dict(
-        norm_type="rmsnorm", position_embedding="relative", use_bias=False, scale_attention_logits=False, num_experts=0
+        norm_type="rmsnorm",
+        norm_placement="pre",
+        position_embedding="relative",
+        use_bias=False,
+        scale_attention_logits=False,
+        num_experts=0,
       ),
     )
     acts = tuple(config.mlp_activations)
@@ -189,7 +349,12 @@ def check_exportable(config: Any) -> str:
     return "t5"
   if isinstance(config, decoder_only.DecoderOnlyConfig):
     wanted = dict(
-      norm_type="layernorm", position_embedding="absolute", use_bias=True, logits_via_embedding=True, num_experts=0
+      norm_type="layernorm",
+      norm_placement="pre",
+      position_embedding="absolute",
+      use_bias=True,
+      logits_via_embedding=True,
+      num_experts=0,
     )
     if config.logits_via_embedding:
       wanted["scale_tied_logits"] = False
@@ -204,17 +369,38 @@ def check_exportable(config: Any) -> str:
         "this decoder-only model has no Hugging Face equivalent (GPT-2 is the supported one): " + "; ".join(wrong)
       )
     return "gpt2"
+  if isinstance(config, encoder_only.EncoderOnlyConfig):
+    wanted = dict(
+      norm_type="layernorm", norm_placement="post", use_bias=True, scale_attention_logits=True, num_experts=0
+    )
+    wrong = _differences(config, wanted)
+    if config.d_kv * config.num_heads != config.d_model:
+      wrong.append(f"d_kv * num_heads = {config.d_kv * config.num_heads} != d_model = {config.d_model}")
+    acts = tuple(config.mlp_activations)
+    if len(acts) != 1 or acts[0] not in _ACTIVATIONS_BACK:
+      wrong.append(f"mlp_activations={acts} (needs one of {sorted((a,) for a in _ACTIVATIONS_BACK)})")
+    if config.type_vocab_size < 1:
+      wrong.append("type_vocab_size=0 (BERT has at least one token type row)")
+    if wrong:
+      raise UnsupportedModelError("this encoder-only model has no Hugging Face BERT equivalent: " + "; ".join(wrong))
+    return "bert"
   raise UnsupportedModelError(f"{type(config).__name__} models cannot be exported to Hugging Face")
 
 
-def from_t5lite(config: Any, model_type: Optional[str] = None) -> dict[str, Any]:
+def from_t5lite(
+  config: Any, model_type: Optional[str] = None, *, head: str = "mlm", num_classes: int = 2
+) -> dict[str, Any]:
   """The `config.json` contents of a t5lite config (see `check_exportable`).
 
   `model_type`: 't5' (default for T5) or 'mt5' (same architecture, MT5ForConditionalGeneration); GPT-2
-  configs are always 'gpt2'. Raises UnsupportedModelError as `check_exportable`, ValueError for another
-  model_type.
+  configs are always 'gpt2', encoder-only ones 'bert' (`head` and `num_classes`: `bert_from_t5lite`).
+  Raises UnsupportedModelError as `check_exportable`, ValueError for another model_type.
   """
   kind = check_exportable(config)
+  if kind == "bert":
+    if model_type not in (None, "bert"):
+      raise ValueError(f"model_type={model_type!r} for an encoder-only model; valid: 'bert'")
+    return bert_from_t5lite(config, head, num_classes)
   if kind == "t5":
     model_type = model_type or "t5"
     if model_type not in ("t5", "mt5"):
@@ -295,6 +481,8 @@ ARCHITECTURE_FIELDS = (
   "scale_attention_logits",
   "logits_via_embedding",
   "scale_tied_logits",
+  "norm_placement",
+  "type_vocab_size",
 )
 
 

@@ -110,7 +110,7 @@ class Checkpoint:
       how = (
         f" It has {pickles}: t5lite reads no pickles. Convert once with transformers: "
         f"`AutoModelForSeq2SeqLM.from_pretrained(DIR).save_pretrained(DIR)` (safetensors is its default) "
-        f"(AutoModelForCausalLM for GPT-2)."
+        f"(AutoModelForCausalLM for GPT-2, AutoModelForMaskedLM or AutoModelForSequenceClassification for BERT)."
         if pickles
         else ""
       )

@@ -11,7 +11,7 @@ tensor (`Tensor.read`), which is what lets a sharded import read only each devic
 Layer stacks scanned with nn.scan ('encoder/layers/...', a leading layer axis) map to the list of their
 per-layer tensors (`Stacked`). Tensor names follow transformers' T5 and GPT-2 modules
 (T5ForConditionalGeneration: shared, {encoder,decoder}.block.i.layer.j..., lm_head; GPT2LMHeadModel:
-transformer.{wte,wpe,h.i...,ln_f}).
+transformer.{wte,wpe,h.i...,ln_f}). BERT's map, which depends on the model's head, is t5lite.hf.bert's.
 """
 
 from __future__ import annotations
@@ -208,6 +208,8 @@ def tensor_map(config: Any, gpt2_prefix: str = "transformer.") -> dict[str, Sour
   Raises configs.UnsupportedModelError for a config no Hugging Face family represents.
   """
   kind = configs.check_exportable(config)
+  if kind == "bert":
+    raise ValueError("an encoder-only model's tensor map depends on its head: use t5lite.hf.bert.tensor_map")
   flat = _t5_map(config) if kind == "t5" else _gpt2_map(config, gpt2_prefix)
   return _stack_scanned(flat) if config.scan_layers else dict(flat)
 
@@ -215,7 +217,10 @@ def tensor_map(config: Any, gpt2_prefix: str = "transformer.") -> dict[str, Sour
 def ignored_tensors(config: Any, gpt2_prefix: str = "transformer.") -> tuple[str, ...]:
   """Checkpoint tensors an import may leave unread: tied copies of the embedding (T5's embed_tokens, a tied
   lm_head) and GPT-2's attention-mask buffers of older files."""
-  if configs.check_exportable(config) == "t5":
+  kind = configs.check_exportable(config)
+  if kind == "bert":
+    raise ValueError("an encoder-only model's ignored tensors depend on its head: use t5lite.hf.bert.ignored_tensors")
+  if kind == "t5":
     names = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
     if config.logits_via_embedding:
       names.append("lm_head.weight")
