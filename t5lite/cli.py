@@ -158,6 +158,11 @@ def _convert_from_hf(args) -> int:
   print(f"  fine-tune: include {result['output']}/model.gin and set INITIAL_CHECKPOINT_PATH = '{result['output']}'")
   if vocab is not None:
     print(f"  vocabulary: VOCABULARY_MODEL = '{result['output']}/spiece.model' ({vocab} ids with the sentinels)")
+  if result.get("vocabulary_files"):
+    print(f"  WordPiece vocabulary: {result['output']}/{result['vocabulary_files'][0]}")
+  if result.get("head"):
+    head = "classification (BertModel's pooler, a new classifier)" if result["head"] == "pooler" else result["head"]
+    print(f"  encoder-only head: {head}")
   return 0
 
 

@@ -6,6 +6,7 @@ from-hf writes a directory laid out like a training run, so that everything that
     OUTPUT/model.gin                     the model (include it in a fine-tuning gin file)
     OUTPUT/config.gin                    model.gin plus task settings, for `t5lite infer` and inference.load
     OUTPUT/spiece.model                  the checkpoint's SentencePiece model, when the directory has one
+    OUTPUT/vocab.txt, tokenizer.json     a BERT directory's WordPiece vocabulary files, when it has them
     OUTPUT/conversion.json               where it came from, and the t5lite config
 
 `INITIAL_CHECKPOINT_PATH=OUTPUT` fine-tunes from it. to-hf reads a run directory (its config.gin and a
@@ -13,6 +14,12 @@ checkpoint) and writes `config.json` and `model.safetensors` that transformers' 
 Both write into a temporary sibling directory and rename it into place at the end, so an interrupted
 conversion leaves no half-written output; an existing non-empty output directory is refused, never
 overwritten. The tensor mapping is t5lite.hf; this module is the directories around it.
+
+BERT (t5lite.hf.bert): BertForMaskedLM (and BertForPreTraining, without its next-sentence head) becomes an
+EncoderOnlyModel with the 'mlm' head; BertForSequenceClassification one with the 'classification' head
+(num_labels classes) or 'regression' (num_labels 1); a bare BertModel (encoder and pooler) one with the
+'classification' head whose pooler is the checkpoint's and whose classifier is new (initialised as training
+initialises it, seed 0): ready to fine-tune, and exported back as BertModel (conversion.json remembers).
 """
 
 from __future__ import annotations
@@ -28,12 +35,18 @@ from typing import Any, Iterator, Mapping, Optional
 import jax
 
 from t5lite import checkpointing, inference
-from t5lite.hf import configs, files, weights
-from t5lite.models import lora, model as model_lib, params as params_lib, t5
+from t5lite.hf import bert, configs, files, weights
+from t5lite.models import encoder_model, encoder_only, lora, model as model_lib, params as params_lib, t5
 
 # Fields written to model.gin: the architecture and the checkpoint's dropout (runtime fields keep
 # their defaults unless overridden).
-_ARCH_FIELDS = (*configs.ARCHITECTURE_FIELDS, "dropout_rate")
+_ARCH_FIELDS = (
+  *configs.ARCHITECTURE_FIELDS,
+  "dropout_rate",
+  "sep_id",
+  "initializer_range",
+  "classifier_dropout_rate",
+)
 
 
 def check_output_dir(output: str, what: str = "--output") -> str:
@@ -72,17 +85,35 @@ def publish(staging: str, output: str) -> None:
   os.rename(staging, output)
 
 
-def model_for(config: Any) -> model_lib.BaseModel:
-  """The t5lite model of a config (EncoderDecoderModel for T5, DecoderOnlyModel otherwise)."""
+def model_for(config: Any, head: str = "mlm", num_classes: int = 2) -> model_lib.BaseModel:
+  """The t5lite model of a config (EncoderDecoderModel for T5, EncoderOnlyModel with `head` and `num_classes`
+  for an encoder-only config ('pooler', BertModel's, is 'classification'), DecoderOnlyModel otherwise)."""
   if isinstance(config, t5.T5Config):
     return model_lib.EncoderDecoderModel(config=config)
+  if isinstance(config, encoder_only.EncoderOnlyConfig):
+    head = "classification" if head == "pooler" else head
+    return encoder_model.EncoderOnlyModel(config=config, head=head, num_classes=num_classes)
   return model_lib.DecoderOnlyModel(config=config)
+
+
+def _lengths(model: model_lib.BaseModel, lengths: Optional[Mapping[str, int]] = None) -> dict[str, int]:
+  """TASK_FEATURE_LENGTHS for a model: `lengths`, else the family's default (T5: inputs 512 / targets 128;
+  encoder-only: inputs up to 512 within the position table, targets the same for MLM, 1 otherwise; else
+  targets 512)."""
+  if lengths:
+    return dict(lengths)
+  if isinstance(model, model_lib.EncoderDecoderModel):
+    return {"inputs": 512, "targets": 128}
+  if isinstance(model, encoder_model.EncoderOnlyModel):
+    length = min(512, model.config.max_position_embeddings)
+    return {"inputs": length, "targets": length if model.head == "mlm" else 1}
+  return {"targets": 512}
 
 
 def abstract_params(model: model_lib.BaseModel, placed: bool = False) -> Any:
   """The model's parameters as unboxed ShapeDtypeStructs: without shardings, or (`placed`) on this
   process's first device, the target a restore needs whatever mesh the checkpoint was saved from."""
-  lengths = {"inputs": 8, "targets": 8} if isinstance(model, model_lib.EncoderDecoderModel) else {"targets": 8}
+  lengths = {"targets": 8} if isinstance(model, model_lib.DecoderOnlyModel) else {"inputs": 8, "targets": 8}
   abstract = params_lib.strip_boxes(model.abstract_params(model.input_shapes(1, lengths)))
   if not placed:
     return abstract
@@ -96,10 +127,14 @@ def _gin_value(value: Any) -> str:
   return repr(value)
 
 
-def model_gin(config: Any, source: str = "") -> str:
-  """A gin file that builds `config`'s model (MODEL), like gin/models/*/*.gin."""
+def model_gin(config: Any, source: str = "", head: str = "mlm", num_classes: int = 2) -> str:
+  """A gin file that builds `config`'s model (MODEL), like gin/models/*/*.gin (an encoder-only model with
+  `head` and `num_classes`, as gin/models/bert/*.gin)."""
+  model_module = "model"
   if isinstance(config, t5.T5Config):
     module, cls, model_cls = "t5", "T5Config", "EncoderDecoderModel"
+  elif isinstance(config, encoder_only.EncoderOnlyConfig):
+    module, cls, model_cls, model_module = "encoder_only", "EncoderOnlyConfig", "EncoderOnlyModel", "encoder_model"
   else:
     module, cls, model_cls = "decoder_only", "DecoderOnlyConfig", "DecoderOnlyModel"
   defaults = type(config)()
@@ -111,8 +146,12 @@ def model_gin(config: Any, source: str = "") -> str:
   for field in ("dtype", "scan_layers", "remat_policy", "attention"):
     if getattr(config, field) != getattr(defaults, field):
       lines.append(f"  {field} = {_gin_value(getattr(config, field))}")
-  lines += ["", "from t5lite.models import model", "", f"MODEL = @model.{model_cls}()"]
-  lines.append(f"model.{model_cls}.config = @{module}.{cls}()")
+  lines += ["", f"from t5lite.models import {model_module}", "", f"MODEL = @{model_module}.{model_cls}()"]
+  lines.append(f"{model_module}.{model_cls}.config = @{module}.{cls}()")
+  if model_module == "encoder_model":
+    lines.append(f"{model_module}.{model_cls}.head = {('classification' if head == 'pooler' else head)!r}")
+    if head in ("classification", "pooler"):
+      lines.append(f"{model_module}.{model_cls}.num_classes = {num_classes}")
   return "\n".join(lines) + "\n"
 
 
@@ -127,6 +166,42 @@ def save_checkpoint(run_dir: str, params: Any, meta: Mapping[str, Any], step: in
   ocp.Checkpointer(ocp.JsonCheckpointHandler()).save(os.path.join(step_dir, "meta"), dict(meta))
 
 
+def _import(
+  checkpoint: files.Checkpoint, hf_config: Mapping[str, Any], family: str, overrides: Optional[Mapping[str, Any]]
+) -> tuple[Any, str, int, Any, list[str]]:
+  """(config, head, num_classes, params, warnings) of a Hugging Face checkpoint (head 'mlm' and 2 for T5 and
+  GPT-2, where they mean nothing). A BERT model takes sep_id from the directory's vocabulary (unless
+  overridden); a BertModel gets a new classifier next to its pooler."""
+  config = configs.to_t5lite(hf_config, tied_output=weights.output_is_tied(checkpoint, family), overrides=overrides)
+  head, num_classes, warnings = "mlm", 2, []
+  if family == "bert":
+    head, num_classes = configs.bert_head(hf_config)
+    ids = bert.vocabulary_ids(checkpoint.directory)
+    if ids and "[SEP]" in ids and "sep_id" not in (overrides or {}) and ids["[SEP]"] < config.vocab_size:
+      config = dataclasses.replace(config, sep_id=ids["[SEP]"])
+    warnings += [w for w in [configs.bert_dropout_warning(hf_config)] if w]
+    warnings += bert.vocabulary_warnings(ids, config)
+    if head == "mlm":
+      left_out = bert.check_mlm_decoder(checkpoint, bert.checkpoint_prefix(checkpoint))
+      if left_out:
+        warnings.append(f"left out (the MLM head has no place for them): {left_out}")
+  model = model_for(config, head, num_classes)
+  abstract = abstract_params(model)
+  if head == "pooler":
+    params = weights.import_params(checkpoint, config, {k: v for k, v in abstract.items() if k != "classifier"})
+    shapes = model.input_shapes(1, {"inputs": 8, "targets": 1})
+    params["classifier"] = model.init_params(
+      jax.random.key(0), shapes, select=lambda t: {"classifier": t["classifier"]}
+    )["classifier"]
+    warnings.append(
+      f"BertModel has no classifier: the model is a {num_classes}-class classifier whose classifier is new "
+      "(fine-tune it; another num_classes makes a new one of that size)"
+    )
+  else:
+    params = weights.import_params(checkpoint, config, abstract)
+  return config, head, num_classes, params, warnings
+
+
 def from_hf(
   hf_dir: str,
   output: str,
@@ -137,15 +212,19 @@ def from_hf(
   """Converts a local Hugging Face directory into a t5lite checkpoint directory (see module doc).
 
   overrides: t5lite config fields on top of the converted ones (dtype, scan_layers, dropout_rate, ...).
-  task_feature_lengths: written into config.gin (default inputs 512 / targets 128 for T5, targets 512 else).
-  Returns {'output', 'family', 'config', 'vocabulary_size', 'seconds', 'bytes_read', 'warnings'} (warnings: a
-  spiece.model with more ids than the model has rows).
+  task_feature_lengths: written into config.gin (default inputs 512 / targets 128 for T5, targets 512 for GPT-2,
+  inputs 512 (at most the position table) and targets the same (MLM) or 1 for BERT).
+  Returns {'output', 'family', 'config', 'head', 'vocabulary_size', 'vocabulary_files', 'seconds', 'bytes_read',
+  'warnings'} (warnings: a spiece.model with more ids than the model has rows; for BERT, dropout rates that
+  differ, a vocabulary that does not fit, a new classifier, tensors left out). 'head' is the encoder-only head
+  (None for the other families); 'vocabulary_files' the BERT tokenizer files copied.
 
   Raises:
     FileNotFoundError: no config.json, no safetensors weights (a pytorch_model.bin is named with how to
       convert it), a missing shard.
     FileExistsError: `output` exists and is not empty (checked first).
-    configs.UnsupportedModelError: an architecture or option t5lite cannot represent (listing the supported).
+    configs.UnsupportedModelError: an architecture or option t5lite cannot represent (listing the supported,
+      or naming the field and its value).
     ValueError: a tensor of another shape than config.json implies (naming both), a missing or unexpected
       tensor.
   """
@@ -155,24 +234,19 @@ def from_hf(
   hf_config = files.read_config(hf_dir)
   family = configs.family(hf_config, where=os.path.join(hf_dir, files.CONFIG))
   with files.Checkpoint(hf_dir) as checkpoint:
-    tied = weights.output_is_tied(checkpoint, family)
-    config = configs.to_t5lite(hf_config, tied_output=tied, overrides=overrides)
-    model = model_for(config)
-    params = weights.import_params(checkpoint, config, abstract_params(model))
+    config, head, num_classes, params, warnings = _import(checkpoint, hf_config, family, overrides)
     bytes_read = checkpoint.bytes_read
+  model = model_for(config, head, num_classes)
   spiece = os.path.join(hf_dir, files.SPIECE)
   vocab_size = files.spiece_vocabulary_size(hf_dir)
-  warnings = []
   if vocab_size is not None and vocab_size > config.vocab_size:
     warnings.append(
       f"{files.SPIECE} gives {vocab_size} ids (its pieces + {files.SENTINELS} sentinels) but the model has only "
       f"{config.vocab_size} embedding rows: the vocabulary does not fit this checkpoint, and training with it "
       "will be refused"
     )
-  if isinstance(config, t5.T5Config):
-    lengths = dict(task_feature_lengths or {"inputs": 512, "targets": 128})
-  else:
-    lengths = dict(task_feature_lengths or {"targets": 512})
+  vocab_files = bert.vocabulary_files(hf_dir) if family == "bert" else []
+  lengths = _lengths(model, task_feature_lengths)
   with staged(output) as staging:
     meta = {
       "step": 0,
@@ -183,7 +257,9 @@ def from_hf(
     if vocab_size is not None:
       meta["vocabulary_size"] = vocab_size
     save_checkpoint(staging, params, meta)
-    gin_text = model_gin(config, f"Converted from {os.path.abspath(hf_dir)} by `t5lite convert from-hf`.")
+    gin_text = model_gin(
+      config, f"Converted from {os.path.abspath(hf_dir)} by `t5lite convert from-hf`.", head, num_classes
+    )
     with open(os.path.join(staging, "model.gin"), "w", encoding="utf-8") as f:
       f.write(gin_text)
     run_lines = [
@@ -195,6 +271,10 @@ def from_hf(
     if vocab_size is not None:
       shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
       run_lines.append(f"VOCABULARY_MODEL = {os.path.join(output, files.SPIECE)!r}")
+    for name in vocab_files:
+      shutil.copyfile(os.path.join(hf_dir, name), os.path.join(staging, name))
+    if vocab_files:
+      run_lines.append(f"# WordPiece vocabulary: {os.path.join(output, vocab_files[0])}")
     with open(os.path.join(staging, "config.gin"), "w", encoding="utf-8") as f:
       f.write("\n".join(run_lines) + "\n")
     record = {
@@ -204,13 +284,17 @@ def from_hf(
       "config": configs.describe(config),
       "vocabulary_size": vocab_size,
     }
+    if family == "bert":
+      record.update(head=head, num_classes=num_classes, vocabulary_files=vocab_files, warnings=warnings)
     with open(os.path.join(staging, "conversion.json"), "w", encoding="utf-8") as f:
       json.dump(record, f, indent=2, sort_keys=True, default=str)
   return {
     "output": output,
     "family": family,
     "config": config,
+    "head": head if family == "bert" else None,
     "vocabulary_size": vocab_size,
+    "vocabulary_files": vocab_files,
     "seconds": time.perf_counter() - start,
     "bytes_read": bytes_read,
     "warnings": warnings,
@@ -268,7 +352,8 @@ def to_hf(
   dtype: Optional[str] = None,
 ) -> dict[str, Any]:
   """Writes a t5lite run's checkpoint as a Hugging Face directory (config.json, model.safetensors, and the
-  run's spiece.model when it has one).
+  run's spiece.model when it has one; for an encoder-only run, BertForMaskedLM or BertForSequenceClassification
+  by its head (BertModel for a from-hf directory made from one) and the run directory's BERT tokenizer files).
 
   checkpoint: a run directory (or its checkpoints/ or a step directory); `step`: which (default the latest).
   model_type: 't5' or 'mt5' for T5 models (default: the model_type a `from-hf` directory came from, else 't5').
@@ -298,11 +383,19 @@ def to_hf(
   source = _conversion_record(run_dir)
   if model_type is None and source.get("model_type") in ("t5", "mt5"):
     model_type = source["model_type"]
-  hf_config = {**_carried_fields(source, family, model.config), **configs.from_t5lite(model.config, model_type)}
+  head, num_classes = getattr(model, "head", "mlm"), getattr(model, "num_classes", 2)
+  if family == "bert" and head == "classification" and source.get("architectures") == ["BertModel"]:
+    head = "pooler"  # a converted BertModel goes back as one (its classifier is the conversion's new one)
+  exported = configs.from_t5lite(model.config, model_type, head=head, num_classes=num_classes)
+  hf_config = {**_carried_fields(source, family, model.config), **exported}
+  if family == "bert" and len(source.get("id2label") or {}) == len(exported.get("id2label") or {}) > 0:
+    hf_config.update({k: source[k] for k in ("id2label", "label2id") if k in source})  # the label names
   found_step, params_dir = checkpointing.resolve_checkpoint(checkpoint, step, what="--checkpoint")
   params = checkpointing.load_params(os.path.dirname(params_dir), abstract_params(model, True), what="--checkpoint")
   if lora_config is not None:
     params = lora.merge(params, lora_config)
+  if head == "pooler":
+    params = {k: v for k, v in params.items() if k != "classifier"}
   tensors = weights.export_tensors(dataclasses.replace(model.config, lora=None), jax.device_get(params))
   with staged(output) as staging:
     files.write(staging, tensors, hf_config, dtype=dtype)
@@ -311,4 +404,6 @@ def to_hf(
       spiece = os.path.abspath(os.path.expanduser(str(run["vocabulary_model"])))
     if os.path.isfile(spiece):
       shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
+    for name in bert.vocabulary_files(run_dir) if family == "bert" else []:
+      shutil.copyfile(os.path.join(run_dir, name), os.path.join(staging, name))
   return {"output": output, "family": family, "step": found_step, "seconds": time.perf_counter() - start}

@@ -158,8 +158,8 @@ def test_bad_input_is_refused_before_writing(tmp_path):
     convert.from_hf(hf_dir, str(tmp_path / "o3"))
   json.dump(cfg, open(os.path.join(hf_dir, "config.json"), "w"))
   # An unsupported architecture names what it found and what is supported.
-  json.dump(dict(cfg, architectures=["BertForMaskedLM"], model_type="bert"), open(empty / "config.json", "w"))
-  with pytest.raises(configs.UnsupportedModelError, match=r"BertForMaskedLM.*'bert'.*GPT2LMHeadModel"):
+  json.dump(dict(cfg, architectures=["RobertaForMaskedLM"], model_type="roberta"), open(empty / "config.json", "w"))
+  with pytest.raises(configs.UnsupportedModelError, match=r"RobertaForMaskedLM.*'roberta'.*BertForMaskedLM"):
     convert.from_hf(str(empty), str(tmp_path / "o4"))
   # A missing shard.
   sharded = hf_models.save(hf_models.t5_model("v1_1", seed=6), tmp_path / "sharded", max_shard_size="20KB")

@@ -64,6 +64,37 @@ def gpt2_model(seed: int = 0):
   return _perturb(transformers.GPT2LMHeadModel(config), seed).eval()
 
 
+BERT_CLASSES = {
+  "mlm": "BertForMaskedLM",
+  "classification": "BertForSequenceClassification",
+  "regression": "BertForSequenceClassification",
+  "base": "BertModel",
+}
+
+
+def bert_model(kind: str = "mlm", seed: int = 0, **overrides):
+  """kind: 'mlm' (BertForMaskedLM, tied decoder), 'classification' (BertForSequenceClassification, 3 labels),
+  'regression' (the same with num_labels 1) or 'base' (BertModel: encoder and pooler). Exact GELU, two token
+  types, 16 positions, 2 layers of width 24 with 3 heads."""
+  fields = dict(
+    vocab_size=VOCAB,
+    hidden_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=40,
+    max_position_embeddings=16,
+    type_vocab_size=2,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    hidden_act="gelu",
+  )
+  if kind in ("classification", "regression"):
+    fields["num_labels"] = 3 if kind == "classification" else 1
+  fields.update(overrides)
+  model = getattr(transformers, BERT_CLASSES[kind])(transformers.BertConfig(**fields))
+  return _perturb(model, seed).eval()
+
+
 def save(model, directory, **kwargs) -> str:
   model.save_pretrained(str(directory), **kwargs)
   return str(directory)
@@ -99,3 +130,22 @@ def gpt2_logits(model, tokens=LM_TOKENS) -> np.ndarray:
 def relative_error(ours: np.ndarray, theirs: np.ndarray, real: np.ndarray) -> float:
   """max |ours - theirs| over the real positions, relative to max |theirs| there."""
   return float(np.abs(ours - theirs)[real].max() / np.abs(theirs[real]).max())
+
+
+# [CLS]=2 A [SEP]=3 B [SEP]=3, the first row padded; token types 0 for [CLS] A [SEP], 1 for B [SEP].
+BERT_TOKENS = np.array([[2, 10, 11, 12, 3, 20, 21, 3, 0, 0], [2, 30, 31, 32, 33, 34, 3, 40, 41, 3]], np.int32)
+BERT_TYPES = np.array([[0, 0, 0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]], np.int32)
+BERT_REAL = BERT_TOKENS > 0
+
+
+def bert_outputs(model, tokens=BERT_TOKENS, types=BERT_TYPES) -> tuple[np.ndarray, ...]:
+  """(logits,) of a BERT head model, (last_hidden_state, pooler_output) of a BertModel; padded rows masked."""
+  with torch.no_grad():
+    out = model(
+      input_ids=torch.tensor(tokens, dtype=torch.long),
+      attention_mask=torch.tensor(tokens > 0, dtype=torch.long),
+      token_type_ids=torch.tensor(types, dtype=torch.long),
+    )
+  if hasattr(out, "logits"):
+    return (out.logits.float().numpy(),)
+  return out.last_hidden_state.float().numpy(), out.pooler_output.float().numpy()
