@@ -266,7 +266,7 @@ class Predictor:
     key = (kind, options)
     if key not in self._compiled:
       part = self.partitioner
-      batch = part.batch_sharding()
+      batch = part.batch_sharding(1)  # rows over the batch axes, for features of any rank
       if kind == "predict":
         fn = functools.partial(self.model.predict_batch, options=options)
 

@@ -230,7 +230,9 @@ class Trainer:
     self.initial_checkpoint_path = initial_checkpoint_path
     self.summaries = summaries.Summaries(self.model_dir, enabled=self.is_primary)
     self.last_metric_eval: dict[str, float] = {}
-    batch_sharding = part.batch_sharding()
+    # Rows over the batch axes, the rest replicated: one sharding for features of any rank
+    # (an encoder-only classifier's labels are [batch]).
+    batch_sharding = part.batch_sharding(1)
     state_shardings = self.state_init.state_shardings
     self._train_step = jax.jit(
       functools.partial(
