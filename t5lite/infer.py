@@ -257,6 +257,7 @@ def infer(
     data_dirs.set_data_dir(data_dir)
   if mixture_or_task_name:
     vocabulary = inference.task_vocabulary(mixture_or_task_name)
+    labels = inference.task_vocabulary(mixture_or_task_name, labels=True)
     add_eos = inference.task_adds_eos_to_inputs(mixture_or_task_name, model)
   else:  # a converted checkpoint's config.gin: no task, the checkpoint's own SentencePiece model
     if examples is None or vocabulary_model is None:
@@ -265,6 +266,7 @@ def infer(
         "directory's config.gin sets VOCABULARY_MODEL when the checkpoint ships spiece.model), or a task."
       )
     vocabulary = vocab.sentencepiece_vocabulary(vocab.model_file_setting())
+    labels = None
     add_eos = isinstance(model, EncoderDecoderModel)
   predictor = inference.Predictor.restore(
     model,
@@ -278,6 +280,7 @@ def infer(
     on_long_input=on_long_input,
     seed=seed,
     add_eos_to_inputs=add_eos,
+    labels=labels,
   )
   if examples is not None:
     name = os.path.splitext(os.path.basename(input_file))[0]

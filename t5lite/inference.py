@@ -104,7 +104,7 @@ def mode_token_ids(vocabulary: Any) -> dict[str, int]:
   """{mode token: id} of the UL2 mode tokens that are single pieces of
   `vocabulary` ({} for a vocabulary without them, e.g. bytes)."""
   tokenizer = getattr(vocabulary, "tokenizer", None)
-  if tokenizer is None:
+  if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):  # bytes, or WordPiece (no mode tokens)
     return {}
   ids = {t: tokenizer.piece_to_id(t) for t in UL2_MODE_TOKENS}
   return {t: i for t, i in ids.items() if i != tokenizer.unk_id()}
@@ -202,6 +202,7 @@ class Predictor:
     add_eos_to_inputs: Optional[bool] = None,
     seed: int = 0,
     step: Optional[int] = None,
+    labels: Any = None,
   ):
     batch_size = checks.check_int("batch_size", batch_size, minimum=1)
     seed = checks.check_int("seed", seed, minimum=0)
@@ -218,6 +219,7 @@ class Predictor:
     self.global_batch_size = self.local_batch_size * jax.process_count()
     self.partitioner.check_batch_size(self.global_batch_size)
     self.vocabulary = vocabulary
+    self.labels = labels  # a classifier's class names (ClassLabelVocabulary): predictions decode to them
     self.task_feature_lengths = dict(task_feature_lengths or {})
     self.options = options
     self.on_long_input = on_long_input
@@ -405,6 +407,10 @@ class Predictor:
     for i, text in enumerate(texts):
       label = labels[i] if labels is not None else f"input {i}"
       ids = encode_prompt(vocab, text, label, mode_ids)
+      if hasattr(vocab, "cls_id"):  # WordPiece (BERT): [CLS] text [SEP] cut to length with [SEP] last
+        ids = self.fit_length([vocab.cls_id, *ids, vocab.sep_id], "inputs", label, append_eos=False)
+        out.append(ids[:-1] + [vocab.sep_id])
+        continue
       out.append(self.fit_length(ids, "inputs", label, append_eos=self.add_eos_to_inputs))
     return out
 
@@ -425,7 +431,9 @@ class Predictor:
     return out
 
   def decode_tokens(self, tokens: np.ndarray) -> list[str]:
-    """Text of each row, up to (not including) the first EOS."""
+    """Text of each row, up to (not including) the first EOS; a classifier's class names."""
+    if self.labels is not None:
+      return [self.labels.decode([int(row[0])]) for row in np.asarray(tokens)]
     vocab = self._vocab()
     out = []
     for row in np.asarray(tokens).tolist():
@@ -506,14 +514,18 @@ def read_run_config(run_dir: str) -> dict:
   return gin.get_configurable(run_config)()
 
 
-def task_vocabulary(mixture_or_task_name: str):
-  """The targets vocabulary of a registered task or mixture (imports seqio).
-  The task must be registered: the caller imports its task package (e.g.
+def task_vocabulary(mixture_or_task_name: str, labels: bool = False):
+  """The text vocabulary of a registered task or mixture (imports seqio): its targets', or its
+  inputs' when the targets are class labels; with `labels`, that label vocabulary (None for a
+  text task). The task must be registered: the caller imports its task package (e.g.
   `t5lite_tasks`) first."""
   from t5lite.data import registration  # pylint: disable=g-import-not-at-top
 
-  task = registration.get_task_or_mixture(mixture_or_task_name)
-  return task.output_features["targets"].vocabulary
+  features = registration.get_task_or_mixture(mixture_or_task_name).output_features
+  targets = features["targets"].vocabulary
+  if hasattr(targets, "names"):  # a classification task (t5lite.data.labels.ClassLabelVocabulary)
+    return targets if labels else features["inputs"].vocabulary
+  return None if labels else targets
 
 
 def task_adds_eos_to_inputs(mixture_or_task_name: str, model: BaseModel) -> bool:
@@ -567,6 +579,8 @@ def load(
       vocabulary = vocab.sentencepiece_vocabulary(model_file, extra_ids=vocabulary.extra_ids)
   lengths = cfg["task_feature_lengths"]
   kwargs.setdefault("options", DecodeOptions(max_decode_len=lengths.get("targets", 64)))
+  if cfg["mixture_or_task_name"]:
+    kwargs.setdefault("labels", task_vocabulary(cfg["mixture_or_task_name"], labels=True))
   if cfg["mixture_or_task_name"] and "add_eos_to_inputs" not in kwargs:
     kwargs["add_eos_to_inputs"] = task_adds_eos_to_inputs(cfg["mixture_or_task_name"], cfg["model"])
   return Predictor.restore(

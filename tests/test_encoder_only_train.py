@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import t5lite_tasks  # noqa: F401  (registers pydocs_mlm, pydocs_kind)
-from t5lite import checkpointing, partitioning, train as train_lib
+from t5lite import checkpointing, inference, partitioning, train as train_lib
 from t5lite.models import encoder_model, encoder_only
 from t5lite.optim import adamw, schedules
 
@@ -107,6 +107,25 @@ def test_classifier_fine_tunes_from_the_mlm_checkpoint(tmp_path, mlm_dir):
   assert sorted(params) == ["classifier", "encoder", "pooler", "token_embedder"]  # the MLM head was left behind
   rows = train_rows(tmp_path)
   assert [r["target_tokens"] for r in rows] == [8.0, 8.0]  # one label per row
+  # Text in, class name out: [CLS] text [SEP] with the task's WordPiece vocabulary, cut at the length.
+  predictor = inference.Predictor.restore(
+    model("classification"),
+    str(tmp_path),
+    partitioner=partitioning.Partitioner(num_devices=1),
+    vocabulary=inference.task_vocabulary("pydocs_kind"),
+    labels=inference.task_vocabulary("pydocs_kind", labels=True),
+    task_feature_lengths=CLS_LENGTHS,
+    add_eos_to_inputs=inference.task_adds_eos_to_inputs("pydocs_kind", model("classification")),
+  )
+  texts = ["Return the number of items in the container.", "A queue of tasks. " * 40]
+  assert all(p in ("class", "function", "method") for p in predictor.predict(texts))
+  before = predictor.truncated
+  ids = predictor.encode_inputs(texts)
+  vocab = predictor.vocabulary
+  assert ids[0][0] == vocab.cls_id and ids[0][-1] == vocab.sep_id and vocab.sep_id not in ids[0][1:-1]
+  assert len(ids[1]) == 64 and ids[1][-1] == vocab.sep_id and predictor.truncated == before + 1
+  logits = model("classification").logits(params, {"encoder_input_tokens": np.asarray(predictor.pad(ids[:1], 64))})
+  assert predictor.predict(texts[:1]) == [("class", "function", "method")[int(np.argmax(logits[0]))]]
   # Step 1's loss is that of the MLM encoder with a fresh head: the same seed's fresh head over a
   # fresh encoder gives another loss.
   scratch = tmp_path / "scratch"
