@@ -145,3 +145,25 @@ def test_bad_classification_setups_are_refused_before_any_step(tmp_path, mlm_dir
   with pytest.raises(ValueError, match=r"longer than the learned position table \(max_position_embeddings=32\)"):
     run(tmp_path / "c", 2, model=long)
   assert not os.path.exists(tmp_path / "c" / "checkpoints")
+
+
+def test_classifier_learns_pydocs_kind(tmp_path):
+  """A small classifier trained from scratch for 300 steps beats the majority class of pydocs_kind's
+  validation split (45.7 %; a bag-of-words naive Bayes gets 59.7 %). Measured: 60.0 % accuracy,
+  macro F1 55.9 (docs/performance.md); the threshold leaves room for platform rounding."""
+  small = dict(TINY, d_model=64, d_kv=32, d_ff=128, dropout_rate=0.0)
+  m = encoder_model.EncoderOnlyModel(
+    config=encoder_only.EncoderOnlyConfig(**small), head="classification", num_classes=3
+  )
+  metrics = run(
+    tmp_path,
+    300,
+    head="classification",
+    model=m,
+    batch_size=32,
+    checkpoint_every=300,
+    summary_every=50,
+    infer_eval_every=300,
+  )
+  assert metrics["infer_eval/pydocs_kind/accuracy"] >= 52.0
+  assert metrics["infer_eval/pydocs_kind/f1"] >= 45.0
