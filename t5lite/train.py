@@ -11,6 +11,7 @@ the data.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -48,9 +49,12 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
     raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {jax.process_count()} processes.")
 
   def train_batches(start_row: int):
-    return pipeline.host_batches(
-      mixture_or_task_name, task_feature_lengths, shuffle=shuffle, num_epochs=None, start_row=start_row, **common
-    ).as_numpy_iterator()
+    return _reading(
+      pipeline.host_batches(
+        mixture_or_task_name, task_feature_lengths, shuffle=shuffle, num_epochs=None, start_row=start_row, **common
+      ),
+      mixture_or_task_name,
+    )
 
   def eval_batches_factory(split: str, steps: int):
     if split not in task.splits:
@@ -60,7 +64,7 @@ def _data(mixture_or_task_name, task_feature_lengths, batch_size, converter, pac
       ds = pipeline.host_batches(
         mixture_or_task_name, task_feature_lengths, split=split, shuffle=False, num_epochs=1, **common
       )
-      return ds.take(steps).as_numpy_iterator()
+      return _reading(ds.take(steps), mixture_or_task_name)
 
     return eval_batches
 
@@ -82,6 +86,31 @@ def check_num_classes(model: Any, mixture_or_task_name: str, tasks: Sequence[Any
         f"EncoderOnlyModel.num_classes={model.num_classes} but task {t.name!r} of {mixture_or_task_name!r} "
         f"declares {len(names)} classes {list(names)}; set num_classes = {len(names)}"
       )
+
+
+def _reading(ds: Any, mixture_or_task_name: str):
+  """Iterates a tf.data dataset as numpy batches; an error inside the input pipeline (a
+  preprocessor's check, such as a label outside a task's classes) becomes a ValueError naming the
+  task and TensorFlow's message. Raised in the caller's frame (not left inside a TensorFlow
+  traceback), so the pipeline's iterator is released before the process exits: an iterator whose
+  tf.numpy_function calls are still pending when Python shuts down hangs the exit."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  it = ds.as_numpy_iterator()
+  while True:
+    message = None
+    try:
+      batch = next(it)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      message = (e.message or str(e)).strip().splitlines()[0]
+      if "assertion failed:" in message:  # tf.debugging.Assert's data: "[Unknown label] [maybe] [...]"
+        message = " ".join(re.findall(r"\[(.*?)\]", message.split("assertion failed:", 1)[1])).replace(" ;", ";")
+    if message is not None:
+      del it
+      raise ValueError(f"the input pipeline of {mixture_or_task_name!r} failed: {message}")
+    yield batch
 
 
 def _prompt_text_ids(model: Any, vocabulary: Any) -> Optional[list[int]]:
@@ -288,10 +317,11 @@ def train(
     data_dir,
     shuffle,
   )
-  from t5lite.data import registration  # pylint: disable=g-import-not-at-top
+  from t5lite.data import pipeline, registration  # pylint: disable=g-import-not-at-top
 
   task = registration.get_task_or_mixture(mixture_or_task_name)
   check_num_classes(model, mixture_or_task_name, getattr(task, "tasks", [task]))
+  pipeline.feature_converter(model.feature_converter_cls, pack)  # refuses packing a classifier, before any work
   largest = max(vocabularies, key=lambda v: v.vocab_size)
   vocab_size, vocab_source = largest.vocab_size, vocab.describe_vocabulary(largest)
   if vocabulary_model is not None and not any(vocab.is_default_vocabulary(v) for v in vocabularies):

@@ -11,9 +11,13 @@ import os
 import jax
 import numpy as np
 import pytest
+import seqio
+import tensorflow as tf
 
 import t5lite_tasks  # noqa: F401  (registers pydocs_mlm, pydocs_kind)
 from t5lite import checkpointing, inference, partitioning, train as train_lib
+from t5lite.data import registration
+from t5lite_tasks import bert as bert_tasks
 from t5lite.models import encoder_model, encoder_only
 from t5lite.optim import adamw, schedules
 
@@ -145,6 +149,27 @@ def test_bad_classification_setups_are_refused_before_any_step(tmp_path, mlm_dir
   with pytest.raises(ValueError, match=r"longer than the learned position table \(max_position_embeddings=32\)"):
     run(tmp_path / "c", 2, model=long)
   assert not os.path.exists(tmp_path / "c" / "checkpoints")
+  assert not os.path.exists(tmp_path / "b")  # the packing refusal comes before the run directory
+
+
+def _bad_label_dataset(split, shuffle_files, seed=None):
+  del shuffle_files, seed
+  labels = ["pos", "neg"] * 8
+  if split == "train":
+    labels[11] = "maybe"
+  return tf.data.Dataset.from_tensor_slices({"inputs": ["a short docstring"] * 16, "label": labels})
+
+
+def test_a_label_outside_the_classes_stops_the_run_with_its_name(tmp_path):
+  if "tbert_bad_label" not in seqio.TaskRegistry.names():
+    source = seqio.FunctionDataSource(_bad_label_dataset, splits=["train", "validation"])
+    registration.register_classification_task("tbert_bad_label", source, bert_tasks.VOCABULARY, ["neg", "pos"])
+  m = encoder_model.EncoderOnlyModel(config=encoder_only.EncoderOnlyConfig(**TINY), head="classification")
+  with pytest.raises(
+    ValueError,
+    match=r"the input pipeline of 'tbert_bad_label' failed: Unknown label maybe; the declared classes are: neg, pos",
+  ):
+    run(tmp_path, 2, head="classification", model=m, mixture_or_task_name="tbert_bad_label", shuffle=False)
 
 
 def test_classifier_learns_pydocs_kind(tmp_path):
@@ -167,3 +192,32 @@ def test_classifier_learns_pydocs_kind(tmp_path):
   )
   assert metrics["infer_eval/pydocs_kind/accuracy"] >= 52.0
   assert metrics["infer_eval/pydocs_kind/f1"] >= 45.0
+
+
+def _words_dataset(split, shuffle_files, seed=None):
+  """pydocs_kind's docstrings labelled with a number: their length in characters / 1000."""
+  del shuffle_files, seed
+  examples = bert_tasks.kind_examples(split)[:64]
+  texts = [e[1] for e in examples]
+  return tf.data.Dataset.from_tensor_slices({"inputs": texts, "label": [len(t) / 1000.0 for t in texts]})
+
+
+def test_regression_head_trains_and_is_scored_by_pearson(tmp_path):
+  if "tbert_length" not in seqio.TaskRegistry.names():
+    source = seqio.FunctionDataSource(_words_dataset, splits=["train", "validation"])
+    registration.register_classification_task("tbert_length", source, bert_tasks.VOCABULARY, None)
+  m = encoder_model.EncoderOnlyModel(config=encoder_only.EncoderOnlyConfig(**TINY), head="regression")
+  metrics = run(
+    tmp_path,
+    2,
+    head="regression",
+    model=m,
+    mixture_or_task_name="tbert_length",
+    infer_eval_every=2,
+    infer_eval_examples=16,
+  )
+  rows = train_rows(tmp_path)
+  assert [r["target_tokens"] for r in rows] == [8.0, 8.0] and all(r["accuracy"] == 0.0 for r in rows)
+  # seqio decoded the float predictions and labels; Pearson and Spearman are numbers in [-100, 100].
+  for name in ("pearson", "spearman"):
+    assert -100.0 <= metrics[f"infer_eval/tbert_length/{name}"] <= 100.0
