@@ -224,6 +224,11 @@ def infer(
   """
   if mode not in MODES:
     raise ValueError(f"INFER_MODE={mode!r}; valid modes are {MODES}")
+  if mode == "score" and getattr(model, "head", None) is not None:
+    raise ValueError(
+      "INFER_MODE='score' scores target text, which an encoder-only model does not generate; use "
+      "INFER_MODE='predict' (a classifier predicts a class name, an MLM model each position's token)"
+    )
   # Every setting before the checkpoint is read; decoding settings whatever DECODE_METHOD is
   # (a BEAM_SIZE=0 left in a gin file is an error before someone switches to beam search).
   checks.check_lengths("TASK_FEATURE_LENGTHS", task_feature_lengths)

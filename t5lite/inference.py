@@ -379,6 +379,8 @@ class Predictor:
         longer than its length.
     """
     lengths = self.task_feature_lengths
+    if getattr(self.model, "head", None) is not None:
+      raise ValueError("score() is for models that generate targets; an encoder-only model predicts (predict())")
     if isinstance(self.model, EncoderDecoderModel):
       return features.enc_dec_features(inputs, targets, lengths.get("inputs"), lengths.get("targets"))
     return features.prefix_lm_features(

@@ -129,6 +129,8 @@ def test_classifier_fine_tunes_from_the_mlm_checkpoint(tmp_path, mlm_dir):
   assert ids[0][0] == vocab.cls_id and ids[0][-1] == vocab.sep_id and vocab.sep_id not in ids[0][1:-1]
   assert len(ids[1]) == 64 and ids[1][-1] == vocab.sep_id and predictor.truncated == before + 1
   logits = model("classification").logits(params, {"encoder_input_tokens": np.asarray(predictor.pad(ids[:1], 64))})
+  with pytest.raises(ValueError, match="an encoder-only model predicts"):
+    predictor.score(texts[:1], ["function"])
   assert predictor.predict(texts[:1]) == [("class", "function", "method")[int(np.argmax(logits[0]))]]
   # Step 1's loss is that of the MLM encoder with a fresh head: the same seed's fresh head over a
   # fresh encoder gives another loss.
