@@ -106,7 +106,7 @@ def _data_preview(args) -> int:
     from t5lite.data import data_dirs  # pylint: disable=g-import-not-at-top
 
     data_dirs.set_data_dir(args.data_dir)
-  from t5lite.data import preview, registration, vocab  # pylint: disable=g-import-not-at-top
+  from t5lite.data import labels, preview, registration, vocab  # pylint: disable=g-import-not-at-top
 
   vocab.use_model_file(args.vocabulary_model, what="--vocabulary_model")
 
@@ -115,7 +115,10 @@ def _data_preview(args) -> int:
   names = args.tasks or list(wanted)
   for name in names:
     task = registration.get_task_or_mixture(name)
-    lengths = wanted.get(name) or {k: 256 for k in task.output_features}
+    label_kinds = (labels.ClassLabelVocabulary, labels.ScalarVocabulary)  # one value: the label
+    lengths = wanted.get(name) or {
+      k: 1 if isinstance(f.vocabulary, label_kinds) else 256 for k, f in task.output_features.items()
+    }
     ds = task.get_dataset(lengths, split=args.split, shuffle=False, seed=0)
     print(f"== {name}  lengths={lengths}")
     for i, ex in enumerate(ds.take(args.examples).as_numpy_iterator()):

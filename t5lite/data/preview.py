@@ -8,8 +8,15 @@ import numpy as np
 
 
 def decode_ids(vocabulary, ids: Sequence[int]) -> str:
-  """Decodes ids, writing sentinels as <extra_id_i> and stopping at EOS."""
-  ids = [int(i) for i in np.asarray(ids).ravel()]
+  """Decodes ids, writing sentinels as <extra_id_i> and stopping at EOS. A BERT-style
+  vocabulary (WordPiece: [CLS] and [SEP] shown, padding dropped) and class labels or float
+  targets (t5lite.data.labels) are decoded by the vocabulary as they are."""
+  arr = np.asarray(ids).ravel()
+  if not np.issubdtype(arr.dtype, np.integer):  # regression targets
+    return " ".join(f"{float(x):g}" for x in arr)
+  if hasattr(vocabulary, "cls_id") or hasattr(vocabulary, "names"):
+    return vocabulary.decode([int(i) for i in arr])
+  ids = [int(i) for i in arr]
   base = vocabulary.vocab_size - vocabulary.extra_ids
   parts, run = [], []
   for i in ids:
