@@ -343,6 +343,18 @@ def run_dir_of(checkpoint: str) -> str:
   )
 
 
+def _task_vocabularies(run: Mapping[str, Any]) -> tuple[Any, Any]:
+  """(text vocabulary, class-label vocabulary or None) of the run's task, or (None, None) when the
+  run names no task or the task is not registered in this process (`import t5lite_tasks` first)."""
+  name = run.get("mixture_or_task_name")
+  if not name:
+    return None, None
+  try:
+    return inference.task_vocabulary(name), inference.task_vocabulary(name, labels=True)
+  except ValueError:
+    return None, None
+
+
 def to_hf(
   checkpoint: str,
   output: str,
@@ -388,6 +400,10 @@ def to_hf(
     head = "pooler"  # a converted BertModel goes back as one (its classifier is the conversion's new one)
   exported = configs.from_t5lite(model.config, model_type, head=head, num_classes=num_classes)
   hf_config = {**_carried_fields(source, family, model.config), **exported}
+  task_vocab, task_labels = _task_vocabularies(run)
+  names = getattr(task_labels, "names", None)
+  if family == "bert" and names and len(names) == len(exported.get("id2label") or {}):  # the task's class names
+    hf_config.update(id2label={str(i): n for i, n in enumerate(names)}, label2id={n: i for i, n in enumerate(names)})
   if family == "bert" and len(source.get("id2label") or {}) == len(exported.get("id2label") or {}) > 0:
     hf_config.update({k: source[k] for k in ("id2label", "label2id") if k in source})  # the label names
   found_step, params_dir = checkpointing.resolve_checkpoint(checkpoint, step, what="--checkpoint")
@@ -402,8 +418,24 @@ def to_hf(
     spiece = os.path.join(run_dir, files.SPIECE)
     if not os.path.isfile(spiece) and run.get("vocabulary_model"):
       spiece = os.path.abspath(os.path.expanduser(str(run["vocabulary_model"])))
+    if not os.path.isfile(spiece) and family != "bert":  # the task's SentencePiece model (the default one too)
+      spiece = getattr(task_vocab, "sentencepiece_model_file", None) or ""
     if os.path.isfile(spiece):
       shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
     for name in bert.vocabulary_files(run_dir) if family == "bert" else []:
       shutil.copyfile(os.path.join(run_dir, name), os.path.join(staging, name))
+    tokenizer = getattr(task_vocab, "tokenizer_file", None)
+    if family == "bert" and not bert.vocabulary_files(run_dir) and tokenizer:  # the task's WordPiece files
+      shutil.copyfile(tokenizer, os.path.join(staging, "tokenizer.json"))
+      vocab_txt = os.path.join(os.path.dirname(tokenizer), "vocab.txt")
+      if os.path.basename(tokenizer) == "tokenizer.json" and os.path.isfile(vocab_txt):
+        shutil.copyfile(vocab_txt, os.path.join(staging, "vocab.txt"))
+      # transformers' BertTokenizer lowercases unless told: say what the vocabulary does.
+      tokenizer_config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": bool(getattr(task_vocab, "lowercase", False)),
+      }
+      tokenizer_config["model_max_length"] = model.config.max_position_embeddings
+      with open(os.path.join(staging, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(tokenizer_config, f, indent=2)
   return {"output": output, "family": family, "step": found_step, "seconds": time.perf_counter() - start}

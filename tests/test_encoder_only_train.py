@@ -223,3 +223,43 @@ def test_regression_head_trains_and_is_scored_by_pearson(tmp_path):
   # seqio decoded the float predictions and labels; Pearson and Spearman are numbers in [-100, 100].
   for name in ("pearson", "spearman"):
     assert -100.0 <= metrics[f"infer_eval/tbert_length/{name}"] <= 100.0
+
+
+def test_gin_classifier_exports_to_transformers_with_its_tokenizer_and_class_names(tmp_path):
+  """experiments/quickstart_bert_classify.gin (small) -> `t5lite convert to-hf`: transformers'
+  AutoTokenizer gives our ids (the task's cased WordPiece files and tokenizer_config.json are
+  exported), and AutoModelForSequenceClassification our logits and the task's class names."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from t5lite import cli
+
+  run_dir, hf_dir = tmp_path / "run", tmp_path / "hf"
+  sizes = [f"--gin.encoder_only.EncoderOnlyConfig.{k}={v}" for k, v in TINY.items() if k != "vocab_size"]
+  flags = [
+    "--gin_file=experiments/quickstart_bert_classify.gin",
+    *sizes,
+    f"--gin.MODEL_DIR='{run_dir}'",
+    "--gin.INITIAL_CHECKPOINT_PATH=None",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 1}",
+    "--gin.TRAIN_STEPS=2",
+    "--gin.WARMUP_STEPS=1",
+    "--gin.BATCH_SIZE=8",
+    "--gin.INFER_EVAL_EVERY=0",
+    "--gin.EVAL_EVERY=0",
+    "--gin.NUM_DEVICES=1",
+    "--gin.train_lib.train.progress=False",
+  ]
+  assert train_lib.main(flags) == 0
+  assert cli.main(["convert", "to-hf", "--checkpoint", str(run_dir), "--output", str(hf_dir)]) == 0
+  tok = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+  hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+  assert hf.config.id2label == {0: "class", 1: "function", 2: "method"}
+  predictor = inference.load(str(run_dir), partitioner=partitioning.Partitioner(num_devices=1))
+  texts = ["Return the Number of items in the container.", "Create a new connection to HOST."]
+  ids = predictor.encode_inputs(texts)
+  enc = tok(texts, padding="max_length", max_length=64, return_tensors="pt")
+  np.testing.assert_array_equal(enc["input_ids"].numpy(), predictor.pad(ids, 64))
+  with torch.no_grad():
+    theirs = hf(**enc).logits.numpy()
+  ours = predictor.model.logits(predictor.params, {"encoder_input_tokens": np.asarray(predictor.pad(ids, 64))})
+  np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4, atol=1e-5)
