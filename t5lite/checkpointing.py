@@ -491,7 +491,9 @@ def _load_with_new_heads(
   if missing:
     out.update(new_heads(missing))
   dropped = sorted(set(restored) - set(out))
-  logging.info("read %s without its head %s; new head parameters %s", params_dir, dropped, list(missing))
+  logging.warning(
+    "read %s without its head %s; this model's head %s starts from fresh parameters", params_dir, dropped, list(missing)
+  )
   return out
 
 

@@ -83,7 +83,8 @@ def check_num_classes(model: Any, mixture_or_task_name: str, tasks: Sequence[Any
     names = getattr(t.output_features["targets"].vocabulary, "names", None)
     if names is not None and len(names) != model.num_classes:
       raise ValueError(
-        f"EncoderOnlyModel.num_classes={model.num_classes} but task {t.name!r} of {mixture_or_task_name!r} "
+        f"EncoderOnlyModel.num_classes={model.num_classes} but task {t.name!r}"
+        f"{'' if t.name == mixture_or_task_name else f' of {mixture_or_task_name!r}'} "
         f"declares {len(names)} classes {list(names)}; set num_classes = {len(names)}"
       )
 

@@ -141,7 +141,7 @@ def test_classifier_fine_tunes_from_the_mlm_checkpoint(tmp_path, mlm_dir):
 
 def test_bad_classification_setups_are_refused_before_any_step(tmp_path, mlm_dir):
   bad = encoder_model.EncoderOnlyModel(config=encoder_only.EncoderOnlyConfig(**TINY), head="classification")
-  with pytest.raises(ValueError, match=r"num_classes=2 but task 'pydocs_kind' .* declares 3 classes"):
+  with pytest.raises(ValueError, match=r"num_classes=2 but task 'pydocs_kind' declares 3 classes"):
     run(tmp_path / "a", 2, head="classification", model=bad)
   with pytest.raises(ValueError, match="does not pack"):
     run(tmp_path / "b", 2, head="classification", pack=True)
