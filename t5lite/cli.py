@@ -173,8 +173,14 @@ def _convert_to_hf(args) -> int:
   from t5lite import convert  # pylint: disable=g-import-not-at-top
 
   step = checks.check_int("--step", args.step, minimum=0, allow_none=True, hint=" (omit for the latest)")
-  gin_entry.import_task_modules()  # the run's task gives the tokenizer files and class names to export
-  result = convert.to_hf(args.checkpoint, args.output, step=step, model_type=args.model_type, dtype=args.dtype)
+  result = convert.to_hf(
+    args.checkpoint,
+    args.output,
+    step=step,
+    model_type=args.model_type,
+    dtype=args.dtype,
+    register_tasks=gin_entry.import_task_modules,  # only for a run that names a task (its tokenizer, class names)
+  )
   print(f"wrote {result['output']} ({result['family']}, step {result['step']}, {result['seconds']:.1f} s)")
   return 0
 

@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import jax
 
@@ -343,12 +343,15 @@ def run_dir_of(checkpoint: str) -> str:
   )
 
 
-def _task_vocabularies(run: Mapping[str, Any]) -> tuple[Any, Any]:
+def _task_vocabularies(run: Mapping[str, Any], register_tasks: Optional[Callable[[], Any]]) -> tuple[Any, Any]:
   """(text vocabulary, class-label vocabulary or None) of the run's task, or (None, None) when the
-  run names no task or the task is not registered in this process (`import t5lite_tasks` first)."""
+  run names no task or the task is not registered. `register_tasks` (e.g. importing the task
+  package, which starts TensorFlow) is called only for a run that names a task."""
   name = run.get("mixture_or_task_name")
   if not name:
     return None, None
+  if register_tasks is not None:
+    register_tasks()
   try:
     return inference.task_vocabulary(name), inference.task_vocabulary(name, labels=True)
   except ValueError:
@@ -362,6 +365,7 @@ def to_hf(
   step: Optional[int] = None,
   model_type: Optional[str] = None,
   dtype: Optional[str] = None,
+  register_tasks: Optional[Callable[[], Any]] = None,
 ) -> dict[str, Any]:
   """Writes a t5lite run's checkpoint as a Hugging Face directory (config.json, model.safetensors, and the
   run's spiece.model when it has one; for an encoder-only run, BertForMaskedLM or BertForSequenceClassification
@@ -371,7 +375,10 @@ def to_hf(
   model_type: 't5' or 'mt5' for T5 models (default: the model_type a `from-hf` directory came from, else 't5').
   dtype: None/'float32', 'bfloat16' or 'float16' for the file. Token ids and generation defaults of the
   Hugging Face config a `from-hf` directory came from are carried back; the SentencePiece model goes along
-  (the run's spiece.model, else its VOCABULARY_MODEL).
+  (the run's spiece.model, else its VOCABULARY_MODEL, else its task's). A run that names a task exports
+  the task's vocabulary files (and a classifier its class names, as id2label) when they are not in the
+  run directory; `register_tasks` registers the task first (`t5lite convert to-hf` imports t5lite_tasks),
+  called only for such a run.
   Returns {'output', 'family', 'step', 'seconds'}.
 
   Raises:
@@ -400,7 +407,7 @@ def to_hf(
     head = "pooler"  # a converted BertModel goes back as one (its classifier is the conversion's new one)
   exported = configs.from_t5lite(model.config, model_type, head=head, num_classes=num_classes)
   hf_config = {**_carried_fields(source, family, model.config), **exported}
-  task_vocab, task_labels = _task_vocabularies(run)
+  task_vocab, task_labels = _task_vocabularies(run, register_tasks)
   names = getattr(task_labels, "names", None)
   if family == "bert" and names and len(names) == len(exported.get("id2label") or {}):  # the task's class names
     hf_config.update(id2label={str(i): n for i, n in enumerate(names)}, label2id={n: i for i, n in enumerate(names)})

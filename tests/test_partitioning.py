@@ -135,9 +135,14 @@ def test_moe_training_matches_one_device_under_expert_parallelism(tmp_path):
   for mesh, expert in EXPERT_MESHES:
     name = "x".join(map(str, mesh)) + f"e{expert}"
     losses, tr = _train(tmp_path / name, model, mesh, expert=expert)
-    np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f"mesh {mesh} expert {expert}")
+    # Step 1 (the same parameters) agrees to float32 rounding; later steps carry the optimizer's
+    # amplification of reduction-order rounding, which depends on the CPU (on an AMD EPYC host
+    # expert x fsdp gave 7e-6 at step 2 and 2.1e-5 at step 3). A misplaced expert or a wrong
+    # all-to-all changes the loss by 1e-2 or more.
+    np.testing.assert_allclose(losses[0], reference[0], rtol=1e-6, err_msg=f"mesh {mesh} expert {expert}")
+    np.testing.assert_allclose(losses, reference, rtol=1e-4, err_msg=f"mesh {mesh} expert {expert}")
     for row, ref in zip(_metrics(tmp_path / name), ref_rows):
-      np.testing.assert_allclose([row[k] for k in moe_keys], [ref[k] for k in moe_keys], rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose([row[k] for k in moe_keys], [ref[k] for k in moe_keys], rtol=1e-4, atol=1e-6)
   # The last run: 8 experts over 8 devices.
   axes = partitioning.axes_leaves(tr.state_init.params.logical_axes)
   total, per_device = _expert_bytes(tr.abstract_params, axes)
