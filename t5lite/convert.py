@@ -429,13 +429,16 @@ def to_hf(
       spiece = getattr(task_vocab, "sentencepiece_model_file", None) or ""
     if os.path.isfile(spiece):
       shutil.copyfile(spiece, os.path.join(staging, files.SPIECE))
-    for name in bert.vocabulary_files(run_dir) if family == "bert" else []:
+    run_vocab_files = bert.vocabulary_files(run_dir) if family == "bert" else []
+    for name in run_vocab_files:
       shutil.copyfile(os.path.join(run_dir, name), os.path.join(staging, name))
     tokenizer = getattr(task_vocab, "tokenizer_file", None)
-    if family == "bert" and not bert.vocabulary_files(run_dir) and tokenizer:  # the task's WordPiece files
+    if family == "bert" and not run_vocab_files and tokenizer:  # the task's WordPiece files
+      from t5lite.data import wordpiece  # pylint: disable=g-import-not-at-top  (starts TensorFlow: here only)
+
+      vocab_txt = wordpiece.output_paths(tokenizer)[1]  # train_wordpiece writes it beside the tokenizer file
       shutil.copyfile(tokenizer, os.path.join(staging, "tokenizer.json"))
-      vocab_txt = os.path.join(os.path.dirname(tokenizer), "vocab.txt")
-      if os.path.basename(tokenizer) == "tokenizer.json" and os.path.isfile(vocab_txt):
+      if os.path.isfile(vocab_txt):
         shutil.copyfile(vocab_txt, os.path.join(staging, "vocab.txt"))
       # transformers' BertTokenizer lowercases unless told: say what the vocabulary does.
       tokenizer_config = {

@@ -275,8 +275,7 @@ class TrainStateInitializer:
           new_heads=lambda names: self.model.init_params(
             jax.random.key(seed), self.input_shapes, self.params.shardings, select=lambda t: {n: t[n] for n in names}
           ),
-          head_names=tuple(getattr(self.model, "head_params", ()))
-          + tuple(getattr(self.model, "other_head_params", ())),
+          head_names=getattr(self.model, "head_names", ()),
         )
       else:
         params = self.model.init_params(jax.random.key(seed), self.input_shapes, self.params.shardings)

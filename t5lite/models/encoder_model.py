@@ -59,14 +59,11 @@ class EncoderOnlyModel(BaseModel):
     return encoder_features.ClassificationFeatureConverter
 
   @property
-  def head_params(self) -> tuple[str, ...]:
-    """Top-level parameter names of this model's head: fine-tuning from a checkpoint of another
-    head creates them fresh and leaves the checkpoint's head out (checkpointing.load_params)."""
-    return encoder_only.HEAD_PARAMS[self.head]
-
-  @property
-  def other_head_params(self) -> tuple[str, ...]:
-    return tuple(sorted({n for names in encoder_only.HEAD_PARAMS.values() for n in names} - set(self.head_params)))
+  def head_names(self) -> tuple[str, ...]:
+    """Top-level parameter names of every encoder-only head (this model's and the others'): fine-tuning
+    from a checkpoint of another head keeps the rest, leaves the checkpoint's head out and creates this
+    model's fresh (checkpointing.load_params)."""
+    return tuple(sorted({n for names in encoder_only.HEAD_PARAMS.values() for n in names}))
 
   @property
   def example_lengths(self) -> dict[str, int]:
