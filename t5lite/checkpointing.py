@@ -499,20 +499,54 @@ def _load_with_new_heads(
 
 def _load_adapters_and_base(params_dir: str, meta: Mapping[str, Any], abstract_params: PyTree, what: str) -> PyTree:
   """An adapter checkpoint's adapters joined with its base's parameters (see `load_params`)."""
-  base = meta["base_checkpoint"]
-  adapters = peft.trainable(abstract_params)
-  if not adapters:
+  adapters, base = _read_adapters(params_dir, meta, peft.trainable(abstract_params), what)
+  base_params = load_params(base["path"], peft.frozen(abstract_params), what=f"the base checkpoint of {params_dir}")
+  return peft.combine(base_params, adapters)
+
+
+def load_adapters(
+  path: str, abstract_adapters: PyTree, step: Optional[int] = None, what: str = "the adapter checkpoint"
+) -> tuple[PyTree, dict, int]:
+  """(adapters, base_checkpoint, step) of a LoRA / prompt-tuning checkpoint, without reading its base.
+
+  For serving several adapters of one base in turn (`inference.Predictor.use_adapters`):
+  `abstract_adapters` is `peft.trainable` of the model's abstract (sharded)
+  parameters; the adapters come back in its structure and placement.
+  `base_checkpoint` is the checkpoint's {'path': base step directory, 'step'}.
+
+  Raises:
+    FileNotFoundError: `path` holds no checkpoint (of `step`).
+    ValueError: the checkpoint holds no adapters (a full model's: it names
+      no base), or other adapters than `abstract_adapters` (another rank,
+      targets, prompt length or model shape: the differences are named).
+  """
+  found_step, params_dir = resolve_checkpoint(path, step, what=what)
+  meta = _read_step_meta(os.path.dirname(params_dir)) or {}
+  if not meta.get("base_checkpoint"):
+    raise ValueError(
+      f"{what} {params_dir} holds a whole model, not LoRA / prompt-tuning adapters (its meta names no base "
+      "checkpoint): load it as a model (inference.load) instead"
+    )
+  adapters, base = _read_adapters(params_dir, meta, abstract_adapters, what)
+  return adapters, base, found_step
+
+
+def _read_adapters(
+  params_dir: str, meta: Mapping[str, Any], abstract_adapters: PyTree, what: str
+) -> tuple[PyTree, dict]:
+  """(adapters, base_checkpoint) of an adapter checkpoint's params directory, checked against `abstract_adapters`."""
+  base = dict(meta["base_checkpoint"])
+  if not abstract_adapters:
     raise ValueError(
       f"{what} {params_dir} holds LoRA / prompt-tuning adapters for the base checkpoint {base.get('path')}, "
       "but this model has no adapters: load it with the model configuration of the run that wrote it (its "
       "config.gin sets lora / prompt_tuning), or fold LoRA adapters into the base first with `t5lite lora merge`."
     )
-  wanted = param_shapes(adapters)
+  wanted = param_shapes(abstract_adapters)
   if meta.get("param_shapes") != wanted:
     raise ValueError(
       f"{what} {params_dir} holds other adapters than this model's: "
       f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}."
     )
-  base_params = load_params(base["path"], peft.frozen(abstract_params), what=f"the base checkpoint of {params_dir}")
   with ocp.StandardCheckpointer() as ckptr:
-    return peft.combine(base_params, ckptr.restore(params_dir, adapters))
+    return ckptr.restore(params_dir, abstract_adapters), base

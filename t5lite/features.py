@@ -1,4 +1,4 @@
-"""The model-input feature format: model features from token ids, and back.
+"""The model-input feature format: model features from token ids, and back; prompt text to token ids.
 
 The models read the features seqio's feature converters write (EncDec, LM and
 PrefixLM). Training gets them from seqio (t5lite.data.pipeline); decoding,
@@ -6,17 +6,23 @@ scoring and evaluation build them, or read prompts out of them, here, with
 numpy only (jax for jax arrays), so that they need neither TensorFlow nor seqio. Every function
 gives what the seqio converter gives with `pack=False` (tests/test_features.py
 compares them): int32 arrays, right padding with 0, decoder inputs shifted
-right with BOS 0.
+right with BOS 0. Prompt text becomes token ids as the training pipeline
+makes them (`encode_prompt`, `fit_to_length`; inference and evaluation use
+these).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, TypeVar
+from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
 BOS_ID = 0  # the first decoder input, as seqio's converters write it
 PAD_ID = 0
+EOS_ID = 1
+# The UL2 mode tokens (t5lite.data.vocab.UL2_MODE_TOKENS, not imported here so
+# that token-level use needs neither sentencepiece nor seqio).
+UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 
 Features = dict[str, np.ndarray]
 ArrayT = TypeVar("ArrayT")  # a numpy array or a jax.Array
@@ -170,3 +176,68 @@ def prompts(features: dict[str, np.ndarray]) -> np.ndarray:
 def _check_pairs(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> None:
   if len(inputs) != len(targets):
     raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+
+
+# ----------------------------------------------------------------------------
+# Text -> token ids, as the training pipeline makes them.
+# ----------------------------------------------------------------------------
+def mode_token_ids(vocabulary: Any) -> dict[str, int]:
+  """{mode token: id} of the UL2 mode tokens that are single pieces of
+  `vocabulary` ({} for a vocabulary without them, e.g. bytes)."""
+  tokenizer = getattr(vocabulary, "tokenizer", None)
+  if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):  # bytes, or WordPiece (no mode tokens)
+    return {}
+  ids = {t: tokenizer.piece_to_id(t) for t in UL2_MODE_TOKENS}
+  return {t: i for t, i in ids.items() if i != tokenizer.unk_id()}
+
+
+def encode_prompt(
+  vocabulary: Any, text: str, label: str = "input 0", mode_ids: Optional[Mapping[str, int]] = None
+) -> list[int]:
+  """Token ids of one prompt (no EOS), as UL2 training would give them.
+
+  A prompt that starts with a UL2 mode token of the vocabulary ("[NLU] The
+  function ...") is `[mode id] + encode(rest)`, the rest stripped of leading
+  spaces: training prepends the mode id to the ids of the text
+  (`objectives.denoise`, `objectives.prefix_lm`), whereas SentencePiece alone
+  would put a dummy-prefix piece '▁' before the mode piece. Other prompts are
+  `vocabulary.encode(text)`.
+
+  Args:
+    vocabulary: a seqio vocabulary.
+    text: the prompt.
+    label: how errors name this prompt ('input 3', 'data.jsonl:11').
+    mode_ids: `mode_token_ids(vocabulary)`, when the caller has it already.
+
+  Raises:
+    ValueError: `text` is not a string, is empty or blank, or is a mode token
+      with no text after it.
+  """
+  if not isinstance(text, str):
+    raise ValueError(f"{label} is {type(text).__name__}, not a string")
+  if not text.strip():
+    raise ValueError(f"{label} is empty; give at least one non-space character")
+  mode_ids = mode_token_ids(vocabulary) if mode_ids is None else mode_ids
+  stripped = text.lstrip()
+  for token, token_id in mode_ids.items():
+    if stripped.startswith(token):
+      rest = stripped[len(token) :].lstrip()
+      if not rest:
+        raise ValueError(f"{label} is only the UL2 mode token {token}; give the text to {token} after it")
+      return [token_id] + list(vocabulary.encode(rest))
+  return list(vocabulary.encode(text))
+
+
+def fit_to_length(ids: Sequence[int], length: Optional[int], *, append_eos: bool) -> tuple[list[int], bool]:
+  """(ids as the training pipeline cuts them to `length`, whether they were cut).
+
+  With `append_eos`, seqio's `append_eos_after_trim`: trimmed to length - 1,
+  then EOS, so a cut sequence still ends with EOS; without, trimmed to
+  `length` (what the feature converter does). `length` None: no limit.
+  """
+  ids = list(ids) + ([EOS_ID] if append_eos else [])
+  if length is None or len(ids) <= length:
+    return ids, False
+  if append_eos:
+    return ids[: length - 1] + [EOS_ID], True
+  return ids[:length], True

@@ -17,7 +17,7 @@ the run's config.gin (gin is imported there only); token-level use needs
 neither gin, TensorFlow nor seqio.
 
 Prompts are encoded as the training pipeline encodes its inputs
-(`encode_prompt`, `fit_to_length`): a leading UL2 mode token becomes its own
+(t5lite.features' `encode_prompt`, `fit_to_length`): a leading UL2 mode token becomes its own
 id followed by the ids of the text, and an over-long sequence is trimmed to
 length - 1 before EOS is appended (seqio's `append_eos_after_trim`), so it
 still ends with EOS.
@@ -40,15 +40,13 @@ import jax
 import numpy as np
 
 from t5lite import checkpointing, checks, features, partitioning, train_state
+from t5lite.features import EOS_ID, encode_prompt, fit_to_length, mode_token_ids  # noqa: F401  (the API of text -> ids)
+from t5lite.models import peft
 from t5lite.models.model import BaseModel, DecodeOptions, EncoderDecoderModel
 
 PyTree = Any
 logger = logging.getLogger(__name__)
 LONG_INPUT_POLICIES = ("truncate", "error")
-EOS_ID = 1
-# The UL2 mode tokens (t5lite.data.vocab.UL2_MODE_TOKENS, not imported here so
-# that token-level use needs neither sentencepiece nor seqio).
-UL2_MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 
 
 # ----------------------------------------------------------------------------
@@ -95,71 +93,6 @@ def check_decode_settings(settings: Mapping[str, Any], names: Optional[Mapping[s
     check = _DECODE_CHECKS.get(key)
     out[key] = check(names.get(key, key), value) if check else value
   return out
-
-
-# ----------------------------------------------------------------------------
-# Text -> token ids, as the training pipeline makes them.
-# ----------------------------------------------------------------------------
-def mode_token_ids(vocabulary: Any) -> dict[str, int]:
-  """{mode token: id} of the UL2 mode tokens that are single pieces of
-  `vocabulary` ({} for a vocabulary without them, e.g. bytes)."""
-  tokenizer = getattr(vocabulary, "tokenizer", None)
-  if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):  # bytes, or WordPiece (no mode tokens)
-    return {}
-  ids = {t: tokenizer.piece_to_id(t) for t in UL2_MODE_TOKENS}
-  return {t: i for t, i in ids.items() if i != tokenizer.unk_id()}
-
-
-def encode_prompt(
-  vocabulary: Any, text: str, label: str = "input 0", mode_ids: Optional[Mapping[str, int]] = None
-) -> list[int]:
-  """Token ids of one prompt (no EOS), as UL2 training would give them.
-
-  A prompt that starts with a UL2 mode token of the vocabulary ("[NLU] The
-  function ...") is `[mode id] + encode(rest)`, the rest stripped of leading
-  spaces: training prepends the mode id to the ids of the text
-  (`objectives.denoise`, `objectives.prefix_lm`), whereas SentencePiece alone
-  would put a dummy-prefix piece '▁' before the mode piece. Other prompts are
-  `vocabulary.encode(text)`.
-
-  Args:
-    vocabulary: a seqio vocabulary.
-    text: the prompt.
-    label: how errors name this prompt ('input 3', 'data.jsonl:11').
-    mode_ids: `mode_token_ids(vocabulary)`, when the caller has it already.
-
-  Raises:
-    ValueError: `text` is not a string, is empty or blank, or is a mode token
-      with no text after it.
-  """
-  if not isinstance(text, str):
-    raise ValueError(f"{label} is {type(text).__name__}, not a string")
-  if not text.strip():
-    raise ValueError(f"{label} is empty; give at least one non-space character")
-  mode_ids = mode_token_ids(vocabulary) if mode_ids is None else mode_ids
-  stripped = text.lstrip()
-  for token, token_id in mode_ids.items():
-    if stripped.startswith(token):
-      rest = stripped[len(token) :].lstrip()
-      if not rest:
-        raise ValueError(f"{label} is only the UL2 mode token {token}; give the text to {token} after it")
-      return [token_id] + list(vocabulary.encode(rest))
-  return list(vocabulary.encode(text))
-
-
-def fit_to_length(ids: Sequence[int], length: Optional[int], *, append_eos: bool) -> tuple[list[int], bool]:
-  """(ids as the training pipeline cuts them to `length`, whether they were cut).
-
-  With `append_eos`, seqio's `append_eos_after_trim`: trimmed to length - 1,
-  then EOS, so a cut sequence still ends with EOS; without, trimmed to
-  `length` (what the feature converter does). `length` None: no limit.
-  """
-  ids = list(ids) + ([EOS_ID] if append_eos else [])
-  if length is None or len(ids) <= length:
-    return ids, False
-  if append_eos:
-    return ids[: length - 1] + [EOS_ID], True
-  return ids[:length], True
 
 
 def agreed_count(n_local: int) -> int:
@@ -227,6 +160,7 @@ class Predictor:
     self.seed = seed
     self.step = step
     self.truncated = 0  # inputs/targets cut to the model's length so far
+    self.base_checkpoint: Optional[dict] = None  # the base of an adapter checkpoint (`restore`, `use_adapters`)
     self._param_shardings = jax.tree.map(lambda x: x.sharding, params)
     self._compiled: dict[Any, Any] = {}
 
@@ -257,7 +191,38 @@ class Predictor:
     found_step, params_dir = checkpointing.resolve_checkpoint(checkpoint_path, step)
     abstract, _ = cls.shardings(model, partitioner)
     params = checkpointing.load_params(os.path.dirname(params_dir), abstract, what="CHECKPOINT_PATH")
-    return cls(model, params, partitioner=partitioner, step=found_step, **kwargs)
+    out = cls(model, params, partitioner=partitioner, step=found_step, **kwargs)
+    out.base_checkpoint = checkpointing.read_checkpoint_meta(params_dir, step=found_step).get("base_checkpoint")
+    return out
+
+  def use_adapters(self, checkpoint_path: str, *, step: Optional[int] = None) -> "Predictor":
+    """Swaps in the LoRA / prompt-tuning adapters of another run on this predictor's base (returns self).
+
+    Several adapters of one base are served in turn without reading the
+    base again or compiling again (the parameters are an argument of the
+    jitted programs). `checkpoint_path`: an adapter run directory, its
+    checkpoints/ or a step directory; its latest checkpoint or `step`'s.
+
+    Raises:
+      FileNotFoundError: no checkpoint there (of `step`).
+      ValueError: this predictor holds no adapter model, the checkpoint holds
+        none or other adapters (rank, targets, prompt length), or its
+        adapters were trained on another base checkpoint (both named).
+    """
+    if self.base_checkpoint is None:
+      raise ValueError("use_adapters: this predictor was not restored from a LoRA / prompt-tuning checkpoint")
+    trained = peft.trainable(self.params)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trained)
+    adapters, base, found = checkpointing.load_adapters(checkpoint_path, abstract, step, what="use_adapters")
+    same = lambda b: (os.path.realpath(str(b.get("path"))), b.get("step"))  # noqa: E731
+    if same(base) != same(self.base_checkpoint):
+      raise ValueError(
+        f"use_adapters: {checkpoint_path} holds adapters of the base {base.get('path')} (step {base.get('step')}), "
+        f"but this predictor serves the base {self.base_checkpoint.get('path')} (step {self.base_checkpoint.get('step')})"
+      )
+    self.params = peft.combine(peft.frozen(self.params), adapters)
+    self.step = found
+    return self
 
   # ---- jitted functions ----------------------------------------------------
   def jitted(self, kind: str, options: Optional[DecodeOptions] = None):

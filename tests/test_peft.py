@@ -169,6 +169,57 @@ def test_lora_run_refuses_bad_bases_before_any_step(tmp_path, base_dir):
     checkpointing.load_params(str(tmp_path / "lora"), abstract)
 
 
+def test_several_adapters_of_one_base_are_served_in_turn(tmp_path, base_dir):
+  """Predictor.use_adapters swaps one run's adapters for another's on the same base without compiling again."""
+  import shutil
+
+  model = adapter_model(targets="all")
+  run(tmp_path / "lora", 8, model=model, initial_checkpoint_path=base_dir)  # adapters at steps 4 and 8
+  one = partitioning.Partitioner(num_devices=1)
+  rng = np.random.default_rng(3)
+  inputs = rng.integers(3, 300, (4, 32)).astype(np.int32)
+  feats = {
+    "encoder_input_tokens": inputs,
+    "decoder_target_tokens": rng.integers(3, 300, (4, 16)).astype(np.int32),
+  }
+  feats["decoder_input_tokens"] = np.concatenate(
+    [np.zeros((4, 1), np.int32), feats["decoder_target_tokens"][:, :-1]], 1
+  )
+  feats["decoder_loss_weights"] = np.ones((4, 16), np.int32)
+  at = {
+    s: inference.Predictor.restore(model, str(tmp_path / "lora"), step=s, partitioner=one, batch_size=4) for s in (4, 8)
+  }
+  want = {s: (p.score_examples(feats), p.predict_tokens(inputs)[0]) for s, p in at.items()}
+  assert np.max(np.abs(want[4][0] - want[8][0])) > 1e-3  # the two checkpoints' adapters differ
+  served = at[8]
+  compiled = dict(served._compiled)
+  for step in (4, 8, 4):
+    assert served.use_adapters(str(tmp_path / "lora"), step=step) is served and served.step == step
+    np.testing.assert_array_equal(served.score_examples(feats), want[step][0])
+    np.testing.assert_array_equal(served.predict_tokens(inputs)[0], want[step][1])
+  assert served._compiled.keys() == compiled.keys() and all(served._compiled[k] is v for k, v in compiled.items())
+  # Refused: adapters trained on another base (a copy at another path), a whole model, other adapters.
+  shutil.copytree(base_dir, tmp_path / "base_copy")
+  run(tmp_path / "other_base", 2, model=model, initial_checkpoint_path=str(tmp_path / "base_copy"), checkpoint_every=2)
+  with pytest.raises(ValueError, match=r"holds adapters of the base .*base_copy.* but this predictor serves the base"):
+    served.use_adapters(str(tmp_path / "other_base"))
+  with pytest.raises(ValueError, match="holds a whole model, not LoRA / prompt-tuning adapters"):
+    served.use_adapters(base_dir)
+  assert served.step == 4  # nothing changed by a refused swap
+  np.testing.assert_array_equal(served.score_examples(feats), want[4][0])
+  rank2 = adapter_model(targets="all", rank=2)
+  abstract = jax.eval_shape(
+    lambda: peft.trainable(rank2.init_params(jax.random.key(0), rank2.input_shapes(4, LENGTHS)))
+  )
+  with pytest.raises(
+    ValueError, match=r"other adapters than this model's: .*lora_a: checkpoint \[32, 4\], this model \[32, 2\]"
+  ):
+    checkpointing.load_adapters(str(tmp_path / "lora"), abstract)
+  plain = inference.Predictor.restore(tiny_model(), base_dir, partitioner=one, batch_size=4)
+  with pytest.raises(ValueError, match="not restored from a LoRA / prompt-tuning checkpoint"):
+    plain.use_adapters(str(tmp_path / "lora"))
+
+
 def _gin_flags(model_dir, base_dir, *extra):
   sizes = [f"--gin.t5.T5Config.{k}={v}" for k, v in TINY.items()]
   return [
