@@ -122,6 +122,15 @@ def test_lora_run_trains_only_adapters_and_its_checkpoints_name_the_base(tmp_pat
   alone = jax.eval_shape(optax.adam(schedules.constant(0.01)).init, peft.trainable(params))
   assert opt_bytes == 2 * adapter_bytes + 8 == sum(int(np.prod(x.shape)) * 4 for x in jax.tree.leaves(alone))
   ckpt.close()
+  # Restored for serving onto another mesh (fsdp 4 x model 2): base + adapters placed like their kernels, values kept.
+  other = partitioning.Partitioner(1, 4, 2, num_devices=8)
+  served = inference.Predictor.restore(model, str(tmp_path / "lora"), partitioner=other, batch_size=8).params
+  attn = served["encoder"]["layers_0"]["self_attention"]
+  assert attn["query"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "model", None)
+  assert attn["query_lora_a"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+  assert attn["query_lora_b"].sharding.spec == jax.sharding.PartitionSpec(None, "model", None)
+  for a, b in zip(jax.tree.leaves(served), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_lora_resume_is_exact_and_prediction_loads_base_and_adapters(tmp_path, base_dir):
