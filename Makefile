@@ -25,8 +25,13 @@ train: $(STAMP)
 	$(BIN)/t5lite data prepare
 	$(BIN)/python -m t5lite.train --gin_file=experiments/quickstart.gin --gin.MODEL_DIR=\"$(MODEL_DIR)\"
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them
+# (--dist loadfile: module fixtures such as a shared training run are built once); 0 runs it in
+# this process. Most tests are single-threaded compiles, so 2 workers on 2 cores halve the time.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 # One style for the package (ruff.toml: 2-space indentation, lines up to 120) and
 # pyflakes (unused imports, undefined names).

@@ -55,8 +55,9 @@ setuptools.setup(
       "sacrebleu>=2.6,<3",
       "rouge-score>=0.1.2,<0.2",
     ],
-    # The Hugging Face conversion tests compare logits with transformers' models on a CPU torch.
-    "test": ["pytest>=8", "torch==2.13.0", "transformers==5.17.0"],
+    # The Hugging Face conversion tests compare logits with transformers' models on a CPU torch;
+    # pytest-xdist runs `make test` in two processes.
+    "test": ["pytest>=8", "pytest-xdist>=3.8,<4", "torch==2.13.0", "transformers==5.17.0"],
   },
   entry_points={"console_scripts": ["t5lite=t5lite.cli:console_main"]},
 )
