@@ -507,12 +507,14 @@ def _load_adapters_and_base(params_dir: str, meta: Mapping[str, Any], abstract_p
 def load_adapters(
   path: str, abstract_adapters: PyTree, step: Optional[int] = None, what: str = "the adapter checkpoint"
 ) -> tuple[PyTree, dict, int]:
-  """(adapters, base_checkpoint, step) of a LoRA / prompt-tuning checkpoint, without reading its base.
+  """(adapters, meta, step) of a LoRA / prompt-tuning checkpoint, without reading its base.
 
   For serving several adapters of one base in turn (`inference.Predictor.use_adapters`):
   `abstract_adapters` is `peft.trainable` of the model's abstract (sharded)
-  parameters; the adapters come back in its structure and placement.
-  `base_checkpoint` is the checkpoint's {'path': base step directory, 'step'}.
+  parameters; the adapters come back in its structure and placement. The
+  meta's `base_checkpoint` is {'path': base step directory, 'step'}, its
+  `adapters` the configuration `peft.describe` recorded (absent in
+  checkpoints written before 2026-12-03).
 
   Raises:
     FileNotFoundError: `path` holds no checkpoint (of `step`).
@@ -527,8 +529,8 @@ def load_adapters(
       f"{what} {params_dir} holds a whole model, not LoRA / prompt-tuning adapters (its meta names no base "
       "checkpoint): load it as a model (inference.load) instead"
     )
-  adapters, base = _read_adapters(params_dir, meta, abstract_adapters, what)
-  return adapters, base, found_step
+  adapters, _ = _read_adapters(params_dir, meta, abstract_adapters, what)
+  return adapters, dict(meta), found_step
 
 
 def _read_adapters(

@@ -206,19 +206,26 @@ class Predictor:
     Raises:
       FileNotFoundError: no checkpoint there (of `step`).
       ValueError: this predictor holds no adapter model, the checkpoint holds
-        none or other adapters (rank, targets, prompt length), or its
-        adapters were trained on another base checkpoint (both named).
+        none or other adapters (shapes, or LoRA alpha / targets as its meta
+        records them), or its adapters were trained on another base
+        checkpoint (both named).
     """
     if self.base_checkpoint is None:
       raise ValueError("use_adapters: this predictor was not restored from a LoRA / prompt-tuning checkpoint")
     trained = peft.trainable(self.params)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trained)
-    adapters, base, found = checkpointing.load_adapters(checkpoint_path, abstract, step, what="use_adapters")
+    adapters, meta, found = checkpointing.load_adapters(checkpoint_path, abstract, step, what="use_adapters")
+    base, mine = meta["base_checkpoint"], self.base_checkpoint
     same = lambda b: (os.path.realpath(str(b.get("path"))), b.get("step"))  # noqa: E731
-    if same(base) != same(self.base_checkpoint):
+    if same(base) != same(mine):
       raise ValueError(
         f"use_adapters: {checkpoint_path} holds adapters of the base {base.get('path')} (step {base.get('step')}), "
-        f"but this predictor serves the base {self.base_checkpoint.get('path')} (step {self.base_checkpoint.get('step')})"
+        f"but this predictor serves the base {mine.get('path')} (step {mine.get('step')})"
+      )
+    if meta.get("adapters", peft.describe(self.model.config)) != peft.describe(self.model.config):
+      raise ValueError(
+        f"use_adapters: {checkpoint_path} was trained with adapters {meta['adapters']}, this predictor's model has "
+        f"{peft.describe(self.model.config)}: load that run with inference.load (its config.gin)"
       )
     self.params = peft.combine(peft.frozen(self.params), adapters)
     self.step = found

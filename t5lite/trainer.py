@@ -321,6 +321,7 @@ class Trainer:
       meta["vocabulary_size"] = int(self.vocabulary_size)
     if self.state_init.peft:  # the adapters only, and the base they apply to
       meta["base_checkpoint"] = self.state_init.base_checkpoint
+      meta["adapters"] = peft.describe(self.model.config)
     self.checkpointer.save(int(state.step), self.state_init.trained(state.params), state.opt_state, meta)
 
   # ---- loop ----------------------------------------------------------------

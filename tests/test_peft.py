@@ -214,6 +214,22 @@ def test_several_adapters_of_one_base_are_served_in_turn(tmp_path, base_dir):
     served.use_adapters(str(tmp_path / "other_base"))
   with pytest.raises(ValueError, match="holds a whole model, not LoRA / prompt-tuning adapters"):
     served.use_adapters(base_dir)
+  # The same shapes under another alpha would scale the adapters wrongly: the meta records alpha.
+  run(
+    tmp_path / "alpha",
+    2,
+    model=adapter_model(targets="all", alpha=2.0),
+    initial_checkpoint_path=base_dir,
+    checkpoint_every=2,
+  )
+  assert checkpointing.read_checkpoint_meta(str(tmp_path / "alpha"))["adapters"] == {
+    "lora": {"rank": 4, "alpha": 2.0},
+    "prompt_tuning": None,
+  }
+  with pytest.raises(
+    ValueError, match=r"trained with adapters .*'alpha': 2.0.* this predictor's model has .*'alpha': 6.0"
+  ):
+    served.use_adapters(str(tmp_path / "alpha"))
   assert served.step == 4  # nothing changed by a refused swap
   np.testing.assert_array_equal(served.score_examples(feats), want[4][0])
   rank2 = adapter_model(targets="all", rank=2)

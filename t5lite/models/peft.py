@@ -24,6 +24,24 @@ def enabled(config: Any) -> bool:
   return getattr(config, "lora", None) is not None or getattr(config, "prompt_tuning", None) is not None
 
 
+def describe(config: Any) -> dict:
+  """What an adapter checkpoint's meta records of the adapters' configuration (JSON): {'lora': {'rank',
+  'alpha'} or None, 'prompt_tuning': {'length'} or None}.
+
+  The LoRA scale alpha / r changes the adapted model's outputs but is not in
+  the parameters' shapes, so serving adapters under another alpha would be
+  silently wrong (`inference.Predictor.use_adapters` compares these). Which
+  kernels are adapted is in the shapes; dropout and initialisation only
+  matter in training.
+  """
+  lora_cfg = getattr(config, "lora", None)
+  prompt_cfg = getattr(config, "prompt_tuning", None)
+  return {
+    "lora": None if lora_cfg is None else {"rank": int(lora_cfg.rank), "alpha": float(lora_cfg.alpha)},
+    "prompt_tuning": None if prompt_cfg is None else {"length": int(prompt_cfg.length)},
+  }
+
+
 def is_trainable(path: Sequence[str]) -> bool:
   """Whether the parameter at `path` (its names from the root) is an adapter or a soft prompt."""
   name = str(path[-1])
