@@ -79,6 +79,30 @@ def test_adapter_shapes_axes_and_scale():
   np.testing.assert_allclose(delta(twice), 2 * delta(adapted), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("position_embedding", ["relative", "absolute"])
+def test_decoder_only_b_zero_is_the_base_exactly_and_merging_matches_within_1e5(position_embedding):
+  sizes = dict(vocab_size=64, d_model=32, num_heads=2, d_kv=16, d_ff=48, num_layers=2)
+  sizes.update(
+    position_embedding=position_embedding, max_position_embeddings=16 if position_embedding == "absolute" else 0
+  )
+  base = model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**sizes))
+  cfg = lora.LoraConfig(rank=3, alpha=5.0, targets="all")
+  adapted = model_lib.DecoderOnlyModel(config=decoder_only.DecoderOnlyConfig(**sizes, lora=cfg))
+  shapes = adapted.input_shapes(2, {"targets": 8})
+  params = adapted.init_params(jax.random.key(0), shapes)
+  base_params = base.init_params(jax.random.key(0), shapes)
+  for a, b in zip(jax.tree.leaves(peft.frozen(params)), jax.tree.leaves(base_params)):
+    np.testing.assert_array_equal(a, b)
+  tokens = jnp.asarray(np.random.default_rng(2).integers(1, 64, (2, 8)), jnp.int32)
+  batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens}
+  reference = base.logits(base_params, batch)
+  np.testing.assert_array_equal(adapted.logits(params, batch), reference)
+  moved = _perturbed(params)
+  out = adapted.logits(moved, batch)
+  assert float(jnp.abs(out - reference).max()) > 0.1
+  np.testing.assert_allclose(base.logits(lora.merge(moved, cfg), batch), out, atol=1e-5, rtol=1e-5)
+
+
 def test_targets_select_by_preset_name_and_path():
   cfg = lora.LoraConfig(targets=("wo", "decoder/.*/encoder_decoder_attention/(key|value)$"))
   assert cfg.selects(("encoder", "layers_1", "mlp", "wo"))
