@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5lite import checks
 from t5lite.models import peft
 
 PyTree = Any
@@ -505,32 +506,55 @@ def _load_adapters_and_base(params_dir: str, meta: Mapping[str, Any], abstract_p
 
 
 def load_adapters(
-  path: str, abstract_adapters: PyTree, step: Optional[int] = None, what: str = "the adapter checkpoint"
-) -> tuple[PyTree, dict, int]:
-  """(adapters, meta, step) of a LoRA / prompt-tuning checkpoint, without reading its base.
+  path: str,
+  abstract_adapters: PyTree,
+  step: Optional[int] = None,
+  *,
+  base: Optional[Mapping[str, Any]] = None,
+  adapters: Optional[Mapping[str, Any]] = None,
+  what: str = "the adapter checkpoint",
+) -> tuple[PyTree, dict, int, str]:
+  """(adapters, meta, step, step directory) of a LoRA / prompt-tuning checkpoint, without reading its base.
 
   For serving several adapters of one base in turn (`inference.Predictor.use_adapters`):
   `abstract_adapters` is `peft.trainable` of the model's abstract (sharded)
   parameters; the adapters come back in its structure and placement. The
   meta's `base_checkpoint` is {'path': base step directory, 'step'}, its
   `adapters` the configuration `peft.describe` recorded (absent in
-  checkpoints written before 2026-12-03).
+  checkpoints written before 2026-12-03). `base`: the base the caller
+  serves ({'path', 'step'}, compared by real path and step); `adapters`:
+  `peft.describe` of the caller's model. Both are checked before any array
+  is read.
 
   Raises:
     FileNotFoundError: `path` holds no checkpoint (of `step`).
-    ValueError: the checkpoint holds no adapters (a full model's: it names
-      no base), or other adapters than `abstract_adapters` (another rank,
-      targets, prompt length or model shape: the differences are named).
+    ValueError: a bad `step`; the checkpoint holds no adapters (a whole
+      model's: it names no base); it names another base than `base` (both
+      named); its recorded adapters differ from `adapters` (LoRA rank or
+      alpha, prompt length: both described), or its shapes from
+      `abstract_adapters` (the parameters named).
   """
+  step = checks.check_int("step", step, minimum=0, allow_none=True, hint=" (None: the latest checkpoint)")
   found_step, params_dir = resolve_checkpoint(path, step, what=what)
-  meta = _read_step_meta(os.path.dirname(params_dir)) or {}
-  if not meta.get("base_checkpoint"):
+  step_dir = os.path.dirname(params_dir)
+  where = f"{what}: {path} (step {found_step})"
+  meta = _read_step_meta(step_dir) or {}
+  saved_base = meta.get("base_checkpoint")
+  if not saved_base:
+    raise ValueError(f"{where} holds a whole model, not LoRA / prompt-tuning adapters: inference.load it instead")
+  same = lambda b: (os.path.realpath(str(b.get("path"))), b.get("step"))  # noqa: E731
+  if base is not None and same(saved_base) != same(base):
     raise ValueError(
-      f"{what} {params_dir} holds a whole model, not LoRA / prompt-tuning adapters (its meta names no base "
-      "checkpoint): load it as a model (inference.load) instead"
+      f"{where} holds adapters of the base {saved_base.get('path')} (step {saved_base.get('step')}), but this "
+      f"model serves the base {base.get('path')} (step {base.get('step')})"
     )
-  adapters, _ = _read_adapters(params_dir, meta, abstract_adapters, what)
-  return adapters, dict(meta), found_step
+  if adapters is not None and meta.get("adapters") is not None and meta["adapters"] != dict(adapters):
+    raise ValueError(
+      f"{where} holds {peft.summary(meta['adapters'])}, this model has {peft.summary(adapters)}: a run with "
+      "other adapters has a model configuration of its own, so inference.load it"
+    )
+  out, _ = _read_adapters(params_dir, meta, abstract_adapters, where)
+  return out, dict(meta), found_step, step_dir
 
 
 def _read_adapters(
@@ -548,7 +572,8 @@ def _read_adapters(
   if meta.get("param_shapes") != wanted:
     raise ValueError(
       f"{what} {params_dir} holds other adapters than this model's: "
-      f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}."
+      f"{describe_mismatch(meta.get('param_shapes', {}), wanted)}; load that run with its own model "
+      "configuration (its config.gin: inference.load)."
     )
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(params_dir, abstract_adapters), base

@@ -161,6 +161,7 @@ class Predictor:
     self.step = step
     self.truncated = 0  # inputs/targets cut to the model's length so far
     self.base_checkpoint: Optional[dict] = None  # the base of an adapter checkpoint (`restore`, `use_adapters`)
+    self.adapters_path: Optional[str] = None  # the step directory the adapters were read from
     self._param_shardings = jax.tree.map(lambda x: x.sharding, params)
     self._compiled: dict[Any, Any] = {}
 
@@ -193,43 +194,70 @@ class Predictor:
     params = checkpointing.load_params(os.path.dirname(params_dir), abstract, what="CHECKPOINT_PATH")
     out = cls(model, params, partitioner=partitioner, step=found_step, **kwargs)
     out.base_checkpoint = checkpointing.read_checkpoint_meta(params_dir, step=found_step).get("base_checkpoint")
+    out.adapters_path = os.path.dirname(params_dir) if out.base_checkpoint else None
     return out
 
   def use_adapters(self, checkpoint_path: str, *, step: Optional[int] = None) -> "Predictor":
     """Swaps in the LoRA / prompt-tuning adapters of another run on this predictor's base (returns self).
 
-    Several adapters of one base are served in turn without reading the
-    base again or compiling again (the parameters are an argument of the
-    jitted programs). `checkpoint_path`: an adapter run directory, its
-    checkpoints/ or a step directory; its latest checkpoint or `step`'s.
+    Several adapters of one base (one per task, say) are served in turn
+    without reading the base again or compiling again (the parameters are an
+    argument of the jitted programs). `checkpoint_path`: an adapter run
+    directory, its checkpoints/ or a step directory; its latest checkpoint or
+    `step`'s. `step` and `adapters_path` (the step directory) follow the
+    swap. A run whose config.gin has other TASK_FEATURE_LENGTHS lends them
+    (and its targets length as decode length, when this predictor decodes
+    to its own, `load`'s default), with a warning; the vocabulary and class
+    names stay this predictor's (one base, one vocabulary).
 
     Raises:
       FileNotFoundError: no checkpoint there (of `step`).
-      ValueError: this predictor holds no adapter model, the checkpoint holds
-        none or other adapters (shapes, or LoRA alpha / targets as its meta
-        records them), or its adapters were trained on another base
-        checkpoint (both named).
+      ValueError: this predictor holds no adapter model; a bad `step`; the
+        checkpoint holds a whole model, or other adapters (LoRA rank or alpha,
+        prompt length, targets: each described), or adapters trained on
+        another base checkpoint (both named). Nothing changes on a refusal.
     """
     if self.base_checkpoint is None:
-      raise ValueError("use_adapters: this predictor was not restored from a LoRA / prompt-tuning checkpoint")
+      raise ValueError(
+        "use_adapters: this predictor serves a model without adapters; inference.load a LoRA or prompt-tuning run "
+        "to serve adapters (and swap others of the same base in with use_adapters)"
+      )
     trained = peft.trainable(self.params)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trained)
-    adapters, meta, found = checkpointing.load_adapters(checkpoint_path, abstract, step, what="use_adapters")
-    base, mine = meta["base_checkpoint"], self.base_checkpoint
-    same = lambda b: (os.path.realpath(str(b.get("path"))), b.get("step"))  # noqa: E731
-    if same(base) != same(mine):
-      raise ValueError(
-        f"use_adapters: {checkpoint_path} holds adapters of the base {base.get('path')} (step {base.get('step')}), "
-        f"but this predictor serves the base {mine.get('path')} (step {mine.get('step')})"
-      )
-    if meta.get("adapters", peft.describe(self.model.config)) != peft.describe(self.model.config):
-      raise ValueError(
-        f"use_adapters: {checkpoint_path} was trained with adapters {meta['adapters']}, this predictor's model has "
-        f"{peft.describe(self.model.config)}: load that run with inference.load (its config.gin)"
-      )
+    adapters, _, found, step_dir = checkpointing.load_adapters(
+      checkpoint_path,
+      abstract,
+      step,
+      base=self.base_checkpoint,
+      adapters=peft.describe(self.model.config),
+      what="use_adapters",
+    )
     self.params = peft.combine(peft.frozen(self.params), adapters)
-    self.step = found
+    self.step, self.adapters_path = found, step_dir
+    self._adopt_lengths(os.path.dirname(os.path.dirname(step_dir)))
     return self
+
+  def _adopt_lengths(self, run_dir: str) -> None:
+    """Takes the TASK_FEATURE_LENGTHS (and decode length) of the run in `run_dir`, when it has a config.gin."""
+    try:
+      cfg = read_run_config(run_dir)  # gin is imported there: a machine without gin keeps the lengths
+    except (FileNotFoundError, ImportError):
+      return
+    lengths, old = cfg["task_feature_lengths"], self.task_feature_lengths
+    if not lengths or lengths == old:
+      return
+    if "targets" in lengths and self.options.max_decode_len == old.get("targets"):
+      self.options = dataclasses.replace(self.options, max_decode_len=lengths["targets"])
+    logger.warning(
+      "use_adapters: %s was trained on %s with lengths %s (this predictor had %s): prompts are now cut to those "
+      "lengths, decoding goes to %d tokens; the vocabulary and class names are still this predictor's",
+      run_dir,
+      cfg["mixture_or_task_name"],
+      lengths,
+      old,
+      self.options.max_decode_len,
+    )
+    self.task_feature_lengths = dict(lengths)
 
   # ---- jitted functions ----------------------------------------------------
   def jitted(self, kind: str, options: Optional[DecodeOptions] = None):

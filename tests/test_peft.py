@@ -7,6 +7,7 @@ adapter run starts from it.
 """
 
 import json
+import logging
 import os
 
 import jax
@@ -210,7 +211,10 @@ def test_several_adapters_of_one_base_are_served_in_turn(tmp_path, base_dir):
   # Refused: adapters trained on another base (a copy at another path), a whole model, other adapters.
   shutil.copytree(base_dir, tmp_path / "base_copy")
   run(tmp_path / "other_base", 2, model=model, initial_checkpoint_path=str(tmp_path / "base_copy"), checkpoint_every=2)
-  with pytest.raises(ValueError, match=r"holds adapters of the base .*base_copy.* but this predictor serves the base"):
+  with pytest.raises(
+    ValueError,
+    match=r"holds adapters of the base .*base_copy.* but this model serves the base .*base.*checkpoints/8 \(step 8\)",
+  ):
     served.use_adapters(str(tmp_path / "other_base"))
   with pytest.raises(ValueError, match="holds a whole model, not LoRA / prompt-tuning adapters"):
     served.use_adapters(base_dir)
@@ -227,7 +231,7 @@ def test_several_adapters_of_one_base_are_served_in_turn(tmp_path, base_dir):
     "prompt_tuning": None,
   }
   with pytest.raises(
-    ValueError, match=r"trained with adapters .*'alpha': 2.0.* this predictor's model has .*'alpha': 6.0"
+    ValueError, match=r"holds LoRA adapters \(rank 4, alpha 2.0\), this model has LoRA adapters \(rank 4, alpha 6.0\)"
   ):
     served.use_adapters(str(tmp_path / "alpha"))
   assert served.step == 4  # nothing changed by a refused swap
@@ -241,8 +245,11 @@ def test_several_adapters_of_one_base_are_served_in_turn(tmp_path, base_dir):
   ):
     checkpointing.load_adapters(str(tmp_path / "lora"), abstract)
   plain = inference.Predictor.restore(tiny_model(), base_dir, partitioner=one, batch_size=4)
-  with pytest.raises(ValueError, match="not restored from a LoRA / prompt-tuning checkpoint"):
+  with pytest.raises(ValueError, match="serves a model without adapters; inference.load a LoRA or prompt-tuning run"):
     plain.use_adapters(str(tmp_path / "lora"))
+  with pytest.raises(ValueError, match=r"step='4' must be None or an integer >= 0, not a string"):
+    served.use_adapters(str(tmp_path / "lora"), step="4")
+  assert served.adapters_path == str(tmp_path / "lora" / "checkpoints" / "4")
 
 
 def _gin_flags(model_dir, base_dir, *extra):
@@ -266,7 +273,7 @@ def _gin_flags(model_dir, base_dir, *extra):
   ]
 
 
-def test_gin_lora_run_merges_into_a_plain_run_and_exports_merged(tmp_path, base_dir):
+def test_gin_lora_run_merges_into_a_plain_run_and_exports_merged(tmp_path, base_dir, caplog):
   from safetensors.numpy import load_file
 
   from t5lite import cli, convert
@@ -313,6 +320,19 @@ def test_gin_lora_run_merges_into_a_plain_run_and_exports_merged(tmp_path, base_
     from t5lite import merge
 
     merge.merge_lora(str(tmp_path / "merged"), str(tmp_path / "again"))
+  # Another run's adapters trained at other lengths: the predictor takes that run's lengths and decode length.
+  short = tmp_path / "short"
+  assert train_lib.main(_gin_flags(short, base_dir, "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 8}")) == 0
+  served = inference.load(str(model_dir), batch_size=2, partitioner=one)
+  assert served.task_feature_lengths == {"inputs": 32, "targets": 16} and served.options.max_decode_len == 16
+  with caplog.at_level(logging.WARNING):
+    served.use_adapters(str(short))
+  assert served.task_feature_lengths == {"inputs": 24, "targets": 8} and served.options.max_decode_len == 8
+  assert "prompts are now cut to those lengths" in caplog.text
+  texts = ["the quick brown fox jumps over the lazy dog", "abc"]
+  direct = inference.load(str(short), batch_size=2, partitioner=one)
+  assert served.score(texts, texts) == direct.score(texts, texts)
+  assert served.predict(texts) == direct.predict(texts)
 
 
 def test_prompt_tuning_run_trains_only_the_prompt_from_the_words_it_was_given(tmp_path, base_dir):

@@ -42,6 +42,16 @@ def describe(config: Any) -> dict:
   }
 
 
+def summary(described: Mapping[str, Any]) -> str:
+  """`describe`'s record in words: 'LoRA adapters (rank 8, alpha 16.0)', 'a soft prompt of 20 vectors', both, or 'no adapters'."""
+  parts = []
+  if described.get("lora"):
+    parts.append(f"LoRA adapters (rank {described['lora']['rank']}, alpha {described['lora']['alpha']})")
+  if described.get("prompt_tuning"):
+    parts.append(f"a soft prompt of {described['prompt_tuning']['length']} vectors")
+  return " and ".join(parts) or "no adapters"
+
+
 def is_trainable(path: Sequence[str]) -> bool:
   """Whether the parameter at `path` (its names from the root) is an adapter or a soft prompt."""
   name = str(path[-1])
