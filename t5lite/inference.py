@@ -205,10 +205,11 @@ class Predictor:
     argument of the jitted programs). `checkpoint_path`: an adapter run
     directory, its checkpoints/ or a step directory; its latest checkpoint or
     `step`'s. `step` and `adapters_path` (the step directory) follow the
-    swap. A run whose config.gin has other TASK_FEATURE_LENGTHS lends them
-    (and its targets length as decode length, when this predictor decodes
-    to its own, `load`'s default), with a warning; the vocabulary and class
-    names stay this predictor's (one base, one vocabulary).
+    swap. Adapters trained at other TASK_FEATURE_LENGTHS (the checkpoint's
+    data position records them) lend them (and their targets length as
+    decode length, when this predictor decodes to its own, `load`'s
+    default), with a warning; the vocabulary and class names stay this
+    predictor's (one base, one vocabulary).
 
     Raises:
       FileNotFoundError: no checkpoint there (of `step`).
@@ -224,7 +225,7 @@ class Predictor:
       )
     trained = peft.trainable(self.params)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trained)
-    adapters, _, found, step_dir = checkpointing.load_adapters(
+    adapters, meta, found, step_dir = checkpointing.load_adapters(
       checkpoint_path,
       abstract,
       step,
@@ -234,16 +235,12 @@ class Predictor:
     )
     self.params = peft.combine(peft.frozen(self.params), adapters)
     self.step, self.adapters_path = found, step_dir
-    self._adopt_lengths(os.path.dirname(os.path.dirname(step_dir)))
+    self._adopt_lengths(meta.get("data") or {}, step_dir)
     return self
 
-  def _adopt_lengths(self, run_dir: str) -> None:
-    """Takes the TASK_FEATURE_LENGTHS (and decode length) of the run in `run_dir`, when it has a config.gin."""
-    try:
-      cfg = read_run_config(run_dir)  # gin is imported there: a machine without gin keeps the lengths
-    except (FileNotFoundError, ImportError):
-      return
-    lengths, old = cfg["task_feature_lengths"], self.task_feature_lengths
+  def _adopt_lengths(self, data: Mapping[str, Any], step_dir: str) -> None:
+    """Takes the TASK_FEATURE_LENGTHS (and decode length) that a checkpoint's data stream (`data`, its meta's) had."""
+    lengths, old = data.get("task_feature_lengths"), self.task_feature_lengths
     if not lengths or lengths == old:
       return
     if "targets" in lengths and self.options.max_decode_len == old.get("targets"):
@@ -251,8 +248,8 @@ class Predictor:
     logger.warning(
       "use_adapters: %s was trained on %s with lengths %s (this predictor had %s): prompts are now cut to those "
       "lengths, decoding goes to %d tokens; the vocabulary and class names are still this predictor's",
-      run_dir,
-      cfg["mixture_or_task_name"],
+      step_dir,
+      data.get("mixture_or_task_name"),
       lengths,
       old,
       self.options.max_decode_len,

@@ -17,7 +17,7 @@ import optax
 import pytest
 import seqio
 
-from t5lite import checkpointing, inference, partitioning, train as train_lib
+from t5lite import checkpointing, features, inference, partitioning, train as train_lib
 from t5lite.data import registration
 from t5lite.models import lora, model as model_lib, peft, prompt_tuning, t5
 from t5lite.optim import schedules
@@ -187,15 +187,8 @@ def test_several_adapters_of_one_base_are_served_in_turn(tmp_path, base_dir):
   run(tmp_path / "lora", 8, model=model, initial_checkpoint_path=base_dir)  # adapters at steps 4 and 8
   one = partitioning.Partitioner(num_devices=1)
   rng = np.random.default_rng(3)
-  inputs = rng.integers(3, 300, (4, 32)).astype(np.int32)
-  feats = {
-    "encoder_input_tokens": inputs,
-    "decoder_target_tokens": rng.integers(3, 300, (4, 16)).astype(np.int32),
-  }
-  feats["decoder_input_tokens"] = np.concatenate(
-    [np.zeros((4, 1), np.int32), feats["decoder_target_tokens"][:, :-1]], 1
-  )
-  feats["decoder_loss_weights"] = np.ones((4, 16), np.int32)
+  feats = features.enc_dec_features(rng.integers(3, 300, (4, 32)), rng.integers(3, 300, (4, 16)))
+  inputs = feats["encoder_input_tokens"]
   at = {
     s: inference.Predictor.restore(model, str(tmp_path / "lora"), step=s, partitioner=one, batch_size=4) for s in (4, 8)
   }
